@@ -1,0 +1,138 @@
+"""The `runner` command line: parsing only; each command lives in runner.commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from . import __version__, getconf, logs
+from .errors import ConfigError
+from .states import ExitStatus
+from .supervisor import RunOptions
+
+log = logging.getLogger("runner")
+
+COMMANDS = {
+    "run": "run the chain (the default when no command is given)",
+    "check": "validate the configuration and tasks, print the plan, run nothing",
+    "list": "list the tasks in run order with their effective settings",
+}
+# Options that take a value, so the first positional word can be found before parsing.
+_VALUE_OPTIONS = {"-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get"}
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors are bad input too: one line and EX_CONFIG (2 would read as HALT)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(ExitStatus.CONFIG)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def split_command(argv: list[str]) -> tuple[str, list[str]]:
+    """Find the command word; without one, the original form `runner [opts] TASKDIR` is `run`."""
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            break
+        if arg.startswith("-") and arg != "-":
+            index += 2 if arg in _VALUE_OPTIONS else 1
+            continue
+        if arg in COMMANDS:
+            return arg, argv[:index] + argv[index + 1:]
+        break
+    return "run", argv
+
+
+def build_parser(command: str) -> Parser:
+    parser = Parser(
+        prog="runner",
+        description="Run a directory of tasks in order, retrying with backoff, "
+        "and run a halt task when a task says the machine is beyond repair.",
+        epilog="commands: " + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
+    )
+    parser.add_argument("-c", "--config", help="config file (default /etc/runner/runner.cfg)")
+    parser.add_argument(
+        "-D", "--define", dest="overrides", action="append", default=[],
+        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)",
+    )
+    parser.add_argument("-n", "--times", type=_non_negative,
+                        help="iterations of the chain (0 = forever; default [runner] times)")
+    parser.add_argument("-H", "--halt-after", action="store_true",
+                        help="run the halt task after the last iteration")
+    parser.add_argument("-v", "--verbose", dest="level", action="store_const",
+                        const=logging.DEBUG, default=logging.INFO, help="log debug messages")
+    parser.add_argument("-q", "--quiet", dest="level", action="store_const",
+                        const=logging.WARNING, help="log warnings and errors only")
+    parser.add_argument("--syslog", action="store_true", help="also log to syslog")
+    parser.add_argument("-g", "--get", metavar="SECTION.KEY",
+                        help="print one config value and exit (as runner-config -g)")
+    parser.add_argument("--version", action="version", version=f"runner {__version__}")
+    if command == "list":
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("taskdir", nargs="?", help="task directory (default [runner] task_dir)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command, rest = split_command(argv)
+    args = build_parser(command).parse_args(rest)
+    options = RunOptions(
+        config_path=args.config,
+        overrides=tuple(args.overrides),
+        task_dir=args.taskdir,
+        times=args.times,
+        halt_after=args.halt_after,
+    )
+    logs.setup(args.level, args.syslog)
+    try:
+        if args.get:
+            return _get(args)
+        if command == "check":
+            from .commands.check import check
+            return check(options)
+        if command == "list":
+            from .commands.check import list_tasks
+            return list_tasks(options, as_json=args.json)
+        from .commands.run import run
+        return run(options)
+    except ConfigError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:  # only outside the supervisor, which handles SIGINT itself
+        return ExitStatus.SIGINT
+
+
+def _get(args: argparse.Namespace) -> int:
+    from .config import load
+
+    opts = {"get": args.get, "default": None, "json": False, "section": None}
+    try:
+        getconf.split_key(args.get)
+    except getconf.InputError as exc:
+        return fail(str(exc))
+    return getconf.answer(load(args.config, args.overrides).snapshot()["sections"], opts)
+
+
+def fail(message: str) -> int:
+    """Report bad input as one line (with a journal priority under systemd); exit 78."""
+    prefix = "<3>" if logs.stderr_is_journal() else ""
+    print(f"{prefix}runner: {message}", file=sys.stderr)
+    return ExitStatus.CONFIG
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What each `runner` command does; `runner.cli` only parses the command line."""

@@ -1,0 +1,105 @@
+"""`runner check` and `runner list`: validate everything and show the plan, running nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import TextIO
+
+from ..config import Config, load
+from ..getconf import format_value
+from ..spec import load_spec
+from ..supervisor import RunOptions, task_dir_of
+from ..tasks import Plan, Task, discover
+
+SETTINGS = ("max_time", "max_tries", "sleep_time", "retry_jitter", "kill_grace")
+
+
+def _plan(options: RunOptions) -> tuple[Config, Plan]:
+    config = load(options.config_path, options.overrides)
+    return config, discover(config, task_dir_of(options, config))
+
+
+def check(options: RunOptions, out: TextIO = sys.stdout) -> int:
+    """Print the plan and every warning; exit 0 (ConfigError means 78, raised to the caller)."""
+    config, plan = _plan(options)
+    print(f"config:    {', '.join(config.files) or '(none, defaults apply)'}", file=out)
+    print(f"task dir:  {plan.task_dir}", file=out)
+    halt = plan.halt.path if plan.halt else "MISSING"
+    print(f"halt task: {halt}", file=out)
+    print(f"chain:     {len(plan.tasks)} task(s), in this order", file=out)
+    for number, task in enumerate(plan.tasks, start=1):
+        deps = f"  after {', '.join(task.settings.depends_on)}" if task.settings.depends_on else ""
+        print(f"  {number:3d}. {task.name}{deps}", file=out)
+    if plan.skipped:
+        print("skipped:", file=out)
+        for name, reason in plan.skipped:
+            print(f"  {name}: {reason}", file=out)
+    warnings = list(_warnings(config, plan))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"OK ({len(warnings)} warning(s))", file=out)
+    return 0
+
+
+def _warnings(config: Config, plan: Plan):
+    if plan.halt is None:
+        yield f"halt task {plan.halt_name} not found in {plan.task_dir}: a halt will only be logged"
+    for name, reason in plan.skipped:
+        if reason.startswith("not executable"):
+            yield f"{name}: {reason}"
+    hook = config.runner["task_hook"]
+    if hook and not _executable(hook[0]):
+        yield f"[runner] task_hook: {hook[0]} is not an executable command"
+    interpreter = config.runner["interpreter"]
+    if interpreter and not _executable(interpreter[0]):
+        yield f"[runner] interpreter: {interpreter[0]} is not an executable command"
+    task_keys = set(load_spec().sections["task"])
+    short_names = {t.short_name for t in plan.tasks}
+    if plan.halt:
+        short_names.add(plan.halt.short_name)
+    for section, values in config.sections.items():
+        if section in ("runner", "env") or section in short_names:
+            continue
+        overrides = sorted(task_keys & set(values))
+        if overrides:
+            yield (f"[{section}] sets {', '.join(overrides)} but no task is named "
+                   f"{section!r}: the section is not applied to any task")
+
+
+def _executable(command: str) -> bool:
+    if os.sep in command:
+        return os.access(command, os.X_OK)
+    return shutil.which(command) is not None
+
+
+def list_tasks(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout) -> int:
+    """The tasks in run order with their effective settings."""
+    _config, plan = _plan(options)
+    rows = [_row(task) for task in plan.tasks]
+    if as_json:
+        print(json.dumps(rows, indent=2), file=out)
+        return 0
+    columns = ["task", *SETTINGS, "interpreter", "depends_on"]
+    table = [[format_value(row[c]) if row[c] is not None else "-" for c in columns] for row in rows]
+    print_table(columns, table, out)
+    return 0
+
+
+def _row(task: Task) -> dict:
+    settings = task.settings
+    row = {"task": task.name, "path": task.path, "short_name": task.short_name}
+    row.update({name: getattr(settings, name) for name in SETTINGS})
+    row["interpreter"] = " ".join(settings.interpreter) if settings.interpreter else None
+    row["depends_on"] = list(settings.depends_on) or None
+    return row
+
+
+def print_table(columns: list[str], rows: list[list[str]], out: TextIO) -> None:
+    """A clean aligned text table with a header."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
+              for i, c in enumerate(columns)]
+    for line in [columns, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)

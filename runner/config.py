@@ -1,0 +1,276 @@
+"""Load runner.cfg, its fragments and -D overrides, and validate them against the configspec.
+
+Every problem becomes a ConfigError whose message is one line naming the file,
+the line (when known), the section and key, and what is wrong.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from configobj import ConfigObj, ConfigObjError, DuplicateError, NestingError
+
+from .errors import ConfigError
+from .spec import CheckError, KeySpec, Spec, load_spec, unquote
+from .tasks import name_is_candidate
+
+DEFAULT_CONFIG = "/etc/runner/runner.cfg"
+RUNNER, ENV = "runner", "env"
+# Keys of a per-task section that override [runner]; other keys belong to the task.
+TASK_SPEC = "task"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value came from, for error messages and relative paths."""
+
+    source: str  # a file path, or "-D section.key=value"
+    line: int | None = None
+
+    @property
+    def base_dir(self) -> str:
+        if self.source.startswith("-D "):
+            return os.getcwd()
+        return os.path.dirname(os.path.abspath(self.source))
+
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.line else self.source
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The effective, typed settings of one task."""
+
+    max_time: float
+    max_tries: int
+    sleep_time: float
+    retry_jitter: float
+    interpreter: list[str] | None
+    kill_grace: float
+    depends_on: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration.
+
+    `runner` holds the typed [runner] values (defaults filled in), `env` the
+    [env] exports, `sections` every section's values as written (unquoted).
+    """
+
+    path: str | None
+    files: tuple[str, ...]
+    runner: dict[str, Any]
+    env: dict[str, str]
+    sections: dict[str, dict[str, str]]
+    origins: dict[tuple[str, str], Origin]
+    overrides: tuple[str, ...] = ()
+
+    def task_settings(self, short_name: str) -> TaskSettings:
+        """Effective settings of a task: its section's overrides on top of [runner]."""
+        spec = load_spec()
+        section = self.sections.get(short_name, {})
+        values: dict[str, Any] = {}
+        for name, key in spec.sections[TASK_SPEC].items():
+            if name in section:
+                values[name] = _check(spec, key, section[name], self.origins, short_name)
+            elif name == "depends_on":
+                values[name] = []
+            else:
+                values[name] = self.runner[name]
+        return TaskSettings(**values)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The effective config as JSON-able data, for runner-config in tasks."""
+        sections = {name: dict(values) for name, values in self.sections.items()}
+        sections[RUNNER] = {k: v for k, v in self.runner.items() if v is not None}
+        return {"config": self.path, "sections": sections}
+
+
+def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load and validate a configuration.
+
+    `path` None means the default file, which may be absent (defaults apply);
+    a file named explicitly must exist.
+    """
+    spec = load_spec()
+    explicit = path is not None
+    path = path or DEFAULT_CONFIG
+    origins: dict[tuple[str, str], Origin] = {}
+    files: list[str] = []
+    if explicit or os.path.lexists(path):
+        merged = _read_file(path, origins)
+        files.append(path)
+    else:
+        merged = ConfigObj(list_values=False, interpolation=False)
+    include = merged.get(RUNNER, {}).get("include_dir")
+    if include:
+        include_key = spec.sections[RUNNER]["include_dir"]
+        include_dir = _check(spec, include_key, include, origins, RUNNER)
+        for fragment in _fragments(include_dir, origins[(RUNNER, "include_dir")]):
+            merged.merge(_read_file(fragment, origins))
+            files.append(fragment)
+    for override in overrides:
+        section, key, value = parse_override(override)
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            raise ConfigError(f"-D {override}: {section!r} is a key, not a section")
+        merged[section][key] = value
+        origins[(section, key)] = Origin(f"-D {override}")
+    sections = _plain_sections(merged, origins)
+    runner = _validate_runner(spec, sections.get(RUNNER, {}), origins)
+    env = dict(sections.get(ENV, {}))
+    return Config(
+        path=os.path.abspath(path) if files else None,
+        files=tuple(files),
+        runner=runner,
+        env=env,
+        sections=sections,
+        origins=origins,
+        overrides=tuple(overrides),
+    )
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """Split `section.key=value`; the value is kept as written (like in a file)."""
+    target, sep, value = text.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not section or not key.strip():
+        raise ConfigError(f"-D {text}: expected section.key=value")
+    return section, key.strip(), value.strip()
+
+
+def split_dotted(name: str) -> tuple[str, str]:
+    """Split `section.key` (the key is everything after the first dot)."""
+    section, dot, key = name.partition(".")
+    if not dot or not section or not key:
+        raise ConfigError(f"{name!r}: expected section.key")
+    return section, key
+
+
+def _read_file(path: str, origins: dict[tuple[str, str], Origin]) -> ConfigObj:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})"
+        ) from None
+    lines = text.splitlines()
+    try:
+        parsed = ConfigObj(
+            lines, list_values=False, interpolation=False, raise_errors=True,
+        )
+    except ConfigObjError as exc:
+        raise ConfigError(_parse_error(path, lines, exc)) from None
+    _record_origins(path, lines, parsed, origins)
+    return parsed
+
+
+def _parse_error(path: str, lines: list[str], exc: ConfigObjError) -> str:
+    number = getattr(exc, "line_number", None)
+    if isinstance(exc, DuplicateError):
+        what = "duplicate key or section"
+    elif isinstance(exc, NestingError):
+        what = "section brackets do not match"
+    else:
+        what = "cannot parse this line"
+    if number and 0 < number <= len(lines):
+        return f"{path}:{number}: {what}: {lines[number - 1].strip()!r}"
+    return f"{path}: {what}: {exc}"
+
+
+_SECTION = re.compile(r"^\s*(\[+)\s*(.*?)\s*\]+\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([^=#\s][^=]*?))\s*=""")
+
+
+def _record_origins(
+    path: str, lines: list[str], parsed: ConfigObj, origins: dict[tuple[str, str], Origin]
+) -> None:
+    """Remember the line of every key, since configobj keeps none after parsing."""
+    section = ""
+    for number, line in enumerate(lines, start=1):
+        header = _SECTION.match(line)
+        if header:
+            section = header.group(2).strip("\"'")
+            origins[(section, "")] = Origin(path, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            name = next(g for g in key.groups() if g is not None).strip()
+            origins[(section, name)] = Origin(path, number)
+    # Keys configobj accepted that the scan could not place still name the file.
+    for name in parsed.sections:
+        for key in parsed[name].scalars:
+            origins.setdefault((name, key), Origin(path))
+    for key in parsed.scalars:
+        origins.setdefault(("", key), Origin(path))
+
+
+def _fragments(directory: str, origin: Origin) -> list[str]:
+    try:
+        names = os.listdir(directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"{origin.where()}: [runner] include_dir: cannot read {directory}: {exc.strerror}"
+        ) from None
+    paths = [os.path.join(directory, n) for n in names if name_is_candidate(n)]
+    return sorted((p for p in paths if os.path.isfile(p)), key=os.fsencode)
+
+
+def _plain_sections(
+    merged: ConfigObj, origins: dict[tuple[str, str], Origin]
+) -> dict[str, dict[str, str]]:
+    """Flatten configobj's tree into {section: {key: value}}, rejecting what runner cannot use."""
+    for key in merged.scalars:
+        origin = origins.get(("", key), Origin("config"))
+        raise ConfigError(f"{origin.where()}: {key}: key outside of any [section]")
+    sections: dict[str, dict[str, str]] = {}
+    for name in merged.sections:
+        section = merged[name]
+        for sub in section.sections:
+            origin = origins.get((sub, ""), origins.get((name, ""), Origin("config")))
+            raise ConfigError(f"{origin.where()}: [{name}] [[{sub}]]: nested sections are not supported")
+        sections[name] = {key: unquote(section[key]) for key in section.scalars}
+    return sections
+
+
+def _validate_runner(
+    spec: Spec, values: dict[str, str], origins: dict[tuple[str, str], Origin]
+) -> dict[str, Any]:
+    keys = spec.sections[RUNNER]
+    for name in values:
+        if name not in keys:
+            origin = origins.get((RUNNER, name), Origin("config"))
+            hint = difflib.get_close_matches(name, list(keys), n=1)
+            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+            raise ConfigError(f"{origin.where()}: [runner] {name}: unknown key{suggestion}")
+    typed = {}
+    for name, key in keys.items():
+        if name in values:
+            typed[name] = _check(spec, key, values[name], origins, RUNNER)
+        else:
+            typed[name] = key.default
+    return typed
+
+
+def _check(
+    spec: Spec, key: KeySpec, value: Any, origins: dict[tuple[str, str], Origin], section: str
+) -> Any:
+    origin = origins.get((section, key.name), Origin("config"))
+    try:
+        typed = spec.check(key, value)
+    except CheckError as exc:
+        raise ConfigError(f"{origin.where()}: [{section}] {key.name}: {exc}") from None
+    if key.func == "path" and typed and not os.path.isabs(typed):
+        typed = os.path.normpath(os.path.join(origin.base_dir, typed))
+    return typed

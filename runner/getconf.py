@@ -1,0 +1,164 @@
+"""runner-config: print configuration values for tasks and operators.
+
+Tasks call `$RUNNER_CONFIG_CMD -g section.key` many times, so this module imports
+nothing but `json` and `sys` at the top: the supervisor runs it as
+`python3 -I -S getconf.py --snapshot FILE` on a pre-parsed snapshot of the
+effective config. Only without a snapshot (`-c CONFIG`) is runner's config
+loader imported.
+"""
+
+import json
+import sys
+
+EX_OK, EX_MISSING, EX_CONFIG = 0, 1, 78
+USAGE = (
+    "usage: runner-config [-c CONFIG] [-D section.key=value]... "
+    "(-g section.key [--default VALUE] | -l [SECTION]) [--json]"
+)
+HELP = USAGE + """
+
+Print values of runner's configuration (defaults, include_dir fragments and -D applied).
+
+  -c, --config CONFIG   config file (default /etc/runner/runner.cfg)
+  -D section.key=value  override a value, validated like the file
+  -g, --get KEY         print the value of section.key; exit 1 if it is not set
+  --default VALUE       with -g: print VALUE when the key is not set (exit 0)
+  -l, --list [SECTION]  print every `section.key = value`, or one section's
+  --json                print JSON instead of text
+"""
+
+
+class InputError(Exception):
+    """Bad command line or configuration: one line, exit 78."""
+
+
+def format_value(value):
+    """Render a typed value the way it is written in runner.cfg."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
+    return str(value)
+
+
+_WITH_VALUE = {
+    "-c": "config", "--config": "config", "-D": "overrides", "-g": "get", "--get": "get",
+    "--default": "default", "--snapshot": "snapshot",
+}
+
+
+def parse_args(argv):
+    """A small hand-written parser: argparse alone costs more than the whole lookup."""
+    opts = {"config": None, "overrides": [], "get": None, "default": None,
+            "list": False, "section": None, "json": False, "snapshot": None}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg.startswith("-D") and len(arg) > 2:
+            name, eq, inline = "-D", "=", arg[2:]
+        if name in _WITH_VALUE:
+            if eq:
+                value = inline
+            elif args:
+                value = args.pop(0)
+            else:
+                raise InputError(f"{name} needs a value")
+            key = _WITH_VALUE[name]
+            if key == "overrides":
+                opts[key].append(value)
+            else:
+                opts[key] = value
+        elif arg in ("-l", "--list"):
+            opts["list"] = True
+            if args and not args[0].startswith("-"):
+                opts["section"] = args.pop(0)
+        elif arg == "--json":
+            opts["json"] = True
+        elif arg in ("-h", "--help"):
+            raise SystemExit(print(HELP) or EX_OK)
+        else:
+            raise InputError(f"unexpected argument {arg!r}")
+    if bool(opts["get"]) == bool(opts["list"]):
+        raise InputError("give exactly one of -g section.key or -l")
+    return opts
+
+
+def split_key(name):
+    section, dot, key = name.partition(".")
+    if not dot or not section or not key:
+        raise InputError(f"-g {name!r}: expected section.key")
+    return section, key
+
+
+def answer(sections, opts, out=sys.stdout, err=sys.stderr):
+    """Print what opts ask for from {section: {key: value}}; return the exit status."""
+    if opts["get"]:
+        section, key = split_key(opts["get"])
+        values = sections.get(section)
+        if values is None or key not in values:
+            if opts["default"] is not None:
+                print(opts["default"], file=out)
+                return EX_OK
+            where = f"no section [{section}]" if values is None else f"no key {key!r} in [{section}]"
+            print(f"runner-config: {opts['get']}: {where}", file=err)
+            return EX_MISSING
+        value = values[key]
+        print(json.dumps(value) if opts["json"] else format_value(value), file=out)
+        return EX_OK
+    selected = sections
+    if opts["section"] is not None:
+        if opts["section"] not in sections:
+            print(f"runner-config: no section [{opts['section']}]", file=err)
+            return EX_MISSING
+        selected = {opts["section"]: sections[opts["section"]]}
+    if opts["json"]:
+        data = selected[opts["section"]] if opts["section"] is not None else selected
+        print(json.dumps(data, indent=2, sort_keys=True), file=out)
+        return EX_OK
+    for section in sorted(selected):
+        for key in sorted(selected[section]):
+            print(f"{section}.{key} = {format_value(selected[section][key])}", file=out)
+    return EX_OK
+
+
+def _load_sections(opts):
+    if opts["snapshot"]:
+        with open(opts["snapshot"], encoding="utf-8") as handle:
+            return json.load(handle)["sections"]
+    # Only operators' calls (no snapshot) pay for importing configobj.
+    from runner.config import load
+    from runner.errors import ConfigError
+
+    try:
+        return load(opts["config"], opts["overrides"]).snapshot()["sections"]
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+
+
+def main(argv=None):
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+        if opts["get"]:
+            split_key(opts["get"])
+        sections = _load_sections(opts)
+    except InputError as exc:
+        print(f"runner-config: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as exc:
+        print(f"runner-config: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EX_CONFIG
+    except (ValueError, KeyError) as exc:  # a damaged snapshot
+        print(f"runner-config: {opts['snapshot']}: unreadable snapshot: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return answer(sections, opts)
+
+
+def entry():
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,76 @@
+"""task_hook: called before and after every task run with the JSON stats (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+from .events import Listener
+from .process import Limits, run_process
+from .signals import SignalState
+from .states import TaskRun, TaskState
+
+log = logging.getLogger("runner.hooks")
+
+
+def hook_stats(run: TaskRun, hostname: str) -> dict[str, Any]:
+    """The JSON object a hook receives; the first four fields are the original's."""
+    after = run.state.is_result
+    return {
+        "task": run.task.name,
+        "try_num": run.try_num,
+        "max_retries": run.max_tries,
+        "result": run.state.value,
+        "iteration": run.iteration,
+        "exit_code": run.exit_code if after else None,
+        "signal": run.signal if after else None,
+        "duration_s": round(run.duration_s, 3) if after and run.duration_s is not None else None,
+        "started_at": run.started_at_text(),
+        "hostname": hostname,
+        "kind": run.kind.value,
+    }
+
+
+class HookListener(Listener):
+    """Runs the hook command with the stats as one extra argument; no shell involved."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        timeout: float,
+        kill_grace: float,
+        cwd: str,
+        env_for: Any,
+        signals: SignalState,
+    ) -> None:
+        self.argv = argv
+        self.limits = Limits(max_time=timeout, kill_grace=kill_grace, stop_after=2)
+        self.cwd = cwd
+        self.env_for = env_for
+        self.signals = signals
+        self.hostname = socket.gethostname()
+
+    def task_changed(self, run: TaskRun) -> None:
+        if run.state is TaskState.PENDING:
+            return
+        stats = json.dumps(hook_stats(run, self.hostname), sort_keys=False)
+        result = run_process(
+            [*self.argv, stats],
+            env=self.env_for(run),
+            cwd=self.cwd,
+            limits=self.limits,
+            signals=self.signals,
+            on_line=lambda line: log.info("[hook %s] %s", run.task.name, line),
+        )
+        what = f"task_hook for {run.task.name} {run.state.value}"
+        if result.error:
+            log.warning("%s: %s", what, result.error)
+        elif result.timed_out:
+            log.warning("%s: killed after hook_timeout (%gs)", what, self.limits.max_time)
+        elif result.signal:
+            log.warning("%s: killed by signal %d", what, result.signal)
+        elif result.exit_code:
+            log.warning("%s: exited with status %d", what, result.exit_code)

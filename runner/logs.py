@@ -1,0 +1,69 @@
+"""Logging to stderr, journald-aware (sd-daemon(3) priority prefixes), and to syslog."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+
+# sd-daemon(3) / syslog priorities of Python's levels.
+PRIORITIES = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """`<6>message`: journald reads the priority and adds its own timestamp."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = PRIORITIES.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines() or [""])
+
+
+def stderr_is_journal(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+    """True when stderr is the journal stream systemd connected (JOURNAL_STREAM=dev:ino)."""
+    stream = environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def setup(level: int, use_syslog: bool = False) -> logging.Logger:
+    """Configure the `runner` logger (called once, by the command line)."""
+    logger = logging.getLogger("runner")
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    if use_syslog:
+        _add_syslog(logger)
+    return logger
+
+
+def _add_syslog(logger: logging.Logger) -> None:
+    address = "/dev/log"
+    try:
+        handler = logging.handlers.SysLogHandler(
+            address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+    except OSError as exc:
+        logger.warning("--syslog: cannot connect to %s (%s); logging to stderr only",
+                       address, exc.strerror or exc)
+        return
+    handler.setFormatter(logging.Formatter("runner[%(process)d]: %(message)s"))
+    logger.addHandler(handler)

@@ -1,0 +1,98 @@
+"""The states of a task run, the exit statuses of runner, and the record of one run."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .tasks import Task
+
+
+class TaskState(enum.Enum):
+    """A task run moves PENDING -> RUNNING -> one result; nothing else is allowed."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    OK = "OK"
+    HALT = "HALT"
+    EXIT = "EXIT"
+    RETRY = "RETRY"
+    TIMEOUT = "TIMEOUT"
+    STOPPED = "STOPPED"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def is_result(self) -> bool:
+        return self not in (TaskState.PENDING, TaskState.RUNNING)
+
+    @property
+    def is_failure(self) -> bool:
+        """A result that makes runner retry the chain."""
+        return self in (TaskState.RETRY, TaskState.TIMEOUT)
+
+
+RESULTS = frozenset(s for s in TaskState if s.is_result)
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.SKIPPED}),
+    TaskState.RUNNING: RESULTS - {TaskState.SKIPPED},
+}
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit statuses of `runner` (SPEC §4)."""
+
+    DONE = 0
+    GAVE_UP = 1
+    HALTED = 2
+    EXIT = 3
+    CONFIG = 78
+    SIGINT = 130
+    SIGTERM = 143
+
+
+# Exit codes of a task and the result they mean; anything else is RETRY.
+EXIT_CODE_RESULTS = {0: TaskState.OK, 2: TaskState.HALT, 3: TaskState.EXIT}
+
+
+class Kind(enum.Enum):
+    TASK = "task"
+    HALT = "halt"
+
+
+@dataclass
+class TaskRun:
+    """One run of one task: what ran, when, and how it ended."""
+
+    task: Task
+    iteration: int
+    try_num: int
+    max_tries: int
+    kind: Kind = Kind.TASK
+    state: TaskState = TaskState.PENDING
+    started_at: datetime | None = None
+    started_mono: float | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    output_tail: bytes = field(default=b"", repr=False)
+
+    def mark_started(self) -> None:
+        self.started_at = datetime.now(timezone.utc)
+        self.started_mono = time.monotonic()
+
+    def started_at_text(self) -> str | None:
+        if self.started_at is None:
+            return None
+        return self.started_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TransitionError(RuntimeError):
+    """A state change the state machine does not allow: a bug in runner, never user input."""
+
+
+def check_transition(old: TaskState, new: TaskState) -> None:
+    if new not in TRANSITIONS.get(old, frozenset()):
+        raise TransitionError(f"task run cannot go from {old.value} to {new.value}")

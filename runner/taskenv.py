@@ -1,0 +1,63 @@
+"""The environment every task and hook gets (SPEC §3): runner's own environment, [env],
+and the RUNNER_* variables, including a RUNNER_CONFIG_CMD that answers from a snapshot
+of the effective configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from . import getconf
+from .config import Config
+from .states import TaskRun
+
+log = logging.getLogger("runner")
+
+
+class TaskEnvironment:
+    """Owns the config snapshot that RUNNER_CONFIG_CMD reads; rewrite it on every reload."""
+
+    def __init__(self, config: Config) -> None:
+        parent = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+        self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
+        self.snapshot = self.directory / "config.json"
+        self.config_cmd = self._config_command()
+        self.update(config)
+
+    def _config_command(self) -> str:
+        # -I -S: no site-packages, no user paths, so the lookup costs little more than
+        # the interpreter's own start; getconf.py needs only the standard library.
+        parts = [sys.executable, "-I", "-S", os.path.abspath(getconf.__file__),
+                 "--snapshot", str(self.snapshot)]
+        if any(c.isspace() for part in parts for c in part):
+            log.warning("RUNNER_CONFIG_CMD contains a path with spaces; "
+                        "tasks must not split it: %s", parts)
+        return " ".join(parts)
+
+    def update(self, config: Config) -> None:
+        self.config = config
+        temporary = self.snapshot.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(config.snapshot(), handle)
+        os.replace(temporary, self.snapshot)
+
+    def for_run(self, run: TaskRun) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.config.env)
+        env.update({
+            "RUNNER_CONFIG_CMD": self.config_cmd,
+            "RUNNER_TASK": run.task.name,
+            "RUNNER_TRY": str(run.try_num),
+            "RUNNER_ITERATION": str(run.iteration),
+            "RUNNER_STATE_DIR": self.config.runner["state_dir"],
+        })
+        return env
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -1,0 +1,191 @@
+"""Find the tasks of a task directory and put them in the order they run (SPEC §3)."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # config imports this module for the name filter
+    from .config import Config, TaskSettings
+
+# Suffixes of files that package managers and editors leave behind.
+LEFTOVER_SUFFIXES = {
+    ".dpkg-old": "package manager leftover",
+    ".dpkg-new": "package manager leftover",
+    ".dpkg-dist": "package manager leftover",
+    ".rpmnew": "package manager leftover",
+    ".rpmsave": "package manager leftover",
+    ".swp": "editor swap file",
+}
+_PREFIX = re.compile(r"^[0-9]+-(?=.)")
+
+
+def skip_reason(name: str) -> str | None:
+    """Why a directory entry is not a task by its name alone, or None if it may be one."""
+    if name.startswith("."):
+        return "hidden file"
+    if name.endswith("~"):
+        return "editor backup file"
+    for suffix, why in LEFTOVER_SUFFIXES.items():
+        if name.endswith(suffix):
+            return f"{why} ({suffix})"
+    return None
+
+
+def name_is_candidate(name: str) -> bool:
+    return skip_reason(name) is None
+
+
+def short_name(filename: str) -> str:
+    """`20-puppet-agent.sh` -> `puppet-agent`: the name of the task's config section."""
+    base = _PREFIX.sub("", filename, count=1)
+    stem, dot, _ext = base.rpartition(".")
+    return stem if dot and stem else base
+
+
+def byte_order(name: str) -> bytes:
+    """Sort key: file names in byte order, as run-parts does."""
+    return os.fsencode(name)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One executable of the task directory with its effective settings."""
+
+    name: str
+    path: str
+    short_name: str
+    settings: TaskSettings
+
+    @property
+    def argv(self) -> list[str]:
+        interpreter = self.settings.interpreter
+        return [*interpreter, self.path] if interpreter else [self.path]
+
+    def command_line(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a task directory holds: the chain in order, the halt task, and what is skipped."""
+
+    task_dir: str
+    tasks: list[Task]
+    halt: Task | None
+    halt_name: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def index_of(self, name: str) -> int | None:
+        for index, task in enumerate(self.tasks):
+            if task.name == name:
+                return index
+        return None
+
+
+def discover(config: Config, task_dir: str) -> Plan:
+    """Read TASKDIR and return the plan; raise ConfigError on anything that stops a run."""
+    try:
+        names = os.listdir(task_dir)
+    except NotADirectoryError:
+        raise ConfigError(f"{task_dir}: task directory is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"{task_dir}: cannot read task directory: {exc.strerror}") from None
+    halt_name = config.runner["halt_task"]
+    set_aside = {_resolve(task_dir, halt_name)}
+    if config.runner["reboot_task"]:
+        set_aside.add(_resolve(task_dir, config.runner["reboot_task"]))
+    tasks, skipped = [], []
+    for name in sorted(names, key=byte_order):
+        path = os.path.join(task_dir, name)
+        reason = skip_reason(name) or _file_problem(path)
+        if path in set_aside:
+            continue
+        if reason is None:
+            settings = config.task_settings(short_name(name))
+            if not settings.interpreter and not os.access(path, os.X_OK):
+                reason = "not executable (chmod +x it, or set an interpreter)"
+            else:
+                tasks.append(Task(name, path, short_name(name), settings))
+        if reason:
+            skipped.append((name, reason))
+    halt_path = _resolve(task_dir, halt_name)
+    halt = None
+    if os.path.isfile(halt_path):
+        base = os.path.basename(halt_path)
+        halt = Task(base, halt_path, short_name(base), config.task_settings(short_name(base)))
+    ordered = order(tasks, config, skipped)
+    return Plan(task_dir, ordered, halt, halt_name, skipped)
+
+
+def _resolve(task_dir: str, name: str) -> str:
+    return os.path.normpath(os.path.join(task_dir, name))
+
+
+def _file_problem(path: str) -> str | None:
+    if os.path.isdir(path):
+        return "directory"
+    if not os.path.isfile(path):
+        return "not a regular file" if os.path.lexists(path) else "vanished"
+    return None
+
+
+def order(tasks: list[Task], config: Config, skipped: list[tuple[str, str]]) -> list[Task]:
+    """Byte order, adjusted so that every task runs after its depends_on (Kahn's algorithm,
+    always taking the smallest ready name, so the result is deterministic)."""
+    by_name = {t.name: t for t in tasks}
+    by_short: dict[str, list[str]] = {}
+    for t in tasks:
+        by_short.setdefault(t.short_name, []).append(t.name)
+    skipped_names = dict(skipped)
+    needs: dict[str, set[str]] = {t.name: set() for t in tasks}
+    for t in tasks:
+        for dep in t.settings.depends_on:
+            targets = [dep] if dep in by_name else by_short.get(dep, [])
+            if not targets:
+                where = config.origins.get((t.short_name, "depends_on"))
+                prefix = f"{where.where()}: " if where else ""
+                why = f" ({skipped_names[dep]})" if dep in skipped_names else ""
+                raise ConfigError(
+                    f"{prefix}[{t.short_name}] depends_on: no task {dep!r} in the task directory{why}"
+                )
+            # A task depending on itself is ignored, as the original did.
+            needs[t.name].update(n for n in targets if n != t.name)
+    dependents: dict[str, list[str]] = {name: [] for name in needs}
+    for name, deps in needs.items():
+        for dep in deps:
+            dependents[dep].append(name)
+    waiting = {name: len(deps) for name, deps in needs.items()}
+    ready = [(byte_order(n), n) for n, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    result = []
+    while ready:
+        _key, name = heapq.heappop(ready)
+        result.append(by_name[name])
+        for child in dependents[name]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, (byte_order(child), child))
+    if len(result) != len(tasks):
+        cycle = _find_cycle({n: needs[n] for n, c in waiting.items() if c > 0})
+        raise ConfigError("dependency cycle: " + " -> ".join(cycle))
+    return result
+
+
+def _find_cycle(needs: dict[str, set[str]]) -> list[str]:
+    """A concrete cycle among tasks that could not be ordered, for the error message."""
+    start = min(needs, key=byte_order)
+    path, seen = [start], {start: 0}
+    current = start
+    while True:
+        current = min((d for d in needs[current] if d in needs), key=byte_order)
+        if current in seen:
+            return path[seen[current]:] + [current]
+        seen[current] = len(path)
+        path.append(current)
