@@ -239,7 +239,9 @@ def _plain_sections(
         section = merged[name]
         for sub in section.sections:
             origin = origins.get((sub, ""), origins.get((name, ""), Origin("config")))
-            raise ConfigError(f"{origin.where()}: [{name}] [[{sub}]]: nested sections are not supported")
+            raise ConfigError(
+                f"{origin.where()}: [{name}] [[{sub}]]: nested sections are not supported"
+            )
         sections[name] = {key: unquote(section[key]) for key in section.scalars}
     return sections
 

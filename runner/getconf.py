@@ -102,7 +102,8 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr):
             if opts["default"] is not None:
                 print(opts["default"], file=out)
                 return EX_OK
-            where = f"no section [{section}]" if values is None else f"no key {key!r} in [{section}]"
+            where = (f"no section [{section}]" if values is None
+                     else f"no key {key!r} in [{section}]")
             print(f"runner-config: {opts['get']}: {where}", file=err)
             return EX_MISSING
         value = values[key]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .tasks import Task
 
@@ -80,7 +80,7 @@ class TaskRun:
     output_tail: bytes = field(default=b"", repr=False)
 
     def mark_started(self) -> None:
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
         self.started_mono = time.monotonic()
 
     def started_at_text(self) -> str | None:

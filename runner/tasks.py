@@ -153,7 +153,8 @@ def order(tasks: list[Task], config: Config, skipped: list[tuple[str, str]]) -> 
                 prefix = f"{where.where()}: " if where else ""
                 why = f" ({skipped_names[dep]})" if dep in skipped_names else ""
                 raise ConfigError(
-                    f"{prefix}[{t.short_name}] depends_on: no task {dep!r} in the task directory{why}"
+                    f"{prefix}[{t.short_name}] depends_on: "
+                    f"no task {dep!r} in the task directory{why}"
                 )
             # A task depending on itself is ignored, as the original did.
             needs[t.name].update(n for n in targets if n != t.name)
@@ -186,6 +187,6 @@ def _find_cycle(needs: dict[str, set[str]]) -> list[str]:
     while True:
         current = min((d for d in needs[current] if d in needs), key=byte_order)
         if current in seen:
-            return path[seen[current]:] + [current]
+            return [*path[seen[current]:], current]
         seen[current] = len(path)
         path.append(current)

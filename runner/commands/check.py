@@ -99,7 +99,7 @@ def _row(task: Task) -> dict:
 
 def print_table(columns: list[str], rows: list[list[str]], out: TextIO) -> None:
     """A clean aligned text table with a header."""
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
-              for i, c in enumerate(columns)]
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
     for line in [columns, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip(), file=out)
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip(), file=out)

@@ -1,0 +1,105 @@
+"""Shared harness: a temporary config + task directory, driven through the real commands."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+RUNNER = str(BIN / "runner")
+RUNNER_CONFIG = str(BIN / "runner-config")
+
+# Test defaults: no waiting between tries, a short kill grace, state in the workspace.
+BASE_RUNNER = {"sleep_time": "0", "retry_jitter": "0", "kill_grace": "1"}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_unless(condition: bool, reason: str) -> None:
+    """Skip outside CI when a tool is missing; in CI a missing tool is a failure."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI must provide this: {reason}")
+    pytest.skip(reason)
+
+
+class Workspace:
+    """A temporary runner setup: `cfg` (runner.cfg), `tasks` (tasks.d) and `state`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tasks = root / "tasks.d"
+        self.state = root / "state"
+        self.cfg = root / "runner.cfg"
+        self.tasks.mkdir()
+        self.config()
+
+    def task(self, name: str, body: str = "exit 0", mode: int = 0o755,
+             shebang: str = "#!/bin/sh") -> Path:
+        """Write a task script; `body` is dedented and put after the shebang."""
+        path = self.tasks / name
+        text = textwrap.dedent(body).strip("\n") + "\n"
+        path.write_text(f"{shebang}\n{text}" if shebang else text)
+        path.chmod(mode)
+        return path
+
+    def config(self, text: str = "", **runner: object) -> Path:
+        """Write runner.cfg: test defaults and `runner` keys in [runner], then `text`."""
+        values = {**BASE_RUNNER, "state_dir": str(self.state), **runner}
+        lines = ["[runner]"] + [f"{k} = {v}" for k, v in values.items()]
+        self.cfg.write_text("\n".join(lines) + "\n" + textwrap.dedent(text))
+        return self.cfg
+
+    def command(self, *args: str, tasks: bool = True) -> list[str]:
+        argv = [RUNNER, "-c", str(self.cfg), *args]
+        return argv + [str(self.tasks)] if tasks else argv
+
+    def run(self, *args: str, tasks: bool = True, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `runner -c CFG ARGS TASKDIR` to the end."""
+        return subprocess.run(
+            self.command(*args, tasks=tasks), capture_output=True, text=True,
+            timeout=timeout, env=env, cwd=self.root,
+        )
+
+    def start(self, *args: str, tasks: bool = True, **kwargs) -> subprocess.Popen:
+        """Start runner in the background (for signal tests)."""
+        return subprocess.Popen(
+            self.command(*args, tasks=tasks), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd=self.root, **kwargs,
+        )
+
+
+def started(log: str) -> list[str]:
+    """Task names in the order runner started them (halt task runs included)."""
+    return re.findall(r"INFO (?:halt task )?(\S+): starting \(", log)
+
+
+def output_of(log: str, task: str) -> list[str]:
+    """Lines a task printed, as runner logged them."""
+    return re.findall(rf"\[{re.escape(task)}\] (.*)$", log, re.M)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Bad input: exit 78, exactly one line on stderr naming what is wrong, no traceback."""
+    assert proc.returncode == 78, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
