@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,88 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
+
+
+# -- helpers for tests that watch a runner started in the background ----------
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "a condition") -> None:
+    """Poll `predicate` every 20 ms until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+    """Wait until a task has written the marker file `path`."""
+    wait_for(path.exists, timeout, f"marker file {path}")
+
+
+class LogWatcher:
+    """Reads the stderr of `ws.start(...)` line by line as runner writes it.
+
+    Use as a context manager: on the way out a runner still running gets SIGTERM
+    (so it stops its task), then SIGKILL.
+    """
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def text(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        """The first match of regex `pattern` in the log, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                match = re.search(pattern, "".join(self.lines), re.M)
+                if match:
+                    return match
+                left = deadline - time.monotonic()
+                if self.closed or left <= 0:
+                    raise AssertionError(
+                        f"{pattern!r} not in runner's log "
+                        f"({'runner exited' if self.closed else 'timed out'}):\n"
+                        + "".join(self.lines)
+                    )
+                self._cond.wait(left)
+
+    def finish(self, timeout: float = 10.0) -> int:
+        """Wait for runner to exit and for the end of its log; its exit status."""
+        status = self.proc.wait(timeout)
+        self._thread.join(timeout)
+        return status
+
+    def __enter__(self) -> LogWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._thread.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
