@@ -63,7 +63,7 @@ class Workspace:
 
     def command(self, *args: str, tasks: bool = True) -> list[str]:
         argv = [RUNNER, "-c", str(self.cfg), *args]
-        return argv + [str(self.tasks)] if tasks else argv
+        return [*argv, str(self.tasks)] if tasks else argv
 
     def run(self, *args: str, tasks: bool = True, timeout: float = 60,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
