@@ -5,10 +5,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(
-    r'^__version__ = "([^"]+)"', Path(__file__).with_name("runner").joinpath("__init__.py").read_text(),
-    re.M,
-).group(1)
+INIT = Path(__file__).with_name("runner") / "__init__.py"
+VERSION = re.search(r'^__version__ = "([^"]+)"', INIT.read_text(), re.M).group(1)
 
 setup(
     name="runner",

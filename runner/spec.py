@@ -185,7 +185,9 @@ class Spec:
             raise CheckError(f"{value!r} is greater than {key.kwargs.get('max')}") from None
         except validate.ValidateError:
             kind = key.base_type
-            if key.func not in ("option", "notify_ready"):
+            if key.func == "seconds":
+                kind = "a number of seconds"
+            elif key.func not in ("option", "notify_ready"):
                 kind = ("an " if kind[0] in "aeiou" else "a ") + kind
             raise CheckError(f"{value!r} is not {kind}") from None
 
