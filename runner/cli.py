@@ -13,6 +13,7 @@ from .states import ExitStatus
 from .supervisor import RunOptions
 
 log = logging.getLogger("runner")
+EX_SOFTWARE = 70  # sysexits(3): an internal error
 
 COMMANDS = {
     "run": "run the chain (the default when no command is given)",
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:  # only outside the supervisor, which handles SIGINT itself
         return ExitStatus.SIGINT
+    except Exception as exc:  # a bug in runner, not bad input: say so in one line
+        log.debug("internal error", exc_info=True)
+        log.critical("internal error: %s: %s (run with -v for the traceback)",
+                     type(exc).__name__, exc)
+        return EX_SOFTWARE
 
 
 def _get(args: argparse.Namespace) -> int:

@@ -65,5 +65,11 @@ def _add_syslog(logger: logging.Logger) -> None:
         logger.warning("--syslog: cannot connect to %s (%s); logging to stderr only",
                        address, exc.strerror or exc)
         return
+    # Since Python 3.11 the handler swallows a failed connect and then prints a
+    # traceback for every record; a closed socket means the connect failed.
+    if handler.socket is None or handler.socket.fileno() < 0:
+        handler.close()
+        logger.warning("--syslog: cannot connect to %s; logging to stderr only", address)
+        return
     handler.setFormatter(logging.Formatter("runner[%(process)d]: %(message)s"))
     logger.addHandler(handler)

@@ -112,7 +112,10 @@ class Supervisor:
                 self.plan.halt_name, self.plan.task_dir,
             )
         for name, reason in self.plan.skipped:
-            log.debug("skipping %s: %s", name, reason)
+            # A non-executable task is most likely a mistake (SPEC §3: a warning);
+            # hidden files, leftovers and directories are expected.
+            level = logging.WARNING if reason.startswith("not executable") else logging.DEBUG
+            log.log(level, "skipping %s: %s", name, reason)
         state_dir = self.config.runner["state_dir"]
         try:
             os.makedirs(state_dir, exist_ok=True)
