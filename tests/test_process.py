@@ -1,0 +1,232 @@
+"""How a task runs: session, stdin, cwd, output streaming, time limits (SPEC §3)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import LogWatcher, output_of, started, wait_for
+
+
+def proc_stat(text: str) -> dict[str, int]:
+    """pid, ppid, pgrp and session from a /proc/PID/stat line."""
+    pid = int(text.split(" ", 1)[0])
+    fields = text.rsplit(")", 1)[1].split()
+    return {"pid": pid, "ppid": int(fields[1]), "pgrp": int(fields[2]), "session": int(fields[3])}
+
+
+def alive(pid: int) -> bool:
+    """True if pid is a live process (a zombie nobody reaped counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def read_pid(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+def test_each_task_runs_in_its_own_session_and_process_group(ws):
+    ws.task("a", "cat /proc/$$/stat\ncat /proc/$PPID/stat")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    task_line, parent_line = output_of(proc.stderr, "a")
+    task, runner = proc_stat(task_line), proc_stat(parent_line)
+    assert task["ppid"] == runner["pid"]  # the task is runner's own child
+    assert task["pgrp"] == task["pid"]
+    assert task["session"] == task["pid"]
+    assert runner["pgrp"] != task["pgrp"]
+    assert runner["session"] != task["session"]
+
+
+def test_stdin_is_dev_null(ws):
+    ws.task("a", """
+        readlink /proc/$$/fd/0
+        if read line; then echo "read: $line"; else echo EOF; fi
+    """)
+    # runner's own stdin is a file with content: the task must not see it.
+    with open(ws.cfg) as stdin:
+        proc = subprocess.run(ws.command("-n", "1"), stdin=stdin, capture_output=True,
+                              text=True, timeout=60, cwd=ws.root)
+    assert proc.returncode == 0, proc.stderr
+    assert output_of(proc.stderr, "a") == ["/dev/null", "EOF"]
+
+
+def test_cwd_is_root_by_default(ws):
+    ws.task("a", "pwd")
+    proc = ws.run("-n", "1")  # runner itself runs in the workspace directory
+    assert proc.returncode == 0, proc.stderr
+    assert output_of(proc.stderr, "a") == ["/"]
+
+
+def test_cwd_is_task_cwd_when_set(ws):
+    workdir = ws.root / "work dir"
+    workdir.mkdir()
+    ws.task("a", "pwd")
+    ws.config(task_cwd=workdir)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert output_of(proc.stderr, "a") == [str(workdir)]
+
+
+def test_stdout_and_stderr_are_logged_line_by_line_with_the_task_name(ws):
+    ws.task("10-talk.sh", """
+        echo out one
+        echo err one >&2
+        echo out two
+        printf 'err two\\nerr three\\n' >&2
+    """)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert output_of(proc.stderr, "10-talk.sh") == [
+        "out one", "err one", "out two", "err two", "err three",
+    ]
+    assert re.search(r"^\S+ \S+ INFO \[10-talk\.sh\] err one$", proc.stderr, re.M)
+
+
+def test_output_is_streamed_as_it_arrives(ws):
+    go = ws.root / "go"
+    ws.task("a", f"""
+        echo first line
+        while [ ! -e '{go}' ]; do sleep 0.02; done
+        echo second line
+    """)
+    with LogWatcher(ws.start("-n", "1")) as runner:
+        runner.wait_for(r"\[a\] first line$")
+        assert "second line" not in runner.text()
+        go.touch()
+        runner.wait_for(r"\[a\] second line$")
+        assert runner.finish() == 0, runner.text()
+
+
+def test_last_line_without_newline_is_logged(ws):
+    ws.task("a", "echo one\nprintf 'no newline'")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert output_of(proc.stderr, "a") == ["one", "no newline"]
+
+
+def test_invalid_utf8_and_nul_bytes_do_not_crash_runner(ws):
+    ws.task("a", r"""
+        printf 'bad \377\376 bytes\n'
+        printf 'nul \000 here\n'
+        echo after
+    """)
+    ws.task("b", "echo next task")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert output_of(proc.stderr, "a") == [r"bad \xff\xfe bytes", r"nul \x00 here", "after"]
+    assert output_of(proc.stderr, "b") == ["next task"]
+
+
+def test_very_long_line_is_passed_on_in_pieces(ws):
+    ws.task("a", "head -c 200000 /dev/zero | tr '\\0' x\necho\necho end")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = output_of(proc.stderr, "a")
+    assert lines[-1] == "end"
+    assert "".join(lines[:-1]) == "x" * 200000
+    assert len(lines) > 2  # split, never one 200 kB log record
+
+
+# -- time limits ------------------------------------------------------------
+
+
+def test_max_time_exceeded_is_timeout_and_retried(ws):
+    ws.task("a", "sleep 30")
+    ws.config(max_time=0.5, kill_grace=0.5, max_tries=2)
+    begin = time.monotonic()
+    proc = ws.run("-n", "1")
+    elapsed = time.monotonic() - begin
+    assert proc.returncode == 1, proc.stderr
+    assert started(proc.stderr) == ["a", "a"]
+    assert len(re.findall(r"WARNING a: TIMEOUT", proc.stderr)) == 2, proc.stderr
+    assert elapsed < 10, elapsed
+
+
+def test_original_sleep_2_with_max_time_1_times_out_then_passes(ws):
+    """The original's case: a task sleeping 2 s with max_time = 1 is stopped and retried."""
+    ws.task("slow.sh", '[ "$RUNNER_TRY" -lt 2 ] && sleep 2\nexit 0')
+    ws.task("z-after")
+    ws.config(max_time=1, max_tries=2)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert started(proc.stderr) == ["slow.sh", "slow.sh", "z-after"]
+    match = re.search(r"slow\.sh: TIMEOUT .*after (\d+\.\d+)s", proc.stderr)
+    assert match and float(match[1]) >= 0.9, proc.stderr
+
+
+def test_per_task_max_time_is_enforced(ws):
+    ws.task("1-slow.sh", "sleep 30")
+    ws.config("[slow]\nmax_time = 0.5\n", max_time=600, kill_grace=0.5, max_tries=1)
+    begin = time.monotonic()
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert "1-slow.sh: TIMEOUT" in proc.stderr
+    assert time.monotonic() - begin < 10
+
+
+def test_timeout_kills_the_whole_process_group(ws):
+    child_pid, leader_pid = ws.root / "child.pid", ws.root / "leader.pid"
+    ws.task("a", f"""
+        sleep 300 &
+        echo $! > '{child_pid}'
+        echo $$ > '{leader_pid}'
+        sleep 300
+    """)
+    ws.config(max_time=0.5, kill_grace=0.5, max_tries=1)
+    begin = time.monotonic()
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert "a: TIMEOUT" in proc.stderr
+    assert time.monotonic() - begin < 10
+    pids = [read_pid(child_pid), read_pid(leader_pid)]
+    wait_for(lambda: not any(alive(pid) for pid in pids), 5, f"{pids} to be gone")
+
+
+def test_timeout_kills_a_background_child_that_ignores_sigterm(ws):
+    """The leader dies of SIGTERM; its child ignoring SIGTERM gets SIGKILL after kill_grace."""
+    child_pid = ws.root / "child.pid"
+    ws.task("a", f"""
+        (trap '' TERM; exec sleep 300) &
+        echo $! > '{child_pid}'
+        sleep 300
+    """)
+    ws.config(max_time=0.5, kill_grace=0.5, max_tries=1)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 1, proc.stderr
+    pid = read_pid(child_pid)
+    wait_for(lambda: not alive(pid), 5, f"background child {pid} to be gone")
+
+
+def test_task_ignoring_sigterm_is_killed_after_kill_grace(ws):
+    pid_file = ws.root / "task.pid"
+    ws.task("a", f"""
+        trap '' TERM
+        echo $$ > '{pid_file}'
+        sleep 300
+    """)
+    ws.config(max_time=0.5, kill_grace=1, max_tries=1)
+    begin = time.monotonic()
+    proc = ws.run("-n", "1")
+    elapsed = time.monotonic() - begin
+    assert proc.returncode == 1, proc.stderr
+    match = re.search(r"a: TIMEOUT \(signal 9\) after (\d+\.\d+)s", proc.stderr)
+    assert match, proc.stderr
+    assert 1.4 <= float(match[1]) < 5  # max_time + kill_grace, not forever
+    assert elapsed < 10
+    assert not alive(read_pid(pid_file))
+
+
+def test_task_env_has_the_runner_variables(ws):
+    ws.task("a", 'echo "$RUNNER_TASK $RUNNER_TRY $RUNNER_ITERATION $RUNNER_STATE_DIR"')
+    proc = ws.run("-n", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert output_of(proc.stderr, "a") == [f"a 1 1 {ws.state}", f"a 1 2 {ws.state}"]
+    assert os.path.isdir(ws.state)
