@@ -130,7 +130,8 @@ def _get(args: argparse.Namespace) -> int:
         getconf.split_key(args.get)
     except getconf.InputError as exc:
         return fail(str(exc))
-    return getconf.answer(load(args.config, args.overrides).snapshot()["sections"], opts)
+    sections = load(args.config, args.overrides).snapshot()["sections"]
+    return getconf.answer(sections, opts, prog="runner")
 
 
 def fail(message: str) -> int:

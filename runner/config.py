@@ -107,15 +107,19 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         files.append(path)
     else:
         merged = ConfigObj(list_values=False, interpolation=False)
+    parsed_overrides = [(o, *parse_override(o)) for o in overrides]
     include = merged.get(RUNNER, {}).get("include_dir")
+    for override, section, key, value in parsed_overrides:
+        if (section, key) == (RUNNER, "include_dir"):  # -D decides which fragments are read
+            include = value
+            origins[(RUNNER, "include_dir")] = Origin(f"-D {override}")
     if include:
         include_key = spec.sections[RUNNER]["include_dir"]
         include_dir = _check(spec, include_key, include, origins, RUNNER)
         for fragment in _fragments(include_dir, origins[(RUNNER, "include_dir")]):
             merged.merge(_read_file(fragment, origins))
             files.append(fragment)
-    for override in overrides:
-        section, key, value = parse_override(override)
+    for override, section, key, value in parsed_overrides:
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
             raise ConfigError(f"-D {override}: {section!r} is a key, not a section")

@@ -93,7 +93,7 @@ def split_key(name):
     return section, key
 
 
-def answer(sections, opts, out=sys.stdout, err=sys.stderr):
+def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config"):
     """Print what opts ask for from {section: {key: value}}; return the exit status."""
     if opts["get"]:
         section, key = split_key(opts["get"])
@@ -104,7 +104,7 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr):
                 return EX_OK
             where = (f"no section [{section}]" if values is None
                      else f"no key {key!r} in [{section}]")
-            print(f"runner-config: {opts['get']}: {where}", file=err)
+            print(f"{prog}: {opts['get']}: {where}", file=err)
             return EX_MISSING
         value = values[key]
         print(json.dumps(value) if opts["json"] else format_value(value), file=out)
@@ -112,7 +112,7 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr):
     selected = sections
     if opts["section"] is not None:
         if opts["section"] not in sections:
-            print(f"runner-config: no section [{opts['section']}]", file=err)
+            print(f"{prog}: no section [{opts['section']}]", file=err)
             return EX_MISSING
         selected = {opts["section"]: sections[opts["section"]]}
     if opts["json"]:

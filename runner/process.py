@@ -168,7 +168,7 @@ class _Waiter:
 
     def _finish_group(self) -> None:
         """After a stop, the rest of the group gets the same grace, then SIGKILL."""
-        while self._signal_group(0):
+        while group_has_live_members(self.pgid):
             if self.killed or time.monotonic() >= (self.kill_at or 0):
                 self._kill()
                 return
@@ -182,6 +182,39 @@ class _Waiter:
             self.result.signal = -status
         else:
             self.result.exit_code = status
+
+
+def group_has_live_members(pgid: int) -> bool:
+    """True while a process of the group is still running.
+
+    kill(-pgid, 0) also succeeds for zombies, which a slow PID 1 (or none, in a
+    container) may leave for seconds; /proc tells running members from them.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        entries = []
+    if not entries:
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # Fields after the command name (which may hold spaces and parentheses).
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 class _OutputReader(threading.Thread):

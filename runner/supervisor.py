@@ -276,9 +276,14 @@ class Supervisor:
         if omitted:
             log.warning("  (%d earlier failures not shown)", omitted)
         for run in self.failures:
-            code = run.exit_code if run.exit_code is not None else "-"
+            if run.exit_code is not None:
+                how = f"exit {run.exit_code}"
+            elif run.signal is not None:
+                how = f"signal {run.signal}"
+            else:
+                how = "did not start"
             log.warning(
-                "  %s iteration %d try %d: %s exit %s after %.2fs",
-                run.task.name, run.iteration, run.try_num, run.state.value, code,
+                "  %s iteration %d try %d: %s %s after %.2fs",
+                run.task.name, run.iteration, run.try_num, run.state.value, how,
                 run.duration_s or 0.0,
             )

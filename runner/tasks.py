@@ -175,7 +175,10 @@ def order(tasks: list[Task], config: Config, skipped: list[tuple[str, str]]) -> 
                 heapq.heappush(ready, (byte_order(child), child))
     if len(result) != len(tasks):
         cycle = _find_cycle({n: needs[n] for n, c in waiting.items() if c > 0})
-        raise ConfigError("dependency cycle: " + " -> ".join(cycle))
+        first = by_name[cycle[0]]
+        where = config.origins.get((first.short_name, "depends_on"))
+        prefix = f"{where.where()}: [{first.short_name}] depends_on: " if where else ""
+        raise ConfigError(prefix + "dependency cycle: " + " -> ".join(cycle))
     return result
 
 

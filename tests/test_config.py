@@ -221,8 +221,19 @@ def test_dependency_cycle_is_reported_before_any_task_runs(ws):
     ws.task("20-b.sh", "echo ran b")
     ws.config("[a]\ndepends_on = b\n[b]\ndepends_on = 10-a.sh\n")
     proc = ws.run("-n", "1")
-    assert_one_line_error(proc, "dependency cycle", "10-a.sh -> 20-b.sh -> 10-a.sh")
+    line = line_of(ws.cfg, "depends_on = b")
+    assert_one_line_error(proc, f"runner.cfg:{line}: [a] depends_on: dependency cycle",
+                          "10-a.sh -> 20-b.sh -> 10-a.sh")
     assert_one_line_error(ws.run("check"), "dependency cycle")
+
+
+def test_define_of_include_dir_reads_that_directory(ws):
+    fragments = ws.root / "elsewhere"
+    fragments.mkdir()
+    (fragments / "50-hg.cfg").write_text("[hg]\nremote = from-fragment\n")
+    ws.config("[hg]\nremote = from-main\n")
+    proc = ws.run("-D", f"runner.include_dir={fragments}", "-g", "hg.remote", tasks=False)
+    assert (proc.returncode, proc.stdout) == (0, "from-fragment\n"), proc.stderr
 
 
 def test_dependency_on_a_missing_task_names_the_section(ws):

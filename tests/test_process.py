@@ -159,7 +159,8 @@ def test_original_sleep_2_with_max_time_1_times_out_then_passes(ws):
     assert proc.returncode == 0, proc.stderr
     assert started(proc.stderr) == ["slow.sh", "slow.sh", "z-after"]
     match = re.search(r"slow\.sh: TIMEOUT .*after (\d+\.\d+)s", proc.stderr)
-    assert match and float(match[1]) >= 0.9, proc.stderr
+    # Zombies left by a slow PID 1 must not make runner wait out kill_grace.
+    assert match and 0.9 <= float(match[1]) < 1.9, proc.stderr
 
 
 def test_per_task_max_time_is_enforced(ws):

@@ -238,7 +238,7 @@ def test_runner_get_answers_like_runner_config(ws, key):
     assert (legacy.returncode, legacy.stdout) == (modern.returncode, modern.stdout)
     assert legacy.returncode in (0, 1)
     if legacy.returncode:
-        assert key in legacy.stderr
+        assert legacy.stderr.startswith(f"runner: {key}: "), legacy.stderr
 
 
 def test_runner_get_applies_define(ws):
