@@ -81,6 +81,15 @@ class Workspace:
         )
 
 
+def alive(pid: int) -> bool:
+    """True if pid is a live process (an unreaped zombie counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
 def started(log: str) -> list[str]:
     """Task names in the order runner started them (halt task runs included)."""
     return re.findall(r"INFO (?:halt task )?(\S+): starting \(", log)

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import LogWatcher, output_of, started, wait_for
+from conftest import LogWatcher, alive, output_of, started, wait_for
 
 
 def proc_stat(text: str) -> dict[str, int]:
@@ -16,15 +16,6 @@ def proc_stat(text: str) -> dict[str, int]:
     pid = int(text.split(" ", 1)[0])
     fields = text.rsplit(")", 1)[1].split()
     return {"pid": pid, "ppid": int(fields[1]), "pgrp": int(fields[2]), "session": int(fields[3])}
-
-
-def alive(pid: int) -> bool:
-    """True if pid is a live process (a zombie nobody reaped counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def read_pid(path: Path) -> int:

@@ -8,16 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LogWatcher, output_of, started, wait_for, wait_for_file
-
-
-def alive(pid: int) -> bool:
-    """True if pid is a live process (an unreaped zombie counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+from conftest import LogWatcher, alive, output_of, started, wait_for, wait_for_file
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
@@ -49,7 +40,8 @@ def test_stop_signal_terminates_the_task_group_and_starts_nothing_more(ws, signu
     wait_for(lambda: not alive(pid), 5, "the task's background child to be gone")
 
 
-def test_stop_waits_kill_grace_then_kills_a_task_ignoring_sigterm(ws):
+def sigterm_ignoring_task(ws) -> tuple[Path, Path]:
+    """Task `a` ignores SIGTERM; returns (marker written once it runs, its pid file)."""
     ready, pid_file = ws.root / "ready", ws.root / "task.pid"
     ws.task("a", f"""
         trap '' TERM
@@ -57,6 +49,11 @@ def test_stop_waits_kill_grace_then_kills_a_task_ignoring_sigterm(ws):
         touch '{ready}'
         while :; do sleep 0.05; done
     """)
+    return ready, pid_file
+
+
+def test_stop_waits_kill_grace_then_kills_a_task_ignoring_sigterm(ws):
+    ready, pid_file = sigterm_ignoring_task(ws)
     ws.config(kill_grace=1)
     with LogWatcher(ws.start("-n", "1")) as runner:
         wait_for_file(ready)
@@ -70,13 +67,7 @@ def test_stop_waits_kill_grace_then_kills_a_task_ignoring_sigterm(ws):
 
 
 def test_second_sigterm_kills_a_task_ignoring_sigterm_at_once(ws):
-    ready, pid_file = ws.root / "ready", ws.root / "task.pid"
-    ws.task("a", f"""
-        trap '' TERM
-        echo $$ > '{pid_file}'
-        touch '{ready}'
-        while :; do sleep 0.05; done
-    """)
+    ready, pid_file = sigterm_ignoring_task(ws)
     ws.config(kill_grace=30)
     with LogWatcher(ws.start("-n", "1")) as runner:
         wait_for_file(ready)
