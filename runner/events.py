@@ -13,6 +13,9 @@ log = logging.getLogger("runner")
 class Listener:
     """Something that wants to know what runner does. Every method is optional."""
 
+    def started(self) -> None:
+        """The configuration is read and the plan is valid; the first iteration begins."""
+
     def task_changed(self, run: TaskRun) -> None:
         """A task run entered a new state (RUNNING, or a result)."""
 
@@ -21,6 +24,9 @@ class Listener:
 
     def waiting(self, seconds: float, reason: str) -> None:
         """runner pauses (backoff before a retry)."""
+
+    def iteration_done(self, iteration: int) -> None:
+        """Every task of the chain was OK in this iteration."""
 
     def finished(self, status: int) -> None:
         """runner is about to exit with this status."""
@@ -38,8 +44,14 @@ class Dispatcher:
         _log_transition(run)
         self._emit("task_changed", run)
 
+    def started(self) -> None:
+        self._emit("started")
+
     def chain_started(self, iteration: int, try_num: int) -> None:
         self._emit("chain_started", iteration, try_num)
+
+    def iteration_done(self, iteration: int) -> None:
+        self._emit("iteration_done", iteration)
 
     def waiting(self, seconds: float, reason: str) -> None:
         self._emit("waiting", seconds, reason)

@@ -119,8 +119,12 @@ class _Waiter:
                 if self.signals.fd >= 0:
                     selector.register(self.signals.fd, selectors.EVENT_READ)
                 while self.proc.poll() is None:
-                    self._react(time.monotonic())
-                    selector.select(self._timeout(time.monotonic()))
+                    now = time.monotonic()
+                    self._react(now)
+                    timeout = self._timeout(now)
+                    self.signals.expect_wake_by(None if timeout is None else now + timeout)
+                    selector.select(timeout)
+                    self.signals.expect_wake_by(time.monotonic())  # awake: report again soon
                     self.signals.drain()
             finally:
                 os.close(pidfd)

@@ -19,6 +19,8 @@ class SignalState:
     blocked select() return, so no wait ever has to poll for a signal.
     """
 
+    # Every wait tells the watchdog when it will wake up next (runner.notify.Heartbeat).
+    heartbeat: object | None = None
     stop_signal: int | None = None
     stop_count: int = 0
     reload: bool = False
@@ -49,6 +51,10 @@ class SignalState:
             self.stop_signal = signum
         self.stop_count += 1
 
+    def expect_wake_by(self, moment: float | None) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.expect_wake_by(moment)
+
     @property
     def fd(self) -> int:
         return self._read_fd
@@ -70,6 +76,8 @@ class SignalState:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return True
+                self.expect_wake_by(deadline)
                 selector.select(left)
+                self.expect_wake_by(time.monotonic())
                 self.drain()
         return False

@@ -93,6 +93,7 @@ class Supervisor:
         status = ExitStatus.CONFIG
         try:
             self._prepare()
+            self.dispatcher.started()
             status = self._iterations()
             return status
         finally:
@@ -137,6 +138,7 @@ class Supervisor:
             status = self._iteration(iteration)
             if status is not None:
                 return status
+            self.dispatcher.iteration_done(iteration)
             times = self.times()
             if times and iteration >= times:
                 break

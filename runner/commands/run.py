@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..config import load
+from ..notify import Heartbeat, Notifier
 from ..signals import SignalState
 from ..states import ExitStatus
 from ..supervisor import RunOptions, Supervisor
@@ -14,10 +15,12 @@ log = logging.getLogger("runner")
 
 def run(options: RunOptions) -> int:
     config = load(options.config_path, options.overrides)
-    signals = SignalState()
+    heartbeat = Heartbeat()
+    signals = SignalState(heartbeat=heartbeat)
+    notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
     signals.install()
     try:
-        status = Supervisor(options, config, signals).run()
+        status = Supervisor(options, config, signals, listeners=(notifier,)).run()
     finally:
         signals.uninstall()
     if status is not ExitStatus.DONE:
