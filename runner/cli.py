@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -21,7 +22,9 @@ COMMANDS = {
     "list": "list the tasks in run order with their effective settings",
 }
 # Options that take a value, so the first positional word can be found before parsing.
-_VALUE_OPTIONS = {"-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get"}
+_VALUE_OPTIONS = {
+    "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -81,6 +84,11 @@ def build_parser(command: str) -> Parser:
     parser.add_argument("--syslog", action="store_true", help="also log to syslog")
     parser.add_argument("-g", "--get", metavar="SECTION.KEY",
                         help="print one config value and exit (as runner-config -g)")
+    parser.add_argument("--daemon", action="store_true",
+                        help="detach from the terminal (hosts without systemd)")
+    parser.add_argument("--pidfile", default="/run/runner.pid",
+                        help="with --daemon: locked pidfile (default /run/runner.pid)")
+    parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     if command == "list":
         parser.add_argument("--json", action="store_true", help="print JSON")
@@ -92,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = split_command(argv)
     args = build_parser(command).parse_args(rest)
+    # Absolute now: daemon mode changes to / and SIGHUP reloads read the paths again.
     options = RunOptions(
-        config_path=args.config,
+        config_path=os.path.abspath(args.config) if args.config else None,
         overrides=tuple(args.overrides),
-        task_dir=args.taskdir,
+        task_dir=os.path.abspath(args.taskdir) if args.taskdir else None,
         times=args.times,
         halt_after=args.halt_after,
     )
@@ -109,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "list":
             from .commands.check import list_tasks
             return list_tasks(options, as_json=args.json)
-        from .commands.run import run
-        return run(options)
+        from .commands.run import DaemonOptions, run
+        daemon = DaemonOptions(args.pidfile, args.log_file, args.level) if args.daemon else None
+        return run(options, daemon)
     except ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:  # only outside the supervisor, which handles SIGINT itself

@@ -3,18 +3,52 @@
 from __future__ import annotations
 
 import logging
+import sys
+from dataclasses import dataclass
 
-from ..config import load
+from ..config import Config, load
 from ..notify import Heartbeat, Notifier
 from ..signals import SignalState
 from ..states import ExitStatus
-from ..supervisor import RunOptions, Supervisor
+from ..supervisor import RunOptions, Supervisor, task_dir_of
+from ..tasks import discover
 
 log = logging.getLogger("runner")
 
 
-def run(options: RunOptions) -> int:
+@dataclass(frozen=True)
+class DaemonOptions:
+    """`--daemon`: detach with a pidfile, log to a file or syslog."""
+
+    pidfile: str
+    log_file: str | None
+    level: int
+
+
+def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int:
     config = load(options.config_path, options.overrides)
+    if daemon_options is None:
+        return supervise(options, config)
+    from .. import daemonize
+
+    discover(config, task_dir_of(options, config))  # report a bad plan before detaching
+    try:
+        context = daemonize.context(daemon_options.pidfile)
+    except daemonize.AlreadyRunning as exc:
+        print(f"runner: {exc}", file=sys.stderr)
+        return daemonize.EX_TEMPFAIL
+    try:
+        with context:
+            daemonize.log_to(daemon_options.log_file, daemon_options.level)
+            return supervise(options, config)
+    except Exception as exc:
+        if daemonize.is_locked_error(exc):  # lost a race for the pidfile after detaching
+            log.error("%s: another runner took the pidfile first", daemon_options.pidfile)
+            return daemonize.EX_TEMPFAIL
+        raise
+
+
+def supervise(options: RunOptions, config: Config) -> int:
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
