@@ -1,0 +1,160 @@
+"""runner.service under a real systemd: PID 1 of a systemd-nspawn container.
+
+A cached debootstrapped Debian tree (scripts/systemd-tree.sh) is copied, runner is
+installed into it on Debian's own python3-configobj/daemon/sdnotify, and a oneshot
+probe unit inside drives and observes runner.service, writes what it saw to /out and
+powers the container off. The host reads /out afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import in_ci, skip_unless
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOT_TIMEOUT = 180
+
+PROBE = r"""#!/bin/sh
+# Drives runner.service from inside the container; every observation goes to /out.
+out=/out/result.txt
+say() { echo "$*" >> "$out"; }
+prop() { systemctl show runner -p "$1" --value; }
+wait_until() {  # wait_until SECONDS COMMAND...
+    limit=$(( $1 * 10 )); shift
+    while [ "$limit" -gt 0 ]; do "$@" && return 0; sleep 0.1; limit=$((limit - 1)); done
+    return 1
+}
+status_has() { prop StatusText | grep -q "$1"; }
+is_active() { [ "$(prop ActiveState)" = active ]; }
+
+wait_until 60 status_has "running task 20-gate.sh" || say "never-saw-gate"
+say "gate-state=$(prop ActiveState)"
+say "gate-status=$(prop StatusText)"
+touch /run/release-gate
+wait_until 60 is_active || say "never-active"
+say "after-gate-state=$(prop ActiveState)"
+wait_until 60 status_has "running task 30-worker.sh" || say "never-saw-worker"
+wait_until 30 test -s /run/worker-child.pid || say "no-child-pid"
+say "worker-status=$(prop StatusText)"
+child=$(cat /run/worker-child.pid)
+daemon=$(cat /run/worker-daemon.pid)
+systemctl stop runner
+say "stopped-state=$(prop ActiveState)"
+say "stopped-result=$(prop Result)"
+sleep 0.5
+kill -0 "$child" 2>/dev/null && say "child-alive" || say "child-gone"
+kill -0 "$daemon" 2>/dev/null && say "daemon-alive" || say "daemon-gone"
+journalctl -u runner --no-pager -o cat > /out/journal.txt
+say "done"
+systemctl poweroff
+"""
+
+TASKS = {
+    "10-first.sh": "echo first task says hello",
+    "20-gate.sh": "while [ ! -e /run/release-gate ]; do sleep 0.1; done\necho gate open",
+    # The worker: a child in its own group and a daemon that left the session (setsid),
+    # then a long wait; systemctl stop must take all of it down.
+    "30-worker.sh": textwrap.dedent("""\
+        sleep 1000 &
+        echo $! > /run/worker-child.pid.tmp
+        setsid sh -c 'echo $$ > /run/worker-daemon.pid; exec sleep 1000' &
+        while [ ! -s /run/worker-daemon.pid ]; do sleep 0.05; done
+        mv /run/worker-child.pid.tmp /run/worker-child.pid
+        echo worker running
+        exec sleep 1000
+    """),
+    "halt.sh": "echo halt requested",
+}
+
+CONFIG = """\
+[runner]
+notify_ready = task:gate
+sleep_time = 0
+retry_jitter = 0
+kill_grace = 2
+"""
+
+
+def _tools_ready() -> str | None:
+    if os.geteuid() != 0:
+        return "booting systemd in a container needs root"
+    for tool in ("systemd-nspawn", "debootstrap"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian packages systemd-container, debootstrap)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def tree() -> Path:
+    problem = _tools_ready()
+    skip_unless(problem is None, problem or "")
+    cache = os.environ.get("RUNNER_TREE_CACHE", "/var/cache/runner-ci")
+    script = ROOT / "scripts" / "systemd-tree.sh"
+    if not in_ci() and not any(Path(cache).glob("bookworm-*/.complete")):
+        pytest.skip(f"no cached systemd tree in {cache}: run {script} once (about 75 s)")
+    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip())
+
+
+def _install(guest: Path) -> None:
+    site = guest / "usr/lib/python3/dist-packages/runner"
+    shutil.copytree(ROOT / "runner", site, ignore=shutil.ignore_patterns("__pycache__"))
+    entry = guest / "usr/bin/runner"
+    entry.write_text("#!/usr/bin/python3\nfrom runner.cli import entry\nentry()\n")
+    entry.chmod(0o755)
+    units = guest / "etc/systemd/system"
+    shutil.copy(ROOT / "packaging/runner.service", units / "runner.service")
+    wants = units / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "runner.service").symlink_to("/etc/systemd/system/runner.service")
+    (units / "probe.service").write_text(
+        "[Unit]\nDescription=runner test probe\n\n"
+        "[Service]\nType=oneshot\nExecStart=/usr/local/sbin/probe\nStandardOutput=journal\n"
+    )
+    (wants / "probe.service").symlink_to("/etc/systemd/system/probe.service")
+    probe = guest / "usr/local/sbin/probe"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text(PROBE)
+    probe.chmod(0o755)
+    tasks = guest / "etc/runner/tasks.d"
+    tasks.mkdir(parents=True)
+    for name, body in TASKS.items():
+        (tasks / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tasks / name).chmod(0o755)
+    (guest / "etc/runner/runner.cfg").write_text(CONFIG)
+
+
+def test_runner_service_under_a_real_systemd(tree, tmp_path):
+    guest, out = tmp_path / "guest", tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["cp", "-a", "--reflink=auto", str(tree), str(guest)], check=True)
+    _install(guest)
+    boot = subprocess.run(
+        ["timeout", str(BOOT_TIMEOUT), "systemd-nspawn", "-q", "-D", str(guest),
+         "--register=no", "--keep-unit", "--private-network", f"--bind={out}:/out", "--boot"],
+        capture_output=True, text=True, timeout=BOOT_TIMEOUT + 30,
+    )
+    result = (out / "result.txt").read_text() if (out / "result.txt").exists() else ""
+    journal = (out / "journal.txt").read_text() if (out / "journal.txt").exists() else ""
+    context = f"probe:\n{result}\njournal:\n{journal}\nnspawn:\n{boot.stdout[-3000:]}"
+    assert "done" in result, context
+    seen = dict(line.split("=", 1) for line in result.splitlines() if "=" in line)
+    # Not active while the notify_ready task has not passed; STATUS names it.
+    assert seen["gate-state"] == "activating", context
+    assert "try 1/5: running task 20-gate.sh" in seen["gate-status"], context
+    assert seen["after-gate-state"] == "active", context
+    assert "running task 30-worker.sh" in seen["worker-status"], context
+    # systemctl stop takes the running task's whole tree down, setsid daemon included.
+    assert seen["stopped-state"] in ("inactive", "deactivating"), context
+    assert seen["stopped-result"] == "success", context
+    assert "child-gone" in result and "daemon-gone" in result, context
+    # The journal has the tasks' output and runner's own lines.
+    assert "[10-first.sh] first task says hello" in journal, context
+    assert "30-worker.sh: STOPPED" in journal, context
