@@ -91,7 +91,7 @@ def build_parser(command: str) -> Parser:
     parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     if command == "list":
-        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("--json", action="store_true", help="with list: print JSON")
     parser.add_argument("taskdir", nargs="?", help="task directory (default [runner] task_dir)")
     return parser
 

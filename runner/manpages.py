@@ -1,0 +1,200 @@
+"""The man pages runner(8), runner-config(1) and runner.cfg(5), in roff.
+
+runner.cfg(5) is generated from the configspec and the option lists from the
+command-line parsers, so the pages cannot drift from what runner does. The
+rendered pages are committed under man/; a test regenerates and compares them.
+
+    python3 -m runner.manpages man/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .spec import KeySpec, load_spec
+
+DATE = "2026-11-23"  # bump with the text of the pages, not with every build
+
+
+def esc(text: str) -> str:
+    """Escape text for roff: backslashes, hyphens and leading dots/quotes."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(ch if ord(ch) < 128 else f"\\[u{ord(ch):04X}]" for ch in text)
+    if text[:1] in (".", "'"):
+        text = "\\&" + text
+    return text
+
+
+def _header(name: str, section: int, title: str) -> list[str]:
+    return [
+        f'.TH {name.upper()} {section} "{DATE}" "runner {__version__}" "{title}"',
+        ".SH NAME",
+        f"{esc(name)} \\- {esc(_SUMMARY[name])}",
+    ]
+
+
+_SUMMARY = {
+    "runner": "bring a machine from booted to ready for work, and keep it there",
+    "runner-config": "print values of runner's configuration",
+    "runner.cfg": "configuration file of runner",
+}
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    lines = []
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        flags = ", ".join(f"\\fB{esc(flag)}\\fR" for flag in action.option_strings)
+        if action.nargs != 0:
+            flags += f" \\fI{esc(action.metavar or action.dest.upper())}\\fR"
+        lines += [".TP", flags, esc(action.help or "")]
+    return lines
+
+
+def _key(key: KeySpec) -> list[str]:
+    default = key.default_text or "unset"
+    return [
+        ".TP",
+        f"\\fB{esc(key.name)}\\fR = \\fI{esc(key.type_name)}\\fR (default: {esc(default)})",
+        esc(" ".join(key.doc)),
+    ]
+
+
+def runner_8() -> str:
+    from .cli import COMMANDS, build_parser
+
+    lines = _header("runner", 8, "System Administration")
+    lines += [
+        ".SH SYNOPSIS",
+        "\\fBrunner\\fR [\\fIoptions\\fR] "
+        "[\\fBrun\\fR|\\fBcheck\\fR|\\fBlist\\fR] [\\fITASKDIR\\fR]",
+        ".SH DESCRIPTION",
+        esc("runner reads its configuration (runner.cfg(5)), runs the executables of the task "
+            "directory in byte order of their names (adjusted for depends_on), retries the "
+            "chain with backoff and jitter when a task fails, and runs the halt task when a "
+            "task exits 2 or the tries run out. Each task runs in its own session and process "
+            "group with stdin from /dev/null; its output is logged line by line."),
+        ".SH COMMANDS",
+    ]
+    for name, text in COMMANDS.items():
+        lines += [".TP", f"\\fB{name}\\fR", esc(text)]
+    lines += [".SH OPTIONS", *_options(build_parser("list"))]
+    lines += [".SH TASK RESULTS"]
+    for code, text in (
+        ("0", "OK: the next task runs."),
+        ("2", "HALT: the halt task runs, runner exits 2."),
+        ("3", "EXIT: runner exits 3; the halt task does not run."),
+        ("other", "RETRY (also a death by signal, or a task that cannot start): pause "
+                  "sleep_time * backoff**n + uniform(0, retry_jitter), then try the chain again."),
+        ("timeout", "TIMEOUT after max_time: SIGTERM to the group, SIGKILL after kill_grace; "
+                    "handled as RETRY."),
+    ):
+        lines += [".TP", f"\\fB{esc(code)}\\fR", esc(text)]
+    lines += [".SH EXIT STATUS"]
+    for code, text in (
+        ("0", "every iteration passed"), ("1", "a task failed on its last try"),
+        ("2", "a task asked for a halt"), ("3", "a task asked runner to exit"),
+        ("70", "internal error"), ("75", "--daemon: another runner holds the pidfile"),
+        ("78", "configuration or command-line error"),
+        ("130, 143", "stopped by SIGINT or SIGTERM"),
+    ):
+        lines += [".TP", f"\\fB{esc(code)}\\fR", esc(text)]
+    lines += [
+        ".SH SIGNALS",
+        esc("SIGTERM and SIGINT stop the running task's process group (SIGKILL after "
+            "kill_grace) and exit 143 or 130; a second signal kills at once. SIGHUP reloads "
+            "the configuration before the next task; an invalid one is reported and the old "
+            "one kept."),
+        ".SH ENVIRONMENT",
+        esc("Tasks and hooks get [env] of runner.cfg and RUNNER_CONFIG_CMD, RUNNER_TASK, "
+            "RUNNER_TRY, RUNNER_ITERATION, RUNNER_STATE_DIR. NOTIFY_SOCKET, WATCHDOG_USEC and "
+            "JOURNAL_STREAM are honoured under systemd."),
+        ".SH FILES",
+        ".TP", "\\fI/etc/runner/runner.cfg\\fR", "configuration",
+        ".TP", "\\fI/etc/runner/tasks.d/\\fR", "task directory",
+        ".TP", "\\fI/var/lib/runner/\\fR", "state directory",
+        ".SH SEE ALSO",
+        "\\fBrunner\\-config\\fR(1), \\fBrunner.cfg\\fR(5), \\fBsystemd.service\\fR(5)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def runner_config_1() -> str:
+    lines = _header("runner-config", 1, "User Commands")
+    lines += [
+        ".SH SYNOPSIS",
+        "\\fBrunner\\-config\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] [\\fB\\-D\\fR "
+        "\\fIsection.key=value\\fR]... \\fB\\-g\\fR \\fIsection.key\\fR "
+        "[\\fB\\-\\-default\\fR \\fIVALUE\\fR] [\\fB\\-\\-json\\fR]",
+        ".br",
+        "\\fBrunner\\-config\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] \\fB\\-l\\fR [\\fISECTION\\fR] "
+        "[\\fB\\-\\-json\\fR]",
+        ".SH DESCRIPTION",
+        esc("Prints values of runner's effective configuration: the file, its include_dir "
+            "fragments, -D overrides and the defaults of [runner]. Inside a task, "
+            "$RUNNER_CONFIG_CMD -g section.key answers from a snapshot of the configuration "
+            "runner is using, including its -D overrides and reloads."),
+        ".SH OPTIONS",
+    ]
+    for flags, text in (
+        ("-c, --config CONFIG", "config file (default /etc/runner/runner.cfg)"),
+        ("-D section.key=value", "override a value, validated like the file"),
+        ("-g, --get section.key", "print one value"),
+        ("--default VALUE", "with -g: print VALUE when the key is not set, exit 0"),
+        ("-l, --list [SECTION]", "print every section.key = value line, or one section's"),
+        ("--json", "print JSON"),
+    ):
+        lines += [".TP", f"\\fB{esc(flags)}\\fR", esc(text)]
+    lines += [
+        ".SH EXIT STATUS",
+        ".TP", "\\fB0\\fR", "the value was printed",
+        ".TP", "\\fB1\\fR", esc("the key or section is not set (a message goes to stderr)"),
+        ".TP", "\\fB78\\fR", esc("bad configuration or command line"),
+        ".SH SEE ALSO", "\\fBrunner\\fR(8), \\fBrunner.cfg\\fR(5)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def runner_cfg_5() -> str:
+    spec = load_spec()
+    lines = _header("runner.cfg", 5, "File Formats")
+    lines += [
+        ".SH SYNOPSIS", "\\fI/etc/runner/runner.cfg\\fR",
+        ".SH DESCRIPTION",
+        esc("An INI file parsed by configobj. Values are kept as written; one pair of quotes "
+            "around a whole value is removed and # starts a comment. Errors name the file, "
+            "the line, the section and the key; runner then exits 78."),
+        ".SH [runner]",
+        esc("runner's own settings. An unknown key is an error."),
+    ]
+    for key in spec.sections["runner"].values():
+        lines += _key(key)
+    lines += [".SH PER-TASK SECTIONS", esc(" ".join(spec.section_docs.get("task", ())))]
+    for key in spec.sections["task"].values():
+        lines += _key(key)
+    lines += [
+        ".SH [env]", esc(" ".join(spec.section_docs.get("env", ()))),
+        ".SH OTHER SECTIONS",
+        esc("Free-form configuration for tasks, read with runner-config(1)."),
+        ".SH SEE ALSO", "\\fBrunner\\fR(8), \\fBrunner\\-config\\fR(1)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+PAGES = {"runner.8": runner_8, "runner-config.1": runner_config_1, "runner.cfg.5": runner_cfg_5}
+
+
+def main(argv: list[str] | None = None) -> int:
+    target = Path((argv if argv is not None else sys.argv[1:] or ["man"])[0])
+    target.mkdir(parents=True, exist_ok=True)
+    for name, render in PAGES.items():
+        (target / name).write_text(render(), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
