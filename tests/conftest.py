@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -114,6 +115,58 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
+
+
+# -- a real systemd in a container (see ../shared/notes/real-systemd.md) ---------
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOT_TIMEOUT = 180
+
+
+def _container_tools_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "booting systemd in a container needs root"
+    for tool in ("systemd-nspawn", "debootstrap"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian packages systemd-container, debootstrap)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def systemd_tree() -> Path:
+    """The cached minimal Debian tree (scripts/systemd-tree.sh builds it, in CI always)."""
+    problem = _container_tools_problem()
+    skip_unless(problem is None, problem or "")
+    cache = os.environ.get("RUNNER_TREE_CACHE", "/var/cache/runner-ci")
+    script = ROOT / "scripts" / "systemd-tree.sh"
+    if not in_ci() and not any(Path(cache).glob("bookworm-*/.complete")):
+        pytest.skip(f"no cached systemd tree in {cache}: run {script} once (about 75 s)")
+    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip())
+
+
+def copy_tree(tree: Path, dest: Path) -> None:
+    """A throwaway copy of the cached tree, so tests never change the cache."""
+    subprocess.run(["cp", "-a", "--reflink=auto", str(tree), str(dest)], check=True)
+
+
+def boot_guest(guest: Path, out: Path) -> subprocess.CompletedProcess:
+    """Boot the guest's systemd as PID 1; returns when the guest powers off."""
+    return subprocess.run(
+        ["timeout", str(BOOT_TIMEOUT), "systemd-nspawn", "-q", "-D", str(guest),
+         "--register=no", "--keep-unit", "--private-network", f"--bind={out}:/out", "--boot"],
+        capture_output=True, text=True, timeout=BOOT_TIMEOUT + 30,
+    )
+
+
+def in_guest(guest: Path, *argv: str) -> subprocess.CompletedProcess:
+    """Run one command in the guest tree (no boot), e.g. apt-get or dpkg."""
+    return subprocess.run(
+        ["systemd-nspawn", "-q", "-D", str(guest), "--register=no", "--keep-unit",
+         "--private-network", *argv],
+        capture_output=True, text=True, timeout=300,
+    )
 
 
 # -- helpers for tests that watch a runner started in the background ----------

@@ -8,17 +8,13 @@ powers the container off. The host reads /out afterwards.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
-import pytest
-from conftest import in_ci, skip_unless
+from conftest import boot_guest, copy_tree
 
 ROOT = Path(__file__).resolve().parent.parent
-BOOT_TIMEOUT = 180
 
 PROBE = r"""#!/bin/sh
 # Drives runner.service from inside the container; every observation goes to /out.
@@ -81,28 +77,6 @@ kill_grace = 2
 """
 
 
-def _tools_ready() -> str | None:
-    if os.geteuid() != 0:
-        return "booting systemd in a container needs root"
-    for tool in ("systemd-nspawn", "debootstrap"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian packages systemd-container, debootstrap)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def tree() -> Path:
-    problem = _tools_ready()
-    skip_unless(problem is None, problem or "")
-    cache = os.environ.get("RUNNER_TREE_CACHE", "/var/cache/runner-ci")
-    script = ROOT / "scripts" / "systemd-tree.sh"
-    if not in_ci() and not any(Path(cache).glob("bookworm-*/.complete")):
-        pytest.skip(f"no cached systemd tree in {cache}: run {script} once (about 75 s)")
-    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    return Path(proc.stdout.strip())
-
-
 def _install(guest: Path) -> None:
     site = guest / "usr/lib/python3/dist-packages/runner"
     shutil.copytree(ROOT / "runner", site, ignore=shutil.ignore_patterns("__pycache__"))
@@ -131,16 +105,12 @@ def _install(guest: Path) -> None:
     (guest / "etc/runner/runner.cfg").write_text(CONFIG)
 
 
-def test_runner_service_under_a_real_systemd(tree, tmp_path):
+def test_runner_service_under_a_real_systemd(systemd_tree, tmp_path):
     guest, out = tmp_path / "guest", tmp_path / "out"
     out.mkdir()
-    subprocess.run(["cp", "-a", "--reflink=auto", str(tree), str(guest)], check=True)
+    copy_tree(systemd_tree, guest)
     _install(guest)
-    boot = subprocess.run(
-        ["timeout", str(BOOT_TIMEOUT), "systemd-nspawn", "-q", "-D", str(guest),
-         "--register=no", "--keep-unit", "--private-network", f"--bind={out}:/out", "--boot"],
-        capture_output=True, text=True, timeout=BOOT_TIMEOUT + 30,
-    )
+    boot = boot_guest(guest, out)
     result = (out / "result.txt").read_text() if (out / "result.txt").exists() else ""
     journal = (out / "journal.txt").read_text() if (out / "journal.txt").exists() else ""
     context = f"probe:\n{result}\njournal:\n{journal}\nnspawn:\n{boot.stdout[-3000:]}"
