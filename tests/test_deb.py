@@ -65,7 +65,8 @@ def test_files_are_where_they_belong(deb):
                  "/lib/systemd/system/runner.service",
                  "/etc/runner/runner.cfg", "/etc/runner/tasks.d/halt.sh", "/var/lib/runner/",
                  "/usr/share/man/man8/runner.8.gz", "/usr/share/man/man1/runner-config.1.gz",
-                 "/usr/share/man/man5/runner.cfg.5.gz", "/usr/share/doc/runner/copyright"):
+                 "/usr/share/man/man5/runner.cfg.5.gz", "/usr/share/doc/runner/copyright",
+                 "/etc/logrotate.d/runner"):
         assert path in files, (path, sorted(files))
     assert files["/usr/bin/runner"].startswith("-rwxr-xr-x")
     assert files["/etc/runner/tasks.d/halt.sh"].startswith("-rwxr-xr-x")
@@ -74,7 +75,8 @@ def test_files_are_where_they_belong(deb):
 def test_conffiles_dependencies_and_unit_enabling(deb, tmp_path):
     subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp_path / "ctl")], check=True)
     conffiles = (tmp_path / "ctl/conffiles").read_text().split()
-    assert conffiles == ["/etc/runner/runner.cfg", "/etc/runner/tasks.d/halt.sh"]
+    assert sorted(conffiles) == ["/etc/logrotate.d/runner", "/etc/runner/runner.cfg",
+                                 "/etc/runner/tasks.d/halt.sh"]
     depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True,
                              text=True, check=True).stdout
     for package in ("python3-configobj", "python3-daemon", "python3-sdnotify", "python3"):

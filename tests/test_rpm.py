@@ -63,8 +63,8 @@ def test_files_are_where_they_belong(package):
 
 
 def test_config_files_requires_and_scriptlets(package):
-    assert rpm_q(package, "--configfiles").split() == [
-        "/etc/runner/runner.cfg", "/etc/runner/tasks.d/halt.sh"]
+    assert sorted(rpm_q(package, "--configfiles").split()) == [
+        "/etc/logrotate.d/runner", "/etc/runner/runner.cfg", "/etc/runner/tasks.d/halt.sh"]
     requires = {line.split()[0] for line in rpm_q(package, "--requires").splitlines()}
     for dep in ("python3", "python3-configobj", "python3-daemon", "python3-sdnotify"):
         assert dep in requires, requires
