@@ -163,3 +163,17 @@ def test_installed_package_runs_the_chain_at_boot_and_purges_clean(deb, systemd_
                                        "tmp", "var/tmp", "root", "run", "etc/machine-id",
                                        "out")))
     assert not left, left
+
+
+def test_sdist_carries_what_packages_need(tmp_path):
+    proc = subprocess.run(["make", "-f", "packaging/Makefile", "sdist", f"OUT={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    tarball = tmp_path / f"runner-{runner.__version__}.tar.gz"
+    names = subprocess.run(["tar", "-tzf", str(tarball)], capture_output=True, text=True,
+                           check=True).stdout.split()
+    prefix = f"runner-{runner.__version__}/"
+    for path in ("runner/configspec.ini", "runner/cli.py", "man/runner.8", "tasks.d/halt.sh",
+                 "packaging/runner.service", "packaging/runner.logrotate", "runner.spec",
+                 "debian/control", "README.md"):
+        assert prefix + path in names, path
