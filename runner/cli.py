@@ -15,6 +15,7 @@ from .supervisor import RunOptions
 
 log = logging.getLogger("runner")
 EX_SOFTWARE = 70  # sysexits(3): an internal error
+DEFAULT_PIDFILE = "/run/runner.pid"
 
 COMMANDS = {
     "run": "run the chain (the default when no command is given)",
@@ -86,8 +87,8 @@ def build_parser(command: str) -> Parser:
                         help="print one config value and exit (as runner-config -g)")
     parser.add_argument("--daemon", action="store_true",
                         help="detach from the terminal (hosts without systemd)")
-    parser.add_argument("--pidfile", default="/run/runner.pid",
-                        help="with --daemon: locked pidfile (default /run/runner.pid)")
+    parser.add_argument("--pidfile", default=DEFAULT_PIDFILE,
+                        help=f"with --daemon: locked pidfile (default {DEFAULT_PIDFILE})")
     parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     if command == "list":

@@ -2,14 +2,11 @@
 
 `runner --daemon --pidfile PATH` reads and checks its config in the foreground
 (so errors reach the terminal), then detaches: double fork, new session, umask
-022, cwd /, stdio on /dev/null, a locked pidfile. Logs go to `--log-file`, or to
-syslog when none is given.
+022, cwd /, stdio on /dev/null, a locked pidfile. Logging: runner.logs.setup_daemon.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
 import signal
 from contextlib import AbstractContextManager
@@ -18,9 +15,9 @@ import daemon
 import daemon.pidfile
 import lockfile
 
-log = logging.getLogger("runner")
-DEFAULT_PIDFILE = "/run/runner.pid"
 EX_TEMPFAIL = 75  # sysexits(3): another instance holds the pidfile
+# What entering the context raises when another runner took the pidfile meanwhile.
+LOCK_ERRORS = (lockfile.AlreadyLocked, lockfile.LockTimeout)
 
 
 class AlreadyRunning(Exception):
@@ -61,22 +58,3 @@ def context(pidfile_path: str) -> AbstractContextManager:
     )
 
 
-def log_to(log_file: str | None, level: int) -> None:
-    """Send the `runner` logger to the log file (reopened after logrotate) or syslog."""
-    logger = logging.getLogger("runner")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    if log_file:
-        handler: logging.Handler = logging.handlers.WatchedFileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    else:
-        handler = logging.handlers.SysLogHandler(
-            "/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
-        )
-        handler.setFormatter(logging.Formatter("runner[%(process)d]: %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-
-
-def is_locked_error(exc: BaseException) -> bool:
-    return isinstance(exc, (lockfile.AlreadyLocked, lockfile.LockTimeout))

@@ -15,17 +15,21 @@ USAGE = (
     "usage: runner-config [-c CONFIG] [-D section.key=value]... "
     "(-g section.key [--default VALUE] | -l [SECTION]) [--json]"
 )
-HELP = USAGE + """
-
-Print values of runner's configuration (defaults, include_dir fragments and -D applied).
-
-  -c, --config CONFIG   config file (default /etc/runner/runner.cfg)
-  -D section.key=value  override a value, validated like the file
-  -g, --get KEY         print the value of section.key; exit 1 if it is not set
-  --default VALUE       with -g: print VALUE when the key is not set (exit 0)
-  -l, --list [SECTION]  print every `section.key = value`, or one section's
-  --json                print JSON instead of text
-"""
+# The options as documented by --help and by runner-config(1).
+OPTIONS = (
+    ("-c, --config CONFIG", "config file (default /etc/runner/runner.cfg)"),
+    ("-D section.key=value", "override a value, validated like the file"),
+    ("-g, --get section.key", "print one value; exit 1 if it is not set"),
+    ("--default VALUE", "with -g: print VALUE when the key is not set (exit 0)"),
+    ("-l, --list [SECTION]", "print every `section.key = value`, or one section's"),
+    ("--json", "print JSON instead of text"),
+)
+HELP = (
+    USAGE
+    + "\n\nPrint values of runner's configuration "
+    + "(defaults, include_dir fragments and -D applied).\n\n"
+    + "".join(f"  {flags:<23}{text}\n" for flags, text in OPTIONS)
+)
 
 
 class InputError(Exception):

@@ -37,20 +37,42 @@ def stderr_is_journal(environ: dict[str, str] | os._Environ = os.environ) -> boo
         return False
 
 
-def setup(level: int, use_syslog: bool = False) -> logging.Logger:
-    """Configure the `runner` logger (called once, by the command line)."""
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def _runner_logger(level: int) -> logging.Logger:
+    """The `runner` logger at `level`, with no handlers yet."""
     logger = logging.getLogger("runner")
     logger.setLevel(level)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
+    return logger
+
+
+def setup(level: int, use_syslog: bool = False) -> logging.Logger:
+    """Configure the `runner` logger (called once, by the command line)."""
+    logger = _runner_logger(level)
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logger.addHandler(handler)
     if use_syslog:
+        _add_syslog(logger)
+    return logger
+
+
+def setup_daemon(level: int, log_file: str | None) -> logging.Logger:
+    """Daemon mode (stderr is /dev/null): log to the file, reopened after logrotate,
+    or to syslog when no file is given."""
+    logger = _runner_logger(level)
+    if log_file:
+        handler = logging.handlers.WatchedFileHandler(log_file)
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        logger.addHandler(handler)
+    else:
         _add_syslog(logger)
     return logger
 

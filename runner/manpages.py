@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .getconf import OPTIONS
 from .spec import KeySpec, load_spec
 
 DATE = "2026-11-23"  # bump with the text of the pages, not with every build
@@ -140,14 +141,7 @@ def runner_config_1() -> str:
             "runner is using, including its -D overrides and reloads."),
         ".SH OPTIONS",
     ]
-    for flags, text in (
-        ("-c, --config CONFIG", "config file (default /etc/runner/runner.cfg)"),
-        ("-D section.key=value", "override a value, validated like the file"),
-        ("-g, --get section.key", "print one value"),
-        ("--default VALUE", "with -g: print VALUE when the key is not set, exit 0"),
-        ("-l, --list [SECTION]", "print every section.key = value line, or one section's"),
-        ("--json", "print JSON"),
-    ):
+    for flags, text in OPTIONS:
         lines += [".TP", f"\\fB{esc(flags)}\\fR", esc(text)]
     lines += [
         ".SH EXIT STATUS",

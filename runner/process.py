@@ -162,13 +162,7 @@ class _Waiter:
             self.killed = True
 
     def _signal_group(self, signum: int) -> bool:
-        try:
-            os.killpg(self.pgid, signum)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return signal_group(self.pgid, signum)
 
     def _finish_group(self) -> None:
         """After a stop, the rest of the group gets the same grace, then SIGKILL."""
@@ -188,6 +182,17 @@ class _Waiter:
             self.result.exit_code = status
 
 
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send signum to the process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def group_has_live_members(pgid: int) -> bool:
     """True while a process of the group is still running.
 
@@ -199,13 +204,7 @@ def group_has_live_members(pgid: int) -> bool:
     except OSError:
         entries = []
     if not entries:
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+        return signal_group(pgid, 0)
     for entry in entries:
         if not entry.isdigit():
             continue

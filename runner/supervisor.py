@@ -20,7 +20,7 @@ from .process import Limits, ProcessResult, run_process
 from .signals import SignalState
 from .states import EXIT_CODE_RESULTS, ExitStatus, Kind, TaskRun, TaskState
 from .taskenv import TaskEnvironment
-from .tasks import Plan, Task, discover
+from .tasks import NOT_EXECUTABLE, Plan, Task, discover
 
 log = logging.getLogger("runner")
 SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
@@ -115,7 +115,7 @@ class Supervisor:
         for name, reason in self.plan.skipped:
             # A non-executable task is most likely a mistake (SPEC §3: a warning);
             # hidden files, leftovers and directories are expected.
-            level = logging.WARNING if reason.startswith("not executable") else logging.DEBUG
+            level = logging.WARNING if reason == NOT_EXECUTABLE else logging.DEBUG
             log.log(level, "skipping %s: %s", name, reason)
         state_dir = self.config.runner["state_dir"]
         try:

@@ -23,6 +23,8 @@ LEFTOVER_SUFFIXES = {
     ".rpmsave": "package manager leftover",
     ".swp": "editor swap file",
 }
+# The skip reason that deserves a warning: the file was probably meant to run.
+NOT_EXECUTABLE = "not executable (chmod +x it, or set an interpreter)"
 _PREFIX = re.compile(r"^[0-9]+-(?=.)")
 
 
@@ -110,7 +112,7 @@ def discover(config: Config, task_dir: str) -> Plan:
         if reason is None:
             settings = config.task_settings(short_name(name))
             if not settings.interpreter and not os.access(path, os.X_OK):
-                reason = "not executable (chmod +x it, or set an interpreter)"
+                reason = NOT_EXECUTABLE
             else:
                 tasks.append(Task(name, path, short_name(name), settings))
         if reason:

@@ -12,7 +12,7 @@ from ..config import Config, load
 from ..getconf import format_value
 from ..spec import load_spec
 from ..supervisor import RunOptions, task_dir_of
-from ..tasks import Plan, Task, discover
+from ..tasks import NOT_EXECUTABLE, Plan, Task, discover
 
 SETTINGS = ("max_time", "max_tries", "sleep_time", "retry_jitter", "kill_grace")
 
@@ -48,7 +48,7 @@ def _warnings(config: Config, plan: Plan):
     if plan.halt is None:
         yield f"halt task {plan.halt_name} not found in {plan.task_dir}: a halt will only be logged"
     for name, reason in plan.skipped:
-        if reason.startswith("not executable"):
+        if reason == NOT_EXECUTABLE:
             yield f"{name}: {reason}"
     hook = config.runner["task_hook"]
     if hook and not _executable(hook[0]):

@@ -6,6 +6,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from .. import logs
 from ..config import Config, load
 from ..notify import Heartbeat, Notifier
 from ..signals import SignalState
@@ -39,13 +40,11 @@ def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int
         return daemonize.EX_TEMPFAIL
     try:
         with context:
-            daemonize.log_to(daemon_options.log_file, daemon_options.level)
+            logs.setup_daemon(daemon_options.level, daemon_options.log_file)
             return supervise(options, config)
-    except Exception as exc:
-        if daemonize.is_locked_error(exc):  # lost a race for the pidfile after detaching
-            log.error("%s: another runner took the pidfile first", daemon_options.pidfile)
-            return daemonize.EX_TEMPFAIL
-        raise
+    except daemonize.LOCK_ERRORS:  # lost a race for the pidfile after detaching
+        log.error("%s: another runner took the pidfile first", daemon_options.pidfile)
+        return daemonize.EX_TEMPFAIL
 
 
 def supervise(options: RunOptions, config: Config) -> int:
