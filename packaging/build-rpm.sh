@@ -47,10 +47,10 @@ if [ ! -f "$top/SOURCES/runner-$version.tar.gz" ]; then
     echo "build-rpm.sh: the sdist is not runner-$version.tar.gz:" $(ls "$top/SOURCES") >&2
     exit 1
 fi
-# Files the sdist does not carry (see Source1..5 in runner.spec).
+# Files the sdist does not carry (see Source1..7 in runner.spec).
 cp "$here/packaging/runner.service" "$here/tasks.d/halt.sh" "$here/man/runner.8" \
     "$here/man/runner-config.1" "$here/man/runner.cfg.5" "$here/packaging/runner.logrotate" \
-    "$top/SOURCES/"
+    "$here/hooks/post-json" "$top/SOURCES/"
 cp "$here/runner.spec" "$top/SPECS/"
 
 export DEB_PYTHON_INSTALL_LAYOUT=deb_system

@@ -21,10 +21,16 @@ COMMANDS = {
     "run": "run the chain (the default when no command is given)",
     "check": "validate the configuration and tasks, print the plan, run nothing",
     "list": "list the tasks in run order with their effective settings",
+    "status": "what runs now, and the last result of every task",
+    "history": "task runs recorded in the journal, newest last",
+    "log": "the captured output of a task's last run",
+    "blame": "tasks by time spent (the newest run by default)",
 }
+JOURNAL_COMMANDS = ("status", "history", "log", "blame")
 # Options that take a value, so the first positional word can be found before parsing.
 _VALUE_OPTIONS = {
     "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
+    "--task", "--since", "--host", "--run", "--try", "--iteration", "--limit",
 }
 
 
@@ -91,10 +97,42 @@ def build_parser(command: str) -> Parser:
                         help=f"with --daemon: locked pidfile (default {DEFAULT_PIDFILE})")
     parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
-    if command == "list":
-        parser.add_argument("--json", action="store_true", help="with list: print JSON")
-    parser.add_argument("taskdir", nargs="?", help="task directory (default [runner] task_dir)")
+    if command in ("list", *JOURNAL_COMMANDS):
+        parser.add_argument("--json", action="store_true", help=f"with {command}: print JSON")
+    if command in JOURNAL_COMMANDS:
+        _journal_arguments(parser, command)
+    else:
+        parser.add_argument("taskdir", nargs="?",
+                            help="task directory (default [runner] task_dir)")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _journal_arguments(parser: Parser, command: str) -> None:
+    if command == "status":
+        return
+    parser.add_argument("--local", action="store_true",
+                        help="read the local journal even when journal_url is set")
+    if command == "log":
+        parser.add_argument("task", help="task file name or short name")
+        parser.add_argument("--try", dest="try_num", type=_positive,
+                            help="the run of this try (default the newest)")
+        parser.add_argument("--iteration", type=_positive, help="the run in this iteration")
+    else:
+        parser.add_argument("--task", help="only this task (file name or short name)")
+        parser.add_argument("--since", help="only runs started since: 2h, 1d, today, "
+                            "yesterday, 2026-11-23, 2026-11-23T10:00")
+    parser.add_argument("--host", help="only this host (the fleet journal has many)")
+    parser.add_argument("--run", dest="run_id", help="only this run id")
+    if command == "history":
+        parser.add_argument("--limit", type=_positive, default=50,
+                            help="show the newest N task runs (default 50)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = split_command(argv)
     args = build_parser(command).parse_args(rest)
     # Absolute now: daemon mode changes to / and SIGHUP reloads read the paths again.
+    taskdir = getattr(args, "taskdir", None)
     options = RunOptions(
         config_path=os.path.abspath(args.config) if args.config else None,
         overrides=tuple(args.overrides),
-        task_dir=os.path.abspath(args.taskdir) if args.taskdir else None,
+        task_dir=os.path.abspath(taskdir) if taskdir else None,
         times=args.times,
         halt_after=args.halt_after,
     )
@@ -119,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "list":
             from .commands.check import list_tasks
             return list_tasks(options, as_json=args.json)
+        if command in JOURNAL_COMMANDS:
+            from .commands.report import report
+            return report(command, options, _report_options(args))
         from .commands.run import DaemonOptions, run
         daemon = DaemonOptions(args.pidfile, args.log_file, args.level) if args.daemon else None
         return run(options, daemon)
@@ -126,11 +168,24 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:  # only outside the supervisor, which handles SIGINT itself
         return ExitStatus.SIGINT
+    except BrokenPipeError:  # `runner history | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug in runner, not bad input: say so in one line
         log.debug("internal error", exc_info=True)
         log.critical("internal error: %s: %s (run with -v for the traceback)",
                      type(exc).__name__, exc)
         return EX_SOFTWARE
+
+
+def _report_options(args: argparse.Namespace):
+    from .commands.report import ReportOptions
+
+    names = ("as_json", "local", "task", "since", "host", "run_id", "try_num", "iteration",
+             "limit")
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    values["as_json"] = args.json
+    return ReportOptions(**values)
 
 
 def _get(args: argparse.Namespace) -> int:

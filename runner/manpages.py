@@ -44,10 +44,12 @@ _SUMMARY = {
 }
 
 
-def _options(parser: argparse.ArgumentParser) -> list[str]:
+def _options(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> list[str]:
     lines = []
     for action in parser._actions:
         if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if skip.intersection(action.option_strings):
             continue
         flags = ", ".join(f"\\fB{esc(flag)}\\fR" for flag in action.option_strings)
         if action.nargs != 0:
@@ -66,13 +68,17 @@ def _key(key: KeySpec) -> list[str]:
 
 
 def runner_8() -> str:
-    from .cli import COMMANDS, build_parser
+    from .cli import COMMANDS, JOURNAL_COMMANDS, build_parser
 
     lines = _header("runner", 8, "System Administration")
     lines += [
         ".SH SYNOPSIS",
         "\\fBrunner\\fR [\\fIoptions\\fR] "
         "[\\fBrun\\fR|\\fBcheck\\fR|\\fBlist\\fR] [\\fITASKDIR\\fR]",
+        ".br",
+        "\\fBrunner\\fR [\\fIoptions\\fR] "
+        "\\fBstatus\\fR|\\fBhistory\\fR|\\fBlog\\fR \\fITASK\\fR|\\fBblame\\fR "
+        "[\\fIjournal options\\fR]",
         ".SH DESCRIPTION",
         esc("runner reads its configuration (runner.cfg(5)), runs the executables of the task "
             "directory in byte order of their names (adjusted for depends_on), retries the "
@@ -83,7 +89,21 @@ def runner_8() -> str:
     ]
     for name, text in COMMANDS.items():
         lines += [".TP", f"\\fB{name}\\fR", esc(text)]
-    lines += [".SH OPTIONS", *_options(build_parser("list"))]
+    base = build_parser("list")
+    lines += [".SH OPTIONS", *_options(base)]
+    common = frozenset(flag for action in base._actions for flag in action.option_strings)
+    lines += [
+        ".SH JOURNAL OPTIONS",
+        esc("status, history, log and blame read the journal named by the configuration: "
+            "the fleet journal at journal_url when it is set (--local for the local one), "
+            "else state_dir/journal.sqlite; status always reads this machine's. They exit 0 "
+            "with an answer, 1 when there is nothing to show or no journal, 78 on bad "
+            "arguments."),
+    ]
+    for name in JOURNAL_COMMANDS:
+        options = _options(build_parser(name), common)
+        if options:
+            lines += [".SS", f"\\fB{name}\\fR", *options]
     lines += [".SH TASK RESULTS"]
     for code, text in (
         ("0", "OK: the next task runs."),
@@ -118,6 +138,8 @@ def runner_8() -> str:
         ".TP", "\\fI/etc/runner/runner.cfg\\fR", "configuration",
         ".TP", "\\fI/etc/runner/tasks.d/\\fR", "task directory",
         ".TP", "\\fI/var/lib/runner/\\fR", "state directory",
+        ".TP", "\\fI/var/lib/runner/journal.sqlite\\fR", "the local journal (SQLite, WAL mode)",
+        ".TP", "\\fI/run/runner/status.json\\fR", "live status, read by runner status",
         ".SH SEE ALSO",
         "\\fBrunner\\-config\\fR(1), \\fBrunner.cfg\\fR(5), \\fBsystemd.service\\fR(5)",
     ]

@@ -82,6 +82,15 @@ def _notify_ready(value: Any) -> str:
     raise CheckError(f"{value!r} is not one of start, pass, task:NAME")
 
 
+def _journal_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise validate.VdtTypeError(value)
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres") or not rest:
+        raise CheckError("not a postgresql://[user[:password]@]host[:port]/dbname URL")
+    return value
+
+
 CUSTOM_CHECKS = {
     "seconds": _seconds,
     "command": _command,
@@ -89,6 +98,7 @@ CUSTOM_CHECKS = {
     "filename": _path,
     "string_list": _string_list,
     "notify_ready": _notify_ready,
+    "journal_url": _journal_url,
 }
 
 # What each check is called in messages and docs.
@@ -103,6 +113,7 @@ TYPE_NAMES = {
     "filename": "file name",
     "string_list": "comma-separated list",
     "notify_ready": "start, pass or task:NAME",
+    "journal_url": "postgresql:// URL",
 }
 
 

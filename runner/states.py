@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .identity import iso
 from .tasks import Task
 
 
@@ -22,6 +23,8 @@ class TaskState(enum.Enum):
     TIMEOUT = "TIMEOUT"
     STOPPED = "STOPPED"
     SKIPPED = "SKIPPED"
+    # Only in the journal: the runner that ran it died before the result was known.
+    INTERRUPTED = "INTERRUPTED"
 
     @property
     def is_result(self) -> bool:
@@ -36,7 +39,7 @@ class TaskState(enum.Enum):
 RESULTS = frozenset(s for s in TaskState if s.is_result)
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.SKIPPED}),
-    TaskState.RUNNING: RESULTS - {TaskState.SKIPPED},
+    TaskState.RUNNING: RESULTS - {TaskState.SKIPPED, TaskState.INTERRUPTED},
 }
 
 
@@ -84,9 +87,7 @@ class TaskRun:
         self.started_mono = time.monotonic()
 
     def started_at_text(self) -> str | None:
-        if self.started_at is None:
-            return None
-        return self.started_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso(self.started_at)
 
 
 class TransitionError(RuntimeError):

@@ -10,9 +10,11 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgserver import PgServer
 
 BIN = Path(sys.executable).parent
 RUNNER = str(BIN / "runner")
@@ -36,7 +38,8 @@ def skip_unless(condition: bool, reason: str) -> None:
 
 
 class Workspace:
-    """A temporary runner setup: `cfg` (runner.cfg), `tasks` (tasks.d) and `state`."""
+    """A temporary runner setup: `cfg` (runner.cfg), `tasks` (tasks.d), `state` and `run`
+    (runtime_dir, where the live status file goes)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -57,7 +60,8 @@ class Workspace:
 
     def config(self, text: str = "", **runner: object) -> Path:
         """Write runner.cfg: test defaults and `runner` keys in [runner], then `text`."""
-        values = {**BASE_RUNNER, "state_dir": str(self.state), **runner}
+        values = {**BASE_RUNNER, "state_dir": str(self.state),
+                  "runtime_dir": str(self.root / "run"), **runner}
         lines = ["[runner]"] + [f"{k} = {v}" for k, v in values.items()]
         self.cfg.write_text("\n".join(lines) + "\n" + textwrap.dedent(text))
         return self.cfg
@@ -101,9 +105,11 @@ def output_of(log: str, task: str) -> list[str]:
     return re.findall(rf"\[{re.escape(task)}\] (.*)$", log, re.M)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Bad input: exit 78, exactly one line on stderr naming what is wrong, no traceback."""
-    assert proc.returncode == 78, (proc.returncode, proc.stderr)
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str,
+                          status: int = 78) -> str:
+    """Bad input: exit 78 (or `status`), exactly one line on stderr naming what is wrong,
+    no traceback."""
+    assert proc.returncode == status, (proc.returncode, proc.stdout, proc.stderr)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -252,3 +258,34 @@ class LogWatcher:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
+
+
+# -- a real PostgreSQL server (tests/pgserver.py) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The server at $RUNNER_TEST_PG_URL (CI starts one), else a throwaway one of our own."""
+    url = os.environ.get("RUNNER_TEST_PG_URL")
+    if url:
+        try:
+            server = PgServer.attach(url)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+    else:
+        problem = PgServer.unavailable_reason()
+        skip_unless(problem is None, problem or "")
+        server = PgServer.throwaway()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database for this test (dropped afterwards); its URL."""
+    name = pg_server.unique_name()
+    url = pg_server.create_database(name)
+    yield url
+    pg_server.drop_database(name)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from .. import logs
 from ..config import Config, load
+from ..events import Listener
+from ..identity import RunIdentity
 from ..notify import Heartbeat, Notifier
 from ..signals import SignalState
 from ..states import ExitStatus
@@ -51,11 +53,79 @@ def supervise(options: RunOptions, config: Config) -> int:
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
+    listeners = (*recorders(options, config, RunIdentity.current()), notifier)
     signals.install()
     try:
-        status = Supervisor(options, config, signals, listeners=(notifier,)).run()
+        status = Supervisor(options, config, signals, listeners=listeners).run()
     finally:
         signals.uninstall()
     if status is not ExitStatus.DONE:
         log.info("runner exits with status %d (%s)", status, status.name)
     return int(status)
+
+
+def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> list[Listener]:
+    """The listeners that remember a run: journal, fleet forwarder, live status, metrics.
+
+    Their locations are read once; a SIGHUP that changes them takes effect at restart.
+    """
+    from .. import __version__
+    from ..journal import JournalListener, journal_path
+    from ..livestatus import LiveStatus
+
+    runner = config.runner
+    run_info = {
+        "version": __version__, "config": config.path, "task_dir": task_dir_of(options, config),
+    }
+    db_path = journal_path(runner["state_dir"])
+    journal = JournalListener(
+        db_path, identity, run_info=run_info, keep_days=runner["journal_keep_days"],
+        forwarding=bool(runner["journal_url"]),
+    )
+    listeners: list[Listener] = [journal]
+    forwarder = None
+    if runner["journal_url"]:
+        from ..pgjournal import Forwarder
+
+        forwarder = Forwarder(runner["journal_url"], db_path)
+        journal.on_write = forwarder.wake
+        listeners.append(forwarder)
+
+    def health() -> dict:
+        return {
+            "journal": journal.health.snapshot(),
+            "forward": forwarder.health.snapshot() if forwarder else None,
+        }
+
+    live = LiveStatus(runner["runtime_dir"], identity, run_info=run_info, health=health)
+    listeners.append(live)
+    if forwarder is not None:
+        forwarder.on_change = live.refresh
+    if runner["metrics_file"]:
+        from ..metrics import MetricsListener
+
+        listeners.append(MetricsListener(runner["metrics_file"], identity,
+                                         seed=_metrics_seed(runner["state_dir"], identity)))
+    return listeners
+
+
+def _metrics_seed(state_dir: str, identity: RunIdentity) -> dict[str, dict]:
+    """Each task's last result from earlier runs, so a restart keeps last-success times."""
+    from ..history import Filters, JournalUnavailable, open_local
+
+    try:
+        reader = open_local(state_dir)
+    except JournalUnavailable:
+        return {}
+    try:
+        filters = Filters(host=identity.host)
+        successes = reader.last_success(filters)
+        return {
+            record["task"]: {**record, "last_success": successes.get(record["task"])}
+            for record in reader.latest_per_task(filters)
+        }
+    except JournalUnavailable as exc:
+        log.warning("metrics: cannot read earlier results from the journal: %s", exc)
+        return {}
+    finally:
+        reader.close()

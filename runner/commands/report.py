@@ -1,0 +1,322 @@
+"""`runner status`, `history`, `log` and `blame`: what happened, read from the journal.
+
+Exit status: 0 with an answer, 1 when there is nothing to show or no journal to read,
+78 for bad arguments or configuration (as everywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TextIO
+
+from .. import history
+from ..config import Config, load
+from ..errors import ConfigError
+from ..history import Filters, JournalUnavailable, Reader
+from ..identity import still_running
+from ..journal import INTERRUPTED, RUNNING
+from ..livestatus import read_status
+from ..supervisor import RunOptions
+from .check import print_table
+
+NOTHING = 1
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The journal commands' own arguments."""
+
+    as_json: bool = False
+    local: bool = False
+    task: str | None = None
+    since: str | None = None
+    host: str | None = None
+    run_id: str | None = None
+    try_num: int | None = None
+    iteration: int | None = None
+    limit: int = 50
+
+
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return history.parse_since(text)
+    except ValueError as exc:
+        raise ConfigError(f"--since: {exc}") from None
+
+
+def _open(config: Config, local: bool) -> Reader:
+    url = config.runner["journal_url"]
+    if url and not local:
+        return history.open_postgres(url)
+    return history.open_local(config.runner["state_dir"])
+
+
+def _fail(message: str) -> int:
+    print(f"runner: {message}", file=sys.stderr)
+    return NOTHING
+
+
+def _filters(reader: Reader, opts: ReportOptions, host: str | None) -> Filters | None:
+    tasks = None
+    if opts.task is not None:
+        tasks = reader.resolve_task(opts.task)
+        if not tasks:
+            return None
+    return Filters(
+        tasks=tasks, since=_since(opts.since), host=host, run_id=opts.run_id,
+        try_num=opts.try_num, iteration=opts.iteration,
+    )
+
+
+def report(command: str, options: RunOptions, opts: ReportOptions,
+           out: TextIO = sys.stdout) -> int:
+    config = load(options.config_path, options.overrides)
+    _since(opts.since)  # a bad --since is bad input even when there is no journal
+    if command == "status":
+        return status(config, opts, out)
+    try:
+        reader = _open(config, opts.local)
+    except JournalUnavailable as exc:
+        return _fail(str(exc))
+    try:
+        return COMMANDS[command](reader, opts, out)
+    except JournalUnavailable as exc:
+        return _fail(str(exc))
+    finally:
+        reader.close()
+
+
+# -- history ------------------------------------------------------------------
+
+def history_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
+    filters = _filters(reader, opts, opts.host)
+    if filters is None:
+        return _fail(f"no task {opts.task!r} in the journal {reader.source}")
+    records = reader.history(filters, opts.limit)
+    if opts.as_json:
+        _dump(records, out)
+    elif records:
+        _task_table(records, out, hosts=len({r["host"] for r in records}) > 1)
+    else:
+        print("no task runs recorded", file=out)
+    return 0 if records else NOTHING
+
+
+# -- log ----------------------------------------------------------------------
+
+def log_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
+    # The fleet journal holds every host's runs; a log is about this one unless told.
+    host = opts.host or (socket.gethostname() if reader.postgres else None)
+    filters = _filters(reader, opts, host)
+    if filters is None:
+        return _fail(f"no task {opts.task!r} in the journal {reader.source}")
+    record = reader.last_run(filters)
+    if record is None:
+        return _fail(f"no run of {opts.task} matches in the journal {reader.source}")
+    output = record.pop("output", None) or b""
+    if opts.as_json:
+        record["output"] = output.decode("utf-8", errors="replace")
+        _dump(record, out)
+        return 0
+    print(f"# {record['task']}: {_describe(record)}", file=out)
+    _write_bytes(output, out)
+    if output and not output.endswith(b"\n"):
+        print(file=out)
+    return 0
+
+
+# -- blame --------------------------------------------------------------------
+
+def blame_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
+    filters = _filters(reader, opts, opts.host)
+    if filters is None:
+        return _fail(f"no task {opts.task!r} in the journal {reader.source}")
+    scope = "since " + opts.since if opts.since else None
+    if filters.since is None and filters.run_id is None:
+        # Like systemd-analyze blame's "this boot": the newest runner run by default (of
+        # this host in the fleet journal, which holds every host's runs).
+        runs = reader.runs(opts.host or (socket.gethostname() if reader.postgres else None))
+        if not runs:
+            return _fail(f"no runs recorded in the journal {reader.source}")
+        filters = Filters(tasks=filters.tasks, host=filters.host, run_id=runs[0]["run_id"])
+        scope = f"run {runs[0]['run_id']} started {_local(runs[0]['started_at'])}"
+    records = reader.blame(filters)
+    if opts.as_json:
+        _dump(records, out)
+        return 0 if records else NOTHING
+    if not records:
+        print("no task runs recorded", file=out)
+        return NOTHING
+    print(f"# time spent per task, {scope or 'run ' + str(filters.run_id)}", file=out)
+    rows = [
+        [_seconds(r["duration_s"]), r["task"], str(r["runs"]), str(r["failures"]),
+         _seconds(r["max_s"]), r.get("result") or "-"]
+        for r in records
+    ]
+    print_table(["TOTAL", "TASK", "RUNS", "FAILED", "LONGEST", "LAST"], rows, out)
+    return 0
+
+
+# -- status -------------------------------------------------------------------
+
+def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
+    live = read_status(config.runner["runtime_dir"])
+    alive = bool(live) and still_running(live.get("pid"), live.get("pid_start"),
+                                         live.get("boot_id"))
+    host = socket.gethostname()
+    tasks: list[dict[str, Any]] = []
+    last_run, problem = None, None
+    try:
+        reader = history.open_local(config.runner["state_dir"])
+    except JournalUnavailable as exc:
+        problem = str(exc)
+    else:
+        try:
+            # The local journal is this machine's, whatever its name was when it wrote
+            # (a boot task may set the hostname): no host filter.
+            runs = reader.runs(None)
+            last_run = runs[0] if runs else None
+            tasks = reader.latest_per_task(Filters())
+            live_run = live.get("run_id") if alive and live else None
+            # What the next start will record for runs whose runner is gone.
+            for record in [last_run, *tasks]:
+                if record and record["result"] == RUNNING and record["run_id"] != live_run:
+                    record["result"] = INTERRUPTED
+        except JournalUnavailable as exc:
+            problem = str(exc)
+        finally:
+            reader.close()
+    document = {
+        "host": host,
+        "running": alive,
+        "runner": live if alive else None,
+        "journal": (live or {}).get("journal") if alive else None,
+        "forward": (live or {}).get("forward") if alive else None,
+        "journal_problem": problem,
+        "last_run": last_run,
+        "tasks": tasks,
+    }
+    if opts.as_json:
+        _dump(document, out)
+    else:
+        _print_status(document, out)
+    return 0 if (alive or last_run or tasks) else NOTHING
+
+
+def _print_status(doc: dict[str, Any], out: TextIO) -> None:
+    live = doc["runner"]
+    if live:
+        print(f"runner on {doc['host']}: running since {_local(live['started_at'])} "
+              f"(pid {live['pid']}, run {live['run_id']})", file=out)
+        print(f"  now: {_now_line(live)}", file=out)
+    elif doc["last_run"]:
+        run = doc["last_run"]
+        ended = f" at {_local(run['ended_at'])}" if run.get("ended_at") else ""
+        status = f" (exit status {run['exit_status']})" if run.get("exit_status") is not None \
+            else ""
+        print(f"runner on {doc['host']}: not running; last run {run['run_id']} "
+              f"ended{ended} with {run['result']}{status}", file=out)
+    else:
+        print(f"runner on {doc['host']}: not running, no runs recorded", file=out)
+    _print_health(doc, out)
+    if doc["tasks"]:
+        print(file=out)
+        _task_table(doc["tasks"], out, hosts=False)
+
+
+def _now_line(live: dict[str, Any]) -> str:
+    where = f"iteration {live.get('iteration')}, try {live.get('try_num')}" + (
+        f"/{live['max_tries']}" if live.get("max_tries") else "")
+    state = live.get("state")
+    if state == "running":
+        return f"{where}: running {live['task']} since {_local(live['since'])}"
+    if state == "waiting":
+        return f"{where}: waiting until {_local(live['waiting_until'])} ({live['reason']})"
+    if live.get("iteration") is None:
+        return str(state)
+    return f"{where}: {state}"
+
+
+def _print_health(doc: dict[str, Any], out: TextIO) -> None:
+    if doc["journal_problem"]:
+        print(f"journal: {doc['journal_problem']}", file=out)
+    health = doc["journal"]
+    if health and not health["ok"]:
+        print(f"journal: NOT WRITABLE since {_local(health['since'])}: {health['error']} "
+              f"({health['held']} record(s) held in memory, {health['dropped']} dropped)",
+              file=out)
+    forward = doc["forward"]
+    if forward:
+        state = "ok" if forward["ok"] else (
+            f"UNREACHABLE since {_local(forward['since'])}: {forward['error']}")
+        print(f"fleet journal {forward['url']}: {state}; {forward['pending']} record(s) "
+              "waiting to be forwarded", file=out)
+
+
+# -- output helpers -----------------------------------------------------------
+
+def _task_table(records: list[dict[str, Any]], out: TextIO, *, hosts: bool) -> None:
+    columns = ["STARTED", *(["HOST"] if hosts else []), "TASK", "ITER", "TRY", "RESULT",
+               "EXIT", "DURATION"]
+    rows = []
+    for r in records:
+        tries = f"{r['try_num']}/{r['max_tries']}" if r.get("max_tries") else str(r["try_num"])
+        rows.append([
+            _local(r["started_at"]), *([r["host"]] if hosts else []), r["task"],
+            str(r["iteration"]), tries, r["result"], _exit(r), _seconds(r["duration_s"]),
+        ])
+    print_table(columns, rows, out)
+
+
+def _describe(record: dict[str, Any]) -> str:
+    return (f"{record['result']} ({_exit(record)}), iteration {record['iteration']}, "
+            f"try {record['try_num']}, started {_local(record['started_at'])}, "
+            f"took {_seconds(record['duration_s'])}, host {record['host']}, "
+            f"run {record['run_id']}")
+
+
+def _exit(record: dict[str, Any]) -> str:
+    if record.get("signal") is not None:
+        return f"signal {record['signal']}"
+    if record.get("exit_code") is not None:
+        return str(record["exit_code"])
+    return "-"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _local(text: str | None) -> str:
+    """An ISO UTC time from the journal as local wall-clock time, for people."""
+    if not text:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _write_bytes(data: bytes, out: TextIO) -> None:
+    """Task output as it was printed, bytes and all, when `out` is a real stream."""
+    out.flush()
+    if hasattr(out, "buffer"):
+        out.buffer.write(data)
+        out.buffer.flush()
+    else:
+        out.write(data.decode("utf-8", errors="replace"))
+
+
+def _dump(data: Any, out: TextIO) -> None:
+    json.dump(data, out, indent=2, default=str)
+    print(file=out)
+
+
+COMMANDS = {"history": history_command, "log": log_command, "blame": blame_command}

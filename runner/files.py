@@ -1,0 +1,31 @@
+"""Files other programs read while runner writes them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so a reader sees the old file or the new one, never half.
+
+    The temporary file lives in the same directory (rename is atomic only within one
+    file system), starts with a dot and ends in .tmp, which node_exporter's textfile
+    collector (it reads *.prom) and most globbing readers skip. fsync before the rename,
+    so a crash cannot leave an empty file.
+    """
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), mode)
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

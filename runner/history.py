@@ -1,0 +1,239 @@
+"""Reading the journal back: the queries behind status, history, log and blame.
+
+The same SQL runs on the local SQLite journal and on the PostgreSQL fleet journal (the
+tables have the same columns; PostgreSQL's carry a `runner_` prefix), so every command
+answers from either.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from . import journal
+from .identity import iso
+from .tasks import short_name
+
+# The fields of every record the commands print (and --json carries).
+RECORD_FIELDS = (
+    "task", "result", "try_num", "max_tries", "iteration", "started_at", "ended_at",
+    "duration_s", "exit_code", "signal", "error", "kind", "run_id", "host", "boot_id",
+)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class JournalUnavailable(Exception):
+    """There is no journal to read, or it cannot be read; the message says which."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    tasks: tuple[str, ...] | None = None  # exact file names; None means all
+    since: datetime | None = None
+    host: str | None = None
+    run_id: str | None = None
+    try_num: int | None = None
+    iteration: int | None = None
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`2h`, `30m`, `1d`, `today`, `yesterday`, `2026-11-23`, `2026-11-23T10:00` -> UTC."""
+    now = now or datetime.now(UTC)
+    value = text.strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value)
+    if match:
+        try:
+            return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        except OverflowError:  # before the year 1
+            raise ValueError(f"{text!r} is too far back") from None
+    if value in ("today", "yesterday"):
+        day = now.astimezone().date() - timedelta(days=value == "yesterday")
+        return datetime.combine(day, time(), tzinfo=now.astimezone().tzinfo).astimezone(UTC)
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use e.g. 2h, 30m, 1d, today, yesterday, "
+            "2026-11-23 or 2026-11-23T10:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a time without a zone is local time
+    return moment.astimezone(UTC)
+
+
+class Reader:
+    """Runs the commands' queries on one journal."""
+
+    def __init__(self, conn: Any, *, postgres: bool, source: str) -> None:
+        self.conn = conn
+        self.postgres = postgres
+        self.source = source
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def table(self, name: str) -> str:
+        return f"runner_{name}" if self.postgres else name
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        if self.postgres:
+            sql = sql.replace("?", "%s")
+        else:  # SQLite compares the ISO text runner writes
+            params = tuple(iso(p) if isinstance(p, datetime) else p for p in params)
+        try:
+            cursor = self.conn.execute(sql, params)
+            names = [column[0] for column in cursor.description]
+            return [_normalize(dict(zip(names, row, strict=True))) for row in cursor]
+        except sqlite3.Error as exc:
+            raise JournalUnavailable(f"{self.source}: {exc}") from None
+
+    def _where(self, filters: Filters, alias: str = "") -> tuple[str, list[Any]]:
+        prefix = f"{alias}." if alias else ""
+        clauses, params = [], []
+        if filters.tasks is not None:
+            if not filters.tasks:
+                return "1 = 0", []
+            clauses.append(f"{prefix}task IN ({', '.join('?' for _ in filters.tasks)})")
+            params.extend(filters.tasks)
+        for column in ("host", "run_id", "try_num", "iteration"):
+            value = getattr(filters, column)
+            if value is not None:
+                clauses.append(f"{prefix}{column} = ?")
+                params.append(value)
+        if filters.since is not None:
+            clauses.append(f"{prefix}started_at >= ?")
+            params.append(filters.since)
+        return " AND ".join(clauses) or "1 = 1", params
+
+    # -- questions ----------------------------------------------------------------
+
+    def task_names(self) -> list[str]:
+        rows = self.rows(f"SELECT DISTINCT task FROM {self.table('task_runs')}")
+        return sorted(row["task"] for row in rows)
+
+    def resolve_task(self, name: str) -> tuple[str, ...]:
+        """The recorded file names a task argument means: a file name or a short name."""
+        names = self.task_names()
+        if name in names:
+            return (name,)
+        return tuple(n for n in names if short_name(n) == name)
+
+    def history(self, filters: Filters, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` task runs, oldest first."""
+        where, params = self._where(filters)
+        rows = self.rows(
+            f"SELECT {', '.join(RECORD_FIELDS)} FROM {self.table('task_runs')} "
+            f"WHERE {where} ORDER BY started_at DESC, seq DESC LIMIT ?",
+            (*params, limit),
+        )
+        return rows[::-1]
+
+    def last_run(self, task_filters: Filters) -> dict[str, Any] | None:
+        """The newest task run matching, with its output."""
+        where, params = self._where(task_filters)
+        rows = self.rows(
+            f"SELECT {', '.join(RECORD_FIELDS)}, output FROM {self.table('task_runs')} "
+            f"WHERE {where} ORDER BY started_at DESC, seq DESC LIMIT 1",
+            tuple(params),
+        )
+        return rows[0] if rows else None
+
+    def latest_per_task(self, filters: Filters) -> list[dict[str, Any]]:
+        """The last run of every task (the halt task included), in name order."""
+        where, params = self._where(filters)
+        return self.rows(
+            f"SELECT {', '.join(RECORD_FIELDS)} FROM ("
+            f" SELECT *, row_number() OVER (PARTITION BY task ORDER BY started_at DESC, "
+            f"seq DESC) AS newest FROM {self.table('task_runs')} WHERE {where}"
+            ") AS ranked WHERE newest = 1 ORDER BY task",
+            tuple(params),
+        )
+
+    def last_success(self, filters: Filters) -> dict[str, str]:
+        where, params = self._where(filters)
+        rows = self.rows(
+            f"SELECT task, max(ended_at) AS ended_at FROM {self.table('task_runs')} "
+            f"WHERE {where} AND result = 'OK' GROUP BY task",
+            tuple(params),
+        )
+        return {row["task"]: row["ended_at"] for row in rows}
+
+    def runs(self, host: str | None, limit: int = 1) -> list[dict[str, Any]]:
+        """The newest runner runs (processes), newest first."""
+        where, params = ("host = ?", [host]) if host else ("1 = 1", [])
+        return self.rows(
+            f"SELECT run_id, host, boot_id, pid, pid_start, version, config, task_dir, "
+            f"started_at, ended_at, result, exit_status FROM {self.table('runs')} "
+            f"WHERE {where} ORDER BY started_at DESC LIMIT ?",
+            (*params, limit),
+        )
+
+    def blame(self, filters: Filters) -> list[dict[str, Any]]:
+        """Per task: time spent, runs and failures, longest first, with its last run."""
+        where, params = self._where(filters)
+        totals = self.rows(
+            f"SELECT task, sum(coalesce(duration_s, 0)) AS total_s, count(*) AS runs, "
+            f"sum(CASE WHEN result = 'OK' THEN 0 ELSE 1 END) AS failures, "
+            f"max(duration_s) AS max_s FROM {self.table('task_runs')} WHERE {where} "
+            f"GROUP BY task",
+            tuple(params),
+        )
+        last = {row["task"]: row for row in self.latest_per_task(filters)}
+        records = []
+        for total in totals:
+            record = dict(last.get(total["task"], {}))
+            record.update(
+                task=total["task"], duration_s=round(total["total_s"] or 0.0, 3),
+                runs=total["runs"], failures=total["failures"], max_s=total["max_s"],
+                last_duration_s=record.get("duration_s"),
+            )
+            records.append(record)
+        records.sort(key=lambda r: (-r["duration_s"], r["task"]))
+        return records
+
+
+def open_local(state_dir: str) -> Reader:
+    path = journal.journal_path(state_dir)
+    if not os.path.exists(path):
+        raise JournalUnavailable(f"no journal at {path}: runner has not run with this state_dir")
+    try:
+        conn = journal.connect(path, readonly=True)
+    except journal.JournalError as exc:
+        raise JournalUnavailable(str(exc)) from None
+    return Reader(conn, postgres=False, source=path)
+
+
+def open_postgres(url: str) -> Reader:
+    from .pgjournal import CONNECT_TIMEOUT_S, import_psycopg, mask_url
+
+    try:
+        psycopg = import_psycopg()
+    except ImportError as exc:
+        raise JournalUnavailable(str(exc)) from None
+    try:
+        conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+        conn.execute("SELECT 1 FROM runner_task_runs LIMIT 1")
+    except psycopg.errors.UndefinedTable:
+        conn.close()
+        raise JournalUnavailable(
+            f"{mask_url(url)}: no runner journal in this database yet"
+        ) from None
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        raise JournalUnavailable(f"{mask_url(url)}: {reason}") from None
+    return Reader(conn, postgres=True, source=mask_url(url))
+
+
+def _normalize(row: dict[str, Any]) -> dict[str, Any]:
+    for key, value in row.items():
+        if isinstance(value, datetime):
+            row[key] = iso(value)
+        elif isinstance(value, memoryview):
+            row[key] = bytes(value)
+    return row

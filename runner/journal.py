@@ -1,0 +1,421 @@
+"""The local journal: every run, try and task run in SQLite under state_dir.
+
+Crash safety comes from SQLite itself: WAL mode, synchronous=FULL and one short
+transaction per event, so a SIGKILL at any point loses at most the event being written
+and never corrupts the file. A later start marks what a dead runner left RUNNING as
+INTERRUPTED. A journal that cannot be written never stops a task: the listener warns
+once, holds the records in memory (bounded) and writes them when it can again.
+
+Every row carries `rev` (bumped by each write) and `synced_rev` (what the PostgreSQL
+forwarder has sent), so the same file is the buffer for `journal_url`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .events import Listener
+from .identity import RunIdentity, iso, still_running, utc_now
+from .states import Kind, TaskRun, TaskState
+
+log = logging.getLogger("runner.journal")
+
+FILE_NAME = "journal.sqlite"
+MAX_HELD = 1000  # records kept in memory while the journal cannot be written
+PRUNE_EVERY = timedelta(hours=1)
+INTERRUPTED = TaskState.INTERRUPTED.value
+RUNNING = TaskState.RUNNING.value
+
+# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
+MIGRATIONS = (
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, host TEXT NOT NULL, boot_id TEXT, pid INTEGER,
+        pid_start INTEGER, version TEXT, config TEXT, task_dir TEXT,
+        started_at TEXT NOT NULL, ended_at TEXT, result TEXT NOT NULL, exit_status INTEGER,
+        rev INTEGER NOT NULL DEFAULT 1, synced_rev INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE tries (
+        run_id TEXT NOT NULL, iteration INTEGER NOT NULL, try_num INTEGER NOT NULL,
+        host TEXT NOT NULL, boot_id TEXT, started_at TEXT NOT NULL, ended_at TEXT,
+        result TEXT NOT NULL, failed_task TEXT,
+        rev INTEGER NOT NULL DEFAULT 1, synced_rev INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, iteration, try_num));
+    CREATE TABLE task_runs (
+        run_id TEXT NOT NULL, seq INTEGER NOT NULL, host TEXT NOT NULL, boot_id TEXT,
+        iteration INTEGER NOT NULL, try_num INTEGER NOT NULL, max_tries INTEGER NOT NULL,
+        task TEXT NOT NULL, kind TEXT NOT NULL, result TEXT NOT NULL, exit_code INTEGER,
+        signal INTEGER, error TEXT, started_at TEXT NOT NULL, ended_at TEXT,
+        duration_s REAL, output BLOB,
+        rev INTEGER NOT NULL DEFAULT 1, synced_rev INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, seq));
+    CREATE INDEX task_runs_by_task ON task_runs (task, started_at);
+    CREATE INDEX task_runs_by_time ON task_runs (started_at);
+    CREATE INDEX runs_unsynced ON runs (started_at) WHERE synced_rev < rev;
+    CREATE INDEX tries_unsynced ON tries (started_at) WHERE synced_rev < rev;
+    CREATE INDEX task_runs_unsynced ON task_runs (started_at) WHERE synced_rev < rev;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class JournalError(Exception):
+    """The journal file cannot be opened, read or written."""
+
+
+def journal_path(state_dir: str) -> str:
+    return os.path.join(state_dir, FILE_NAME)
+
+
+def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlite3.Connection:
+    """A connection to the journal, migrated to the current schema (unless read-only)."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+            conn.row_factory = sqlite3.Row
+            _check_version(conn, path)
+            return conn
+        _create_private(path)
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed event survives a power cut too, not only a killed runner.
+        conn.execute("PRAGMA synchronous=FULL")
+        _migrate(conn, path)
+        return conn
+    except sqlite3.Error as exc:
+        raise JournalError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise JournalError(f"{path}: {exc.strerror}") from None
+
+
+def _create_private(path: str) -> None:
+    # Task output may hold secrets: the file (and SQLite's -wal/-shm, which copy its
+    # mode) is readable by its owner only.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+def _check_version(conn: sqlite3.Connection, path: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"{path}: journal schema {version} is newer than this runner knows "
+            f"({SCHEMA_VERSION}); upgrade runner"
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    _check_version(conn, path)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# -- writing ------------------------------------------------------------------
+
+Op = tuple[str, tuple[Any, ...]]
+
+
+def _insert(table: str, row: dict[str, Any]) -> Op:
+    names = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    return f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", tuple(row.values())
+
+
+def _update(table: str, key: dict[str, Any], row: dict[str, Any]) -> Op:
+    sets = ", ".join(f"{name} = ?" for name in row)
+    where = " AND ".join(f"{name} = ?" for name in key)
+    return (
+        f"UPDATE {table} SET {sets}, rev = rev + 1 WHERE {where}",
+        (*row.values(), *key.values()),
+    )
+
+
+def recover_interrupted(conn: sqlite3.Connection, identity: RunIdentity) -> list[str]:
+    """Mark what dead runners left RUNNING as INTERRUPTED; the run ids so marked."""
+    stale = [
+        row["run_id"]
+        for row in conn.execute(
+            "SELECT run_id, pid, pid_start, boot_id FROM runs WHERE result = ? AND run_id != ?",
+            (RUNNING, identity.run_id),
+        )
+        if not still_running(row["pid"], row["pid_start"], row["boot_id"])
+    ]
+    if not stale:
+        return []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for run_id in stale:
+            for table in ("runs", "tries", "task_runs"):
+                conn.execute(
+                    f"UPDATE {table} SET result = ?, rev = rev + 1 "
+                    "WHERE run_id = ? AND result = ?",
+                    (INTERRUPTED, run_id, RUNNING),
+                )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return stale
+
+
+def prune(conn: sqlite3.Connection, keep_days: int, *, forwarding: bool) -> int:
+    """Delete records older than keep_days (never ones not yet forwarded); rows deleted."""
+    cutoff = iso(utc_now() - timedelta(days=keep_days))
+    unsynced_ok = 0 if forwarding else 1
+    deleted = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, done in (
+            ("task_runs", "result != 'RUNNING'"),
+            ("tries", "result != 'RUNNING'"),
+            ("runs", "result != 'RUNNING' AND run_id NOT IN (SELECT run_id FROM tries)"),
+        ):
+            cursor = conn.execute(
+                f"DELETE FROM {table} WHERE started_at < ? AND {done} "
+                "AND (synced_rev >= rev OR ?)",
+                (cutoff, unsynced_ok),
+            )
+            deleted += cursor.rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return deleted
+
+
+@dataclass
+class Health:
+    """What `runner status` says about the journal; shared with the forwarder thread."""
+
+    path: str
+    ok: bool = True
+    error: str | None = None
+    since: str | None = None
+    held: int = 0
+    dropped: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "path": self.path, "ok": self.ok, "error": self.error, "since": self.since,
+                "held": self.held, "dropped": self.dropped,
+            }
+
+
+class JournalListener(Listener):
+    """Turns runner's events into journal rows, one transaction per event."""
+
+    def __init__(
+        self,
+        path: str,
+        identity: RunIdentity,
+        *,
+        run_info: dict[str, Any],
+        keep_days: int = 0,
+        forwarding: bool = False,
+        on_write: Any = None,
+    ) -> None:
+        self.path = path
+        self.identity = identity
+        self.run_info = run_info
+        self.keep_days = keep_days
+        self.forwarding = forwarding
+        self.on_write = on_write  # called after each successful write (wakes the forwarder)
+        self.health = Health(path)
+        self.conn: sqlite3.Connection | None = None
+        self.held: deque[Op] = deque()
+        self.seq = 0
+        self.seqs: dict[int, int] = {}  # id(TaskRun) -> seq of its row
+        self.open_try: tuple[int, int] | None = None
+        self.last_prune = None
+        self.active = False
+
+    # -- events -----------------------------------------------------------------
+
+    def started(self) -> None:
+        self.active = True
+        self._open()
+        ident = self.identity
+        self._write(_insert("runs", {
+            "run_id": ident.run_id, "host": ident.host, "boot_id": ident.boot_id,
+            "pid": ident.pid, "pid_start": ident.pid_start, **self.run_info,
+            "started_at": iso(utc_now()), "result": RUNNING,
+        }))
+        self._prune()
+
+    def chain_started(self, iteration: int, try_num: int) -> None:
+        self.open_try = (iteration, try_num)
+        self._write(_insert("tries", {
+            "run_id": self.identity.run_id, "iteration": iteration, "try_num": try_num,
+            "host": self.identity.host, "boot_id": self.identity.boot_id,
+            "started_at": iso(utc_now()), "result": RUNNING,
+        }))
+
+    def task_changed(self, run: TaskRun) -> None:
+        if run.state is TaskState.RUNNING:
+            self._write(self._task_started(run))
+            return
+        ops = [self._task_ended(run)]
+        if run.kind is Kind.TASK and run.state is not TaskState.OK:
+            ops.extend(self._end_try(run.state.value, run.task.name))
+        self._write(*ops)
+
+    def iteration_done(self, iteration: int) -> None:
+        self._write(*self._end_try(TaskState.OK.value, None))
+        self._prune()
+
+    def finished(self, status: int) -> None:
+        from .states import ExitStatus
+
+        if not self.active:  # the configuration was refused: there was no run
+            return
+        try:
+            name = ExitStatus(status).name
+        except ValueError:
+            name = f"EXIT_{status}"
+        ops = self._end_try(INTERRUPTED, None)
+        ops.append(_update(
+            "runs", {"run_id": self.identity.run_id},
+            {"ended_at": iso(utc_now()), "result": name, "exit_status": status},
+        ))
+        self._write(*ops)
+        self.close()
+
+    # -- rows -------------------------------------------------------------------
+
+    def _task_started(self, run: TaskRun) -> Op:
+        self.seq += 1
+        self.seqs[id(run)] = self.seq
+        ident = self.identity
+        return _insert("task_runs", {
+            "run_id": ident.run_id, "seq": self.seq, "host": ident.host,
+            "boot_id": ident.boot_id, "iteration": run.iteration, "try_num": run.try_num,
+            "max_tries": run.max_tries, "task": run.task.name, "kind": run.kind.value,
+            "result": RUNNING, "started_at": run.started_at_text() or iso(utc_now()),
+        })
+
+    def _task_ended(self, run: TaskRun) -> Op:
+        seq = self.seqs.pop(id(run), None)
+        if seq is None:  # a result without RUNNING (SKIPPED): a row of its own
+            self._task_started(run)
+            seq = self.seqs.pop(id(run))
+        return _update("task_runs", {"run_id": self.identity.run_id, "seq": seq}, {
+            "result": run.state.value, "exit_code": run.exit_code, "signal": run.signal,
+            "error": run.error, "ended_at": iso(utc_now()),
+            "duration_s": None if run.duration_s is None else round(run.duration_s, 3),
+            "output": run.output_tail,
+        })
+
+    def _end_try(self, result: str, failed_task: str | None) -> list[Op]:
+        if self.open_try is None:
+            return []
+        iteration, try_num = self.open_try
+        self.open_try = None
+        return [_update(
+            "tries",
+            {"run_id": self.identity.run_id, "iteration": iteration, "try_num": try_num},
+            {"ended_at": iso(utc_now()), "result": result, "failed_task": failed_task},
+        )]
+
+    # -- storage ----------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self.conn = connect(self.path)
+            interrupted = recover_interrupted(self.conn, self.identity)
+        except (JournalError, sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+            return
+        for run_id in interrupted:
+            log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
+
+    def _write(self, *ops: Op) -> None:
+        """Append ops to what is held and try to write everything in one transaction."""
+        self.held.extend(ops)
+        while len(self.held) > MAX_HELD:
+            self.held.popleft()
+            self.health.dropped += 1
+        if self.conn is None:
+            self._open()
+            if self.conn is None:
+                self._sync_health()
+                return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in self.held:
+                    self.conn.execute(sql, params)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._failed(exc)
+            return
+        if not self.health.ok:
+            log.warning("journal %s: writable again; wrote %d held record(s)",
+                        self.path, len(self.held))
+            with self.health.lock:
+                self.health.ok, self.health.error, self.health.since = True, None, None
+        self.held.clear()
+        self._sync_health()
+        if self.on_write is not None:
+            self.on_write()
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = str(exc) or type(exc).__name__
+        if self.health.ok:
+            log.warning(
+                "journal %s: cannot write (%s); tasks keep running, records are held in "
+                "memory (up to %d) until it can be written",
+                self.path, reason, MAX_HELD,
+            )
+            with self.health.lock:
+                self.health.ok, self.health.since = False, iso(utc_now())
+        with self.health.lock:
+            self.health.error = reason
+        self._sync_health()
+
+    def _sync_health(self) -> None:
+        with self.health.lock:
+            self.health.held = len(self.held)
+
+    def _prune(self) -> None:
+        if not self.keep_days or self.conn is None or not self.health.ok:
+            return
+        now = utc_now()
+        if self.last_prune is not None and now - self.last_prune < PRUNE_EVERY:
+            return
+        self.last_prune = now
+        try:
+            deleted = prune(self.conn, self.keep_days, forwarding=self.forwarding)
+        except sqlite3.Error as exc:
+            log.warning("journal %s: pruning failed: %s", self.path, exc)
+            return
+        if deleted:
+            log.info("journal: removed %d record(s) older than %d days", deleted,
+                     self.keep_days)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -1,0 +1,122 @@
+"""The live status file (runtime_dir/status.json): what runner is doing right now.
+
+`runner status` reads it for what the journal cannot say: the task running this very
+moment, a backoff in progress, and whether the journal itself can be written. It lives
+in runtime_dir (tmpfs under systemd) so a full or read-only state_dir cannot silence it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from .events import Listener
+from .files import write_atomic
+from .identity import RunIdentity, iso, utc_now
+from .states import TaskRun, TaskState
+
+log = logging.getLogger("runner.status")
+
+FILE_NAME = "status.json"
+
+
+def status_path(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, FILE_NAME)
+
+
+def read_status(runtime_dir: str) -> dict[str, Any] | None:
+    """The live status, or None when there is none (or it cannot be read)."""
+    try:
+        with open(status_path(runtime_dir), "rb") as file:
+            data = json.load(file)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class LiveStatus(Listener):
+    """Rewrites the status file atomically at every event."""
+
+    def __init__(
+        self,
+        runtime_dir: str,
+        identity: RunIdentity,
+        *,
+        run_info: dict[str, Any],
+        health: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.path = status_path(runtime_dir)
+        self.runtime_dir = runtime_dir
+        self.health = health
+        self.failed = False
+        self.active = False
+        self.lock = threading.Lock()  # the forwarder thread refreshes the file too
+        self.state: dict[str, Any] = {
+            "run_id": identity.run_id, "host": identity.host, "boot_id": identity.boot_id,
+            "pid": identity.pid, "pid_start": identity.pid_start, **run_info,
+            "started_at": iso(utc_now()), "state": "starting", "iteration": None,
+            "try_num": None, "max_tries": None, "task": None, "since": None,
+            "waiting_until": None, "reason": None, "exit_status": None,
+        }
+
+    def started(self) -> None:
+        self.active = True
+        self._write()
+
+    def chain_started(self, iteration: int, try_num: int) -> None:
+        self._set(state="between tasks", iteration=iteration, try_num=try_num,
+                  task=None, since=iso(utc_now()), waiting_until=None, reason=None)
+
+    def task_changed(self, run: TaskRun) -> None:
+        if run.state is TaskState.RUNNING:
+            name = run.task.name if run.kind.value == "task" else f"{run.task.name} (halt)"
+            self._set(state="running", task=name, since=run.started_at_text(),
+                      max_tries=run.max_tries)
+        else:
+            self._set(state="between tasks", task=None, since=iso(utc_now()))
+
+    def waiting(self, seconds: float, reason: str) -> None:
+        now = utc_now()
+        self._set(state="waiting", task=None, since=iso(now), reason=reason,
+                  waiting_until=iso(now + timedelta(seconds=seconds)))
+
+    def iteration_done(self, iteration: int) -> None:
+        self._set(state="between iterations", task=None, since=iso(utc_now()))
+
+    def finished(self, status: int) -> None:
+        if not self.active:  # the configuration was refused: there was no run
+            return
+        self._set(state="finished", task=None, since=iso(utc_now()), exit_status=status)
+
+    def refresh(self) -> None:
+        """Rewrite the file with fresh health (the journal's state changed, not runner's)."""
+        self._write()
+
+    def _set(self, **changes: Any) -> None:
+        with self.lock:
+            self.state.update(changes)
+        self._write()
+
+    def _write(self) -> None:
+        with self.lock:
+            self._write_locked()
+
+    def _write_locked(self) -> None:
+        document = {**self.state, **self.health(), "updated_at": iso(utc_now())}
+        try:
+            os.makedirs(self.runtime_dir, mode=0o755, exist_ok=True)
+            write_atomic(self.path, json.dumps(document, indent=1).encode() + b"\n")
+        except OSError as exc:
+            if not self.failed:
+                log.warning("status file %s: cannot write it (%s); runner status will not "
+                            "show what runs now", self.path, exc.strerror or exc)
+            self.failed = True
+            return
+        if self.failed:
+            log.info("status file %s: written again", self.path)
+        self.failed = False

@@ -1,0 +1,306 @@
+"""The local journal: what a run leaves in state_dir/journal.sqlite, and that it survives
+SIGKILL, a full disk and a read-only state_dir without ever stopping a task."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RUNNER, Workspace, skip_unless, wait_for
+
+from runner import journal
+
+
+def db(ws: Workspace) -> sqlite3.Connection:
+    conn = sqlite3.connect(ws.state / "journal.sqlite")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def rows(ws: Workspace, sql: str, params: tuple = ()) -> list[dict]:
+    with db(ws) as conn:
+        return [dict(row) for row in conn.execute(sql, params)]
+
+
+def task_runs(ws: Workspace) -> list[dict]:
+    return rows(ws, "SELECT * FROM task_runs ORDER BY started_at, seq")
+
+
+def running(ws: Workspace, task: str | None = None) -> bool:
+    """Whether the journal shows `task` (any task) RUNNING; False before it exists."""
+    try:
+        records = task_runs(ws)
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return False
+    return any(r["result"] == "RUNNING" and task in (None, r["task"]) for r in records)
+
+
+def test_a_passing_chain_records_one_run_one_try_and_every_task_with_its_output(ws):
+    ws.task("10-first.sh", "echo first says hi")
+    ws.task("20-second.sh", "echo second says hi >&2")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    [run] = rows(ws, "SELECT * FROM runs")
+    assert run["result"] == "DONE" and run["exit_status"] == 0
+    assert run["host"] == socket.gethostname() and run["pid"] > 0 and run["ended_at"]
+    assert run["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    [attempt] = rows(ws, "SELECT * FROM tries")
+    assert (attempt["iteration"], attempt["try_num"], attempt["result"]) == (1, 1, "OK")
+    first, second = task_runs(ws)
+    assert [first["task"], second["task"]] == ["10-first.sh", "20-second.sh"]
+    for record in (first, second):
+        assert record["run_id"] == run["run_id"]
+        assert (record["result"], record["exit_code"], record["kind"]) == ("OK", 0, "task")
+        assert record["started_at"].endswith("Z") and record["ended_at"] >= record["started_at"]
+        assert record["duration_s"] is not None and record["duration_s"] >= 0
+    assert first["output"] == b"first says hi\n"
+    assert second["output"] == b"second says hi\n"
+
+
+def test_a_retried_chain_records_each_try_and_which_task_failed_it(ws):
+    ws.task("10-ok.sh")
+    ws.task("20-flaky.sh", """
+        if [ ! -e "$RUNNER_STATE_DIR/seen" ]; then touch "$RUNNER_STATE_DIR/seen"; exit 9; fi
+    """)
+    assert ws.run("-n", "1").returncode == 0
+    tries = rows(ws, "SELECT * FROM tries ORDER BY try_num")
+    assert [(t["try_num"], t["result"], t["failed_task"]) for t in tries] == [
+        (1, "RETRY", "20-flaky.sh"), (2, "OK", None),
+    ]
+    assert [(r["task"], r["try_num"], r["result"], r["exit_code"]) for r in task_runs(ws)] == [
+        ("10-ok.sh", 1, "OK", 0), ("20-flaky.sh", 1, "RETRY", 9),
+        ("10-ok.sh", 2, "OK", 0), ("20-flaky.sh", 2, "OK", 0),
+    ]
+
+
+def test_a_halt_records_the_halting_task_and_the_halt_task_run(ws):
+    ws.task("10-broken.sh", "echo beyond repair; exit 2")
+    ws.task("halt.sh", "echo halting")
+    assert ws.run("-n", "1").returncode == 2
+    [run] = rows(ws, "SELECT * FROM runs")
+    assert (run["result"], run["exit_status"]) == ("HALTED", 2)
+    assert [(r["task"], r["kind"], r["result"]) for r in task_runs(ws)] == [
+        ("10-broken.sh", "task", "HALT"), ("halt.sh", "halt", "OK"),
+    ]
+    assert rows(ws, "SELECT result, failed_task FROM tries") == [
+        {"result": "HALT", "failed_task": "10-broken.sh"},
+    ]
+
+
+def test_giving_up_records_every_failed_try_and_the_run_result(ws):
+    ws.task("10-always-fails.sh", "exit 1")
+    ws.config(max_tries=3)
+    assert ws.run("-n", "1").returncode == 1
+    [run] = rows(ws, "SELECT * FROM runs")
+    assert (run["result"], run["exit_status"]) == ("GAVE_UP", 1)
+    assert [r["result"] for r in rows(ws, "SELECT * FROM tries ORDER BY try_num")] == [
+        "RETRY"] * 3
+
+
+def test_a_timeout_records_the_signal_and_a_duration_past_max_time(ws):
+    ws.task("10-hangs.sh", "echo waiting forever; exec sleep 30")
+    ws.config("[hangs]\nmax_time = 0.5\nmax_tries = 1\n")
+    assert ws.run("-n", "1").returncode == 1
+    [record] = [r for r in task_runs(ws) if r["task"] == "10-hangs.sh"]
+    assert record["result"] == "TIMEOUT"
+    assert record["signal"] == signal.SIGTERM and record["exit_code"] is None
+    assert 0.5 <= record["duration_s"] < 5
+    assert record["output"] == b"waiting forever\n"
+
+
+def test_the_journal_is_private_and_in_wal_mode(ws):
+    ws.task("10-ok.sh")
+    assert ws.run("-n", "1").returncode == 0
+    path = ws.state / "journal.sqlite"
+    assert path.stat().st_mode & 0o777 == 0o600
+    with db(ws) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == journal.SCHEMA_VERSION
+
+
+def test_task_runs_are_written_as_they_happen_not_at_exit(ws):
+    ws.task("10-quick.sh")
+    ws.task("20-slow.sh", "exec sleep 30")
+    proc = ws.start("-n", "1")
+    try:
+        wait_for(lambda: running(ws, "20-slow.sh"), what="20-slow.sh RUNNING")
+        assert [(r["task"], r["result"]) for r in task_runs(ws)] == [
+            ("10-quick.sh", "OK"), ("20-slow.sh", "RUNNING"),
+        ]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert [r["result"] for r in task_runs(ws)] == ["OK", "STOPPED"]
+    assert rows(ws, "SELECT result, exit_status FROM runs") == [
+        {"result": "SIGTERM", "exit_status": 143},
+    ]
+
+
+# -- SIGKILL --------------------------------------------------------------------
+
+def kill_while_running(ws: Workspace, task: str) -> None:
+    proc = ws.start("-n", "1")
+    wait_for(lambda: running(ws, task), what=f"{task} running")
+    proc.kill()
+    proc.communicate(timeout=10)
+
+
+def test_sigkill_mid_task_then_a_restart_marks_the_run_interrupted_and_keeps_earlier_rows(ws):
+    ws.task("10-done-before.sh", "echo i finished")
+    ws.task("20-killed-during.sh", """
+        [ -e "$RUNNER_STATE_DIR/second-boot" ] && exit 0
+        touch "$RUNNER_STATE_DIR/second-boot"; exec sleep 30
+    """)
+    kill_while_running(ws, "20-killed-during.sh")
+    subprocess.run(["pkill", "-f", "sleep 30"], check=False)
+    before = task_runs(ws)
+    assert [r["result"] for r in before] == ["OK", "RUNNING"]
+
+    # Until a runner starts again, `runner status` already tells the truth.
+    status = json.loads(ws.run("status", "--json", tasks=False).stdout)
+    assert status["running"] is False and status["last_run"]["result"] == "INTERRUPTED"
+
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "marked INTERRUPTED" in proc.stderr
+    after = task_runs(ws)
+    assert after[0] == before[0]  # the finished row is untouched
+    assert after[1]["result"] == "INTERRUPTED" and after[1]["output"] is None
+    assert [r["result"] for r in after[2:]] == ["OK", "OK"]
+    runs = rows(ws, "SELECT result FROM runs ORDER BY started_at")
+    assert [r["result"] for r in runs] == ["INTERRUPTED", "DONE"]
+    assert rows(ws, "SELECT result FROM tries ORDER BY started_at")[0]["result"] == "INTERRUPTED"
+    with db(ws) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_live_runner_is_not_marked_interrupted_by_a_second_one(ws):
+    ws.task("10-slow.sh", "exec sleep 30")
+    first = ws.start("-n", "1")
+    try:
+        wait_for(lambda: running(ws), what="first running")
+        (ws.root / "empty").mkdir()
+        other = ws.run("-n", "1", "-D", f"runner.task_dir={ws.root / 'empty'}", tasks=False)
+        assert other.returncode == 0, other.stderr
+        assert "marked INTERRUPTED" not in other.stderr
+        assert [r["result"] for r in rows(ws, "SELECT result FROM runs WHERE pid = ?",
+                                          (first.pid,))] == ["RUNNING"]
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+
+
+def test_sigkill_at_random_moments_never_corrupts_the_journal_or_loses_finished_rows(ws):
+    for number in range(6):
+        ws.task(f"{number:02d}-step.sh", "echo step")
+    finished_before: list[dict] = []
+    rng = random.Random(1234)
+    for _ in range(12):
+        proc = ws.start("-n", "3")
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.kill()
+        proc.communicate(timeout=10)
+        try:
+            now = [r for r in task_runs(ws) if r["result"] not in ("RUNNING", "INTERRUPTED")]
+        except sqlite3.OperationalError:
+            continue
+        # Every row that was finished stays exactly as it was.
+        assert now[: len(finished_before)] == finished_before
+        finished_before = now
+    assert ws.run("-n", "1").returncode == 0
+    with db(ws) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert not rows(ws, "SELECT * FROM task_runs WHERE result = 'RUNNING'")
+    assert not rows(ws, "SELECT * FROM runs WHERE result = 'RUNNING'")
+    assert len(finished_before) > 0
+
+
+# -- a journal that cannot be written -----------------------------------------
+
+def _unshare_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount a tiny tmpfs in a private mount namespace"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux)"
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return None if probe.returncode == 0 else "unshare -m is not permitted here"
+
+
+def run_on_small_disk(ws: Workspace, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run runner in a private mount namespace where state_dir is a 1 MiB tmpfs; `script`
+    prepares it first. The journal is copied to ws.root/journal-copy.sqlite afterwards."""
+    problem = _unshare_problem()
+    skip_unless(problem is None, problem or "")
+    ws.state.mkdir(exist_ok=True)
+    command = " ".join(f"'{a}'" for a in [RUNNER, "-c", str(ws.cfg), *args, str(ws.tasks)])
+    shell = (
+        f"mount -t tmpfs -o size=1m tmpfs '{ws.state}' && {script}\n"
+        f"{command}; status=$?\n"
+        f"cp '{ws.state}/journal.sqlite' '{ws.root}/journal-copy.sqlite' 2>/dev/null\n"
+        "exit $status\n"
+    )
+    return subprocess.run(["unshare", "-m", "sh", "-c", shell], capture_output=True,
+                          text=True, timeout=60, cwd=ws.root)
+
+
+def journal_warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "journal" in line and "WARNING" in line]
+
+
+def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
+    for number in range(4):
+        ws.task(f"{number}0-task.sh", f"echo task {number} ran")
+    proc = run_on_small_disk(ws, f"mount -o remount,ro '{ws.state}'", "-n", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("ran") == 8  # 4 tasks x 2 iterations
+    [warning] = journal_warnings(proc.stderr)
+    assert "cannot write" in warning and "tasks keep running" in warning
+    assert "Traceback" not in proc.stderr
+    live = json.loads((ws.root / "run" / "status.json").read_text())
+    assert live["journal"]["ok"] is False and live["journal"]["error"]
+    assert live["exit_status"] == 0
+
+
+def test_a_full_disk_warns_once_holds_records_and_writes_them_when_space_returns(ws):
+    # 10 fills the disk, 20 and 30 run while nothing can be written, 40 frees the space.
+    ws.task("10-fill.sh", 'dd if=/dev/zero of="$RUNNER_STATE_DIR/filler" bs=64k 2>/dev/null; '
+            "echo filled")
+    ws.task("20-while-full.sh", "echo running on a full disk")
+    ws.task("30-still-full.sh", "echo still running")
+    ws.task("40-free.sh", 'rm -f "$RUNNER_STATE_DIR/filler"; echo freed')
+    ws.task("50-after.sh", "echo after")
+    proc = run_on_small_disk(ws, "true", "-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    for text in ("filled", "running on a full disk", "still running", "freed", "after"):
+        assert text in proc.stderr
+    warnings = journal_warnings(proc.stderr)
+    assert any("cannot write" in w for w in warnings), proc.stderr
+    assert sum("cannot write" in w for w in warnings) == 1
+    assert any("writable again" in w for w in warnings)
+    conn = sqlite3.connect(ws.root / "journal-copy.sqlite")
+    results = conn.execute("SELECT task, result FROM task_runs ORDER BY seq").fetchall()
+    assert results == [
+        ("10-fill.sh", "OK"), ("20-while-full.sh", "OK"), ("30-still-full.sh", "OK"),
+        ("40-free.sh", "OK"), ("50-after.sh", "OK"),
+    ]
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize("command", ["history", "blame"])
+def test_a_journal_from_a_newer_runner_is_refused_with_one_line(ws, command):
+    ws.task("10-ok.sh")
+    assert ws.run("-n", "1").returncode == 0
+    with db(ws) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    proc = ws.run(command, tasks=False)
+    assert proc.returncode == 1
+    assert "newer than this runner" in proc.stderr and "Traceback" not in proc.stderr
