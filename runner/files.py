@@ -6,13 +6,14 @@ import os
 import tempfile
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Replace `path` with `data` so a reader sees the old file or the new one, never half.
 
     The temporary file lives in the same directory (rename is atomic only within one
     file system), starts with a dot and ends in .tmp, which node_exporter's textfile
     collector (it reads *.prom) and most globbing readers skip. fsync before the rename,
-    so a crash cannot leave an empty file.
+    so a crash cannot leave an empty file (unless not `durable`: for files that do not
+    outlive a boot anyway).
     """
     directory, base = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
@@ -21,7 +22,8 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
             os.fchmod(file.fileno(), mode)
             file.write(data)
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -110,7 +110,9 @@ class LiveStatus(Listener):
         document = {**self.state, **self.health(), "updated_at": iso(utc_now())}
         try:
             os.makedirs(self.runtime_dir, mode=0o755, exist_ok=True)
-            write_atomic(self.path, json.dumps(document, indent=1).encode() + b"\n")
+            # Not durable: it describes this boot only, and lives on tmpfs under systemd.
+            write_atomic(self.path, json.dumps(document, indent=1).encode() + b"\n",
+                         durable=False)
         except OSError as exc:
             if not self.failed:
                 log.warning("status file %s: cannot write it (%s); runner status will not "

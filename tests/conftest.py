@@ -118,6 +118,28 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str,
     return lines[0]
 
 
+def _unshare_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount file systems in a private mount namespace"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux)"
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return None if probe.returncode == 0 else "unshare -m is not permitted here"
+
+
+def run_in_mount_namespace(ws: Workspace, before: str, *args: str,
+                           after: str = "true") -> subprocess.CompletedProcess:
+    """Run `runner -c CFG ARGS TASKDIR` in a private mount namespace: shell `before` sets
+    up mounts (a tiny tmpfs, a read-only remount), `after` copies out what the test needs
+    (the mounts vanish with the namespace). Returns runner's status and output."""
+    problem = _unshare_problem()
+    skip_unless(problem is None, problem or "")
+    command = " ".join(f"'{a}'" for a in ws.command(*args))
+    shell = f"{before} || exit 99\n{command}; status=$?\n{after}\nexit $status\n"
+    return subprocess.run(["unshare", "-m", "sh", "-c", shell], capture_output=True,
+                          text=True, timeout=60, cwd=ws.root)
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)

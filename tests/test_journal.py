@@ -4,9 +4,7 @@ SIGKILL, a full disk and a read-only state_dir without ever stopping a task."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import signal
 import socket
 import sqlite3
@@ -15,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RUNNER, Workspace, skip_unless, wait_for
+from conftest import RUNNER, Workspace, run_in_mount_namespace, wait_for
 
 from runner import journal
 
@@ -226,30 +224,14 @@ def test_sigkill_at_random_moments_never_corrupts_the_journal_or_loses_finished_
 
 # -- a journal that cannot be written -----------------------------------------
 
-def _unshare_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to mount a tiny tmpfs in a private mount namespace"
-    if shutil.which("unshare") is None:
-        return "needs unshare (util-linux)"
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
-    return None if probe.returncode == 0 else "unshare -m is not permitted here"
-
-
 def run_on_small_disk(ws: Workspace, script: str, *args: str) -> subprocess.CompletedProcess:
-    """Run runner in a private mount namespace where state_dir is a 1 MiB tmpfs; `script`
-    prepares it first. The journal is copied to ws.root/journal-copy.sqlite afterwards."""
-    problem = _unshare_problem()
-    skip_unless(problem is None, problem or "")
+    """Run runner with state_dir on a 1 MiB tmpfs of its own; `script` prepares it first.
+    The journal is copied to ws.root/journal-copy.sqlite afterwards."""
     ws.state.mkdir(exist_ok=True)
-    command = " ".join(f"'{a}'" for a in [RUNNER, "-c", str(ws.cfg), *args, str(ws.tasks)])
-    shell = (
-        f"mount -t tmpfs -o size=1m tmpfs '{ws.state}' && {script}\n"
-        f"{command}; status=$?\n"
-        f"cp '{ws.state}/journal.sqlite' '{ws.root}/journal-copy.sqlite' 2>/dev/null\n"
-        "exit $status\n"
+    return run_in_mount_namespace(
+        ws, f"mount -t tmpfs -o size=1m tmpfs '{ws.state}' && {script}", *args,
+        after=f"cp '{ws.state}/journal.sqlite' '{ws.root}/journal-copy.sqlite'",
     )
-    return subprocess.run(["unshare", "-m", "sh", "-c", shell], capture_output=True,
-                          text=True, timeout=60, cwd=ws.root)
 
 
 def journal_warnings(stderr: str) -> list[str]:
@@ -259,9 +241,14 @@ def journal_warnings(stderr: str) -> list[str]:
 def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
     for number in range(4):
         ws.task(f"{number}0-task.sh", f"echo task {number} ran")
+    # While runner runs, ask it what it knows (runner status from inside a task).
+    ws.task("50-ask.sh", f"'{RUNNER}' -c '{ws.cfg}' status > '{ws.root}/status.txt' 2>&1")
     proc = run_on_small_disk(ws, f"mount -o remount,ro '{ws.state}'", "-n", "2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("ran") == 8  # 4 tasks x 2 iterations
+    status = (ws.root / "status.txt").read_text()
+    assert "running 50-ask.sh" in status
+    assert "journal: NOT WRITABLE" in status and "Read-only file system" in status
     [warning] = journal_warnings(proc.stderr)
     assert "cannot write" in warning and "tasks keep running" in warning
     assert "Traceback" not in proc.stderr

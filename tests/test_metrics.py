@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import run_in_mount_namespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from runner import metrics
@@ -440,21 +440,33 @@ def test_writing_resumes_and_says_so_once(tmp_path, caplog):
     assert got.get("runner_task_runs_total", task="a", result="OK") == 1
 
 
-def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(prom, monkeypatch, caplog):
-    listener = MetricsListener(str(prom), IDENTITY)
-    listener.started()
-    old = prom.read_text()
-
-    def disk_full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(metrics.os, "fsync", disk_full)
-    with caplog.at_level(logging.WARNING, logger="runner.metrics"):
-        Driver(listener).run("a", 1, 1, TaskState.OK)
-    assert prom.read_text() == old
-    assert os.listdir(prom.parent) == [prom.name]
-    messages = [r.getMessage() for r in caplog.records if r.name == "runner.metrics"]
-    assert len(messages) == 1 and "No space left on device" in messages[0]
+def test_a_full_disk_keeps_the_old_file_warns_once_and_leaves_no_temp_file(ws):
+    # The metrics directory is a 64 KiB tmpfs; 20-fill.sh fills it, so every later write
+    # fails with ENOSPC until 40-free.sh frees it.
+    prom_dir = ws.root / "prom"
+    prom_dir.mkdir()
+    ws.config(metrics_file=str(prom_dir / "runner.prom"))
+    ws.task("10-first.sh")
+    ws.task("20-fill.sh", f"dd if=/dev/zero of='{prom_dir}/filler' bs=4k 2>/dev/null; true")
+    ws.task("30-while-full.sh", f"cp '{prom_dir}/runner.prom' '{ws.root}/during.prom'")
+    ws.task("40-free.sh", f"rm '{prom_dir}/filler'")
+    proc = run_in_mount_namespace(
+        ws, f"mount -t tmpfs -o size=64k tmpfs '{prom_dir}'", "-n", "1",
+        after=f"ls -A '{prom_dir}' > '{ws.root}/listing'; "
+              f"cp '{prom_dir}/runner.prom' '{ws.root}/final.prom'",
+    )
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "metrics file" in line]
+    assert len(warnings) == 2, proc.stderr  # one "cannot write", one "written again"
+    assert "No space left on device" in warnings[0] and "written again" in warnings[1]
+    # While the disk was full the file kept its last complete content: 20-fill.sh running.
+    during = Scrape((ws.root / "during.prom").read_text())
+    assert during.get("runner_task_running", task="20-fill.sh") == 1
+    assert during.get("runner_up") == 1
+    assert (ws.root / "listing").read_text().split() == ["runner.prom"]  # no temp files
+    final = Scrape((ws.root / "final.prom").read_text())
+    assert final.get("runner_up") == 0
+    assert final.get("runner_task_last_result", task="40-free.sh", result="OK") == 1
 
 
 def test_relative_path_is_written_where_it_points(tmp_path, monkeypatch):
