@@ -15,8 +15,9 @@ from .states import TaskRun, TaskState
 log = logging.getLogger("runner.hooks")
 
 
-def hook_stats(run: TaskRun, hostname: str) -> dict[str, Any]:
-    """The JSON object a hook receives; the first four fields are the original's."""
+def hook_stats(run: TaskRun, hostname: str, run_id: str = "") -> dict[str, Any]:
+    """The JSON object a hook receives; the first four fields are the original's, run_id
+    ties it to the journal's records of the same run."""
     after = run.state.is_result
     return {
         "task": run.task.name,
@@ -30,6 +31,7 @@ def hook_stats(run: TaskRun, hostname: str) -> dict[str, Any]:
         "started_at": run.started_at_text(),
         "hostname": hostname,
         "kind": run.kind.value,
+        "run_id": run_id,
     }
 
 
@@ -45,7 +47,9 @@ class HookListener(Listener):
         cwd: str,
         env_for: Any,
         signals: SignalState,
+        run_id: str = "",
     ) -> None:
+        self.run_id = run_id
         self.argv = argv
         self.limits = Limits(max_time=timeout, kill_grace=kill_grace, stop_after=2)
         self.cwd = cwd
@@ -56,7 +60,7 @@ class HookListener(Listener):
     def task_changed(self, run: TaskRun) -> None:
         if run.state is TaskState.PENDING:
             return
-        stats = json.dumps(hook_stats(run, self.hostname), sort_keys=False)
+        stats = json.dumps(hook_stats(run, self.hostname, self.run_id), sort_keys=False)
         result = run_process(
             [*self.argv, stats],
             env=self.env_for(run),

@@ -132,8 +132,8 @@ def runner_8() -> str:
             "one kept."),
         ".SH ENVIRONMENT",
         esc("Tasks and hooks get [env] of runner.cfg and RUNNER_CONFIG_CMD, RUNNER_TASK, "
-            "RUNNER_TRY, RUNNER_ITERATION, RUNNER_STATE_DIR. NOTIFY_SOCKET, WATCHDOG_USEC and "
-            "JOURNAL_STREAM are honoured under systemd."),
+            "RUNNER_TRY, RUNNER_ITERATION, RUNNER_STATE_DIR, RUNNER_RUN_ID. NOTIFY_SOCKET, "
+            "WATCHDOG_USEC and JOURNAL_STREAM are honoured under systemd."),
         ".SH FILES",
         ".TP", "\\fI/etc/runner/runner.cfg\\fR", "configuration",
         ".TP", "\\fI/etc/runner/tasks.d/\\fR", "task directory",

@@ -16,6 +16,7 @@ from .config import Config
 from .errors import ConfigError
 from .events import Dispatcher, Listener, describe_end
 from .hooks import HookListener
+from .identity import RunIdentity
 from .process import Limits, ProcessResult, run_process
 from .signals import SignalState
 from .states import EXIT_CODE_RESULTS, ExitStatus, Kind, TaskRun, TaskState
@@ -61,12 +62,14 @@ class Supervisor:
         config: Config,
         signals: SignalState,
         listeners: tuple[Listener, ...] = (),
+        identity: RunIdentity | None = None,
     ) -> None:
+        self.identity = identity or RunIdentity.current()
         self.options = options
         self.config = config
         self.signals = signals
         self.extra_listeners = listeners
-        self.env = TaskEnvironment(config)
+        self.env = TaskEnvironment(config, self.identity.run_id)
         self.dispatcher = Dispatcher(self._listeners())
         self.rng = random.Random()
         self.failures: collections.deque[TaskRun] = collections.deque(maxlen=SUMMARY_LIMIT)
@@ -84,6 +87,7 @@ class Supervisor:
                 cwd=self.config.runner["task_cwd"],
                 env_for=self.env.for_run,
                 signals=self.signals,
+                run_id=self.identity.run_id,
             ))
         return listeners
 
@@ -278,14 +282,5 @@ class Supervisor:
         if omitted:
             log.warning("  (%d earlier failures not shown)", omitted)
         for run in self.failures:
-            if run.exit_code is not None:
-                how = f"exit {run.exit_code}"
-            elif run.signal is not None:
-                how = f"signal {run.signal}"
-            else:
-                how = "did not start"
-            log.warning(
-                "  %s iteration %d try %d: %s %s after %.2fs",
-                run.task.name, run.iteration, run.try_num, run.state.value, how,
-                run.duration_s or 0.0,
-            )
+            log.warning("  %s iteration %d try %d: %s", run.task.name, run.iteration,
+                        run.try_num, describe_end(run))

@@ -22,7 +22,8 @@ log = logging.getLogger("runner")
 class TaskEnvironment:
     """Owns the config snapshot that RUNNER_CONFIG_CMD reads; rewrite it on every reload."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, run_id: str = "") -> None:
+        self.run_id = run_id
         parent = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
         self.snapshot = self.directory / "config.json"
@@ -56,6 +57,7 @@ class TaskEnvironment:
             "RUNNER_TRY": str(run.try_num),
             "RUNNER_ITERATION": str(run.iteration),
             "RUNNER_STATE_DIR": self.config.runner["state_dir"],
+            "RUNNER_RUN_ID": self.run_id,
         })
         return env
 

@@ -435,8 +435,8 @@ def test_failed_tries_are_summarized_at_the_end(ws):
     lines = proc.stderr.splitlines()
     head = next(i for i, line in enumerate(lines) if "2 failed tries during this run" in line)
     summary = lines[head + 1:head + 3]
-    assert re.search(r"a iteration 1 try 1: RETRY exit 9 ", summary[0]), summary
-    assert re.search(r"b iteration 1 try 2: RETRY exit 4 ", summary[1]), summary
+    assert re.search(r"a iteration 1 try 1: RETRY \(exit 9\) after ", summary[0]), summary
+    assert re.search(r"b iteration 1 try 2: RETRY \(exit 4\) after ", summary[1]), summary
 
 
 def test_no_summary_when_nothing_failed(ws):

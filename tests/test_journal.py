@@ -291,3 +291,18 @@ def test_a_journal_from_a_newer_runner_is_refused_with_one_line(ws, command):
     proc = ws.run(command, tasks=False)
     assert proc.returncode == 1
     assert "newer than this runner" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_run_id_ties_the_journal_the_hook_json_and_the_task_environment(ws):
+    hook = ws.root / "hook.sh"
+    hook.write_text(f'#!/bin/sh\nprintf "%s\\n" "$1" >> "{ws.root}/hook.log"\n')
+    hook.chmod(0o755)
+    ws.task("10-env.sh", f'echo "$RUNNER_RUN_ID" > "{ws.root}/env-run-id"')
+    ws.config(task_hook=str(hook))
+    assert ws.run("-n", "1").returncode == 0
+    [run] = rows(ws, "SELECT run_id FROM runs")
+    assert len(run["run_id"]) == 32
+    assert (ws.root / "env-run-id").read_text().strip() == run["run_id"]
+    hook_calls = [json.loads(line) for line in (ws.root / "hook.log").read_text().splitlines()]
+    assert [call["run_id"] for call in hook_calls] == [run["run_id"]] * 2
+    assert {r["run_id"] for r in task_runs(ws)} == {run["run_id"]}

@@ -53,10 +53,12 @@ def supervise(options: RunOptions, config: Config) -> int:
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
-    listeners = (*recorders(options, config, RunIdentity.current()), notifier)
+    identity = RunIdentity.current()
+    listeners = (*recorders(options, config, identity), notifier)
     signals.install()
     try:
-        status = Supervisor(options, config, signals, listeners=listeners).run()
+        status = Supervisor(options, config, signals, listeners=listeners,
+                            identity=identity).run()
     finally:
         signals.uninstall()
     if status is not ExitStatus.DONE:
