@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -230,3 +231,19 @@ def test_journal_commands_say_so_in_one_line_when_the_database_is_unreachable(
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{proxy.port}" in lines[0], proc.stderr
+
+
+def test_without_psycopg_runner_warns_keeps_records_locally_and_check_says_so(ws, tmp_path):
+    # A psycopg that cannot be imported, first on the path: as on a host without the package.
+    shadow = tmp_path / "no-psycopg" / "psycopg"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named psycopg')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    ws.task("10-ok.sh", "echo ran anyway")
+    ws.config(journal_url="postgresql://runner@127.0.0.1:9/fleet")
+    check = ws.run("check", env=env)
+    assert check.returncode == 0 and "python3-psycopg" in check.stderr
+    proc = ws.run("-n", "1", env=env)
+    assert proc.returncode == 0 and "ran anyway" in proc.stderr
+    assert "python3-psycopg" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(local_rows(ws, "SELECT * FROM task_runs WHERE synced_rev < rev")) == 1

@@ -56,6 +56,12 @@ def _warnings(config: Config, plan: Plan):
     interpreter = config.runner["interpreter"]
     if interpreter and not _executable(interpreter[0]):
         yield f"[runner] interpreter: {interpreter[0]} is not an executable command"
+    if config.runner["journal_url"]:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            yield ("[runner] journal_url: psycopg 3 is not installed (python3-psycopg): records "
+                   "will stay in the local journal")
     task_keys = set(load_spec().sections["task"])
     short_names = {t.short_name for t in plan.tasks}
     if plan.halt:
