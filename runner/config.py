@@ -52,6 +52,8 @@ class TaskSettings:
     interpreter: list[str] | None
     kill_grace: float
     depends_on: list[str] = field(default_factory=list)
+    check: list[str] | None = None
+    frequency: str = "always"
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,11 @@ class Config:
         for name, key in spec.sections[TASK_SPEC].items():
             if name in section:
                 values[name] = _check(spec, key, section[name], self.origins, short_name)
-            elif name == "depends_on":
-                values[name] = []
-            else:
+            elif name in self.runner:
                 values[name] = self.runner[name]
+            else:  # a key only tasks have (depends_on, check, frequency)
+                default = key.default
+                values[name] = list(default) if isinstance(default, list) else default
         return TaskSettings(**values)
 
     def snapshot(self) -> dict[str, Any]:
