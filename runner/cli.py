@@ -21,16 +21,21 @@ COMMANDS = {
     "run": "run the chain (the default when no command is given)",
     "check": "validate the configuration and tasks, print the plan, run nothing",
     "list": "list the tasks in run order with their effective settings",
+    "plan": "print the execution plan: waves of a parallel run, tasks skipped by frequency",
+    "graph": "print the dependency graph as Graphviz DOT (--format svg needs dot)",
     "status": "what runs now, and the last result of every task",
     "history": "task runs recorded in the journal, newest last",
     "log": "the captured output of a task's last run",
     "blame": "tasks by time spent (the newest run by default)",
+    "ctl": "control the running runner: retry-now, skip TASK, pause, resume, halt",
+    "reset": "forget that once/per-boot/per-instance tasks succeeded (all, or TASK)",
 }
 JOURNAL_COMMANDS = ("status", "history", "log", "blame")
 # Options that take a value, so the first positional word can be found before parsing.
 _VALUE_OPTIONS = {
     "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
     "--task", "--since", "--host", "--run", "--try", "--iteration", "--limit",
+    "--format",
 }
 
 
@@ -97,10 +102,21 @@ def build_parser(command: str) -> Parser:
                         help=f"with --daemon: locked pidfile (default {DEFAULT_PIDFILE})")
     parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
-    if command in ("list", *JOURNAL_COMMANDS):
+    if command in ("list", "plan", *JOURNAL_COMMANDS):
         parser.add_argument("--json", action="store_true", help=f"with {command}: print JSON")
+    if command == "run":
+        parser.add_argument("--dry-run", action="store_true",
+                            help="run only the checks and print what would run")
+    if command == "graph":
+        parser.add_argument("--format", choices=("dot", "svg"), default="dot",
+                            help="with graph: DOT text (default) or SVG drawn by Graphviz's dot")
     if command in JOURNAL_COMMANDS:
         _journal_arguments(parser, command)
+    elif command == "ctl":
+        _ctl_arguments(parser)
+    elif command == "reset":
+        parser.add_argument("task", nargs="?",
+                            help="only this task (file name or short name; default all)")
     else:
         parser.add_argument("taskdir", nargs="?",
                             help="task directory (default [runner] task_dir)")
@@ -135,6 +151,14 @@ def _journal_arguments(parser: Parser, command: str) -> None:
                             help="show the newest N task runs (default 50)")
 
 
+def _ctl_arguments(parser: Parser) -> None:
+    from .control import ACTIONS
+
+    parser.add_argument("action", choices=list(ACTIONS), metavar="ACTION",
+                        help="one of: " + ", ".join(ACTIONS))
+    parser.add_argument("task", nargs="?", help="with skip: the task to skip")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = split_command(argv)
@@ -158,9 +182,24 @@ def main(argv: list[str] | None = None) -> int:
         if command == "list":
             from .commands.check import list_tasks
             return list_tasks(options, as_json=args.json)
+        if command == "plan":
+            from .commands.plan import plan
+            return plan(options, as_json=args.json)
+        if command == "graph":
+            from .commands.plan import graph
+            return graph(options, args.format)
         if command in JOURNAL_COMMANDS:
             from .commands.report import report
             return report(command, options, _report_options(args))
+        if command == "reset":
+            from .commands.reset import reset
+            return reset(options, args.task)
+        if command == "ctl":
+            from .commands.ctl import ctl
+            return ctl(options, [args.action, *([args.task] if args.task is not None else [])])
+        if getattr(args, "dry_run", False):
+            from .commands.dryrun import dry_run
+            return dry_run(options)
         from .commands.run import DaemonOptions, run
         daemon = DaemonOptions(args.pidfile, args.log_file, args.level) if args.daemon else None
         return run(options, daemon)

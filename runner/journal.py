@@ -273,7 +273,8 @@ class JournalListener(Listener):
         if run.state is TaskState.RUNNING:
             self._write(self._task_started(run))
             return
-        ops = [self._task_ended(run)]
+        ops = [] if id(run) in self.seqs else [self._task_started(run)]  # SKIPPED: no RUNNING
+        ops.append(self._task_ended(run))
         if run.kind is Kind.TASK and run.state is not TaskState.OK:
             ops.extend(self._end_try(run.state.value, run.task.name))
         self._write(*ops)
@@ -313,10 +314,7 @@ class JournalListener(Listener):
         })
 
     def _task_ended(self, run: TaskRun) -> Op:
-        seq = self.seqs.pop(id(run), None)
-        if seq is None:  # a result without RUNNING (SKIPPED): a row of its own
-            self._task_started(run)
-            seq = self.seqs.pop(id(run))
+        seq = self.seqs.pop(id(run))
         return _update("task_runs", {"run_id": self.identity.run_id, "seq": seq}, {
             "result": run.state.value, "exit_code": run.exit_code, "signal": run.signal,
             "error": run.error, "ended_at": iso(utc_now()),

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .signals import SignalState
+from .signals import SignalState, SignalView
 
 LINE_LIMIT = 64 * 1024  # longer lines are passed on in pieces of this size
 TAIL_BYTES = 64 * 1024  # how much of the end of the output is kept with the result
@@ -59,7 +59,7 @@ def run_process(
     env: dict[str, str],
     cwd: str,
     limits: Limits,
-    signals: SignalState,
+    signals: SignalState | SignalView,
     on_line: OnLine,
 ) -> ProcessResult:
     """Run argv in a new session with stdin from /dev/null and wait for it."""
@@ -100,7 +100,8 @@ class _Waiter:
     """Waits for one process, enforcing max_time and stop requests on its whole group."""
 
     def __init__(
-        self, proc: subprocess.Popen, limits: Limits, signals: SignalState, started: float
+        self, proc: subprocess.Popen, limits: Limits, signals: SignalState | SignalView,
+        started: float,
     ) -> None:
         self.proc = proc
         self.limits = limits
@@ -141,7 +142,8 @@ class _Waiter:
 
     def _react(self, now: float) -> None:
         signals = self.signals
-        if signals.stop_count >= self.limits.stop_after and self.kill_at is None:
+        stop = signals.stop_count >= self.limits.stop_after or signals.cancelled
+        if stop and self.kill_at is None:
             self.result.stopped = True
             self._terminate(now)
         if signals.stop_count > self.limits.stop_after:

@@ -6,6 +6,7 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -24,9 +25,12 @@ class SignalState:
     stop_signal: int | None = None
     stop_count: int = 0
     reload: bool = False
+    # Stop the process being waited for, without stopping runner (runner ctl skip).
+    cancelled: bool = False
     _read_fd: int = -1
     _write_fd: int = -1
     _previous: dict = field(default_factory=dict)
+    _views: list[SignalView] = field(default_factory=list)
 
     def install(self) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -60,24 +64,101 @@ class SignalState:
         return self._read_fd
 
     def drain(self) -> None:
-        try:
-            while os.read(self._read_fd, 512):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+        """Empty the self-pipe, and pass the wake-up on to every view: whoever wakes on
+        the signals tells the task waits of other threads to look at them too."""
+        _drain(self._read_fd)
+        for view in list(self._views):
+            view.poke()
 
-    def sleep(self, seconds: float) -> bool:
-        """Sleep, cut short by a stop signal; True if it slept the whole time."""
+    def poke(self) -> None:
+        """Wake the main loop from another thread (a control command arrived)."""
+        _poke(self._write_fd)
+
+    def view(self) -> SignalView:
+        """A wake-up fd of its own for a task waited for in another thread."""
+        view = SignalView(self)
+        self._views.append(view)
+        return view
+
+    def forget(self, view: SignalView) -> None:
+        if view in self._views:
+            self._views.remove(view)
+        view.close()
+
+    def sleep(self, seconds: float, until: Callable[[], bool] | None = None) -> bool:
+        """Sleep, cut short by a stop signal; True if it slept the whole time or `until()`
+        became true (checked at every wake-up: signals and pokes)."""
         deadline = time.monotonic() + seconds
+        return self._wait(lambda: until is not None and until(), deadline)
+
+    def wait_until(self, condition: Callable[[], bool]) -> bool:
+        """Block until condition() holds (re-checked at every poke); False if stopped."""
+        return self._wait(condition, None)
+
+    def _wait(self, condition: Callable[[], bool], deadline: float | None) -> bool:
         with selectors.DefaultSelector() as selector:
             if self._read_fd >= 0:
                 selector.register(self._read_fd, selectors.EVENT_READ)
             while self.stop_signal is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if condition():
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return True
                 self.expect_wake_by(deadline)
                 selector.select(left)
                 self.expect_wake_by(time.monotonic())
                 self.drain()
         return False
+
+
+class SignalView:
+    """The stop state of the signals with a wake-up pipe of its own: lets a task run in
+    a worker thread be woken by signals (through SignalState.drain) or cancelled alone."""
+
+    def __init__(self, parent: SignalState) -> None:
+        self.parent = parent
+        self.cancelled = False
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def stop_count(self) -> int:
+        return self.parent.stop_count
+
+    @property
+    def fd(self) -> int:
+        return self._read_fd
+
+    def expect_wake_by(self, moment: float | None) -> None:
+        """Only the main loop speaks for the watchdog."""
+
+    def drain(self) -> None:
+        _drain(self._read_fd)
+
+    def poke(self) -> None:
+        _poke(self._write_fd)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.poke()
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._read_fd = self._write_fd = -1
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _poke(fd: int) -> None:
+    try:
+        os.write(fd, b"\0")
+    except (BlockingIOError, OSError):  # full: a wake-up is pending anyway
+        pass

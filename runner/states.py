@@ -23,6 +23,8 @@ class TaskState(enum.Enum):
     TIMEOUT = "TIMEOUT"
     STOPPED = "STOPPED"
     SKIPPED = "SKIPPED"
+    # Exit 4 with reboot_task configured: done, but the machine must reboot to go on.
+    REBOOT = "REBOOT"
     # Only in the journal: the runner that ran it died before the result was known.
     INTERRUPTED = "INTERRUPTED"
 
@@ -39,7 +41,8 @@ class TaskState(enum.Enum):
 RESULTS = frozenset(s for s in TaskState if s.is_result)
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.SKIPPED}),
-    TaskState.RUNNING: RESULTS - {TaskState.SKIPPED, TaskState.INTERRUPTED},
+    # RUNNING -> SKIPPED: `runner ctl skip` stopped the task.
+    TaskState.RUNNING: RESULTS - {TaskState.INTERRUPTED},
 }
 
 
@@ -62,6 +65,7 @@ EXIT_CODE_RESULTS = {0: TaskState.OK, 2: TaskState.HALT, 3: TaskState.EXIT}
 class Kind(enum.Enum):
     TASK = "task"
     HALT = "halt"
+    REBOOT = "reboot"
 
 
 @dataclass

@@ -83,6 +83,8 @@ class Plan:
     halt: Task | None
     halt_name: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    needs: dict[str, set[str]] = field(default_factory=dict)  # depends_on as file names
+    reboot: Task | None = None
 
     def index_of(self, name: str) -> int | None:
         for index, task in enumerate(self.tasks):
@@ -117,13 +119,22 @@ def discover(config: Config, task_dir: str) -> Plan:
                 tasks.append(Task(name, path, short_name(name), settings))
         if reason:
             skipped.append((name, reason))
-    halt_path = _resolve(task_dir, halt_name)
-    halt = None
-    if os.path.isfile(halt_path):
-        base = os.path.basename(halt_path)
-        halt = Task(base, halt_path, short_name(base), config.task_settings(short_name(base)))
     ordered = order(tasks, config, skipped)
-    return Plan(task_dir, ordered, halt, halt_name, skipped)
+    reboot_name = config.runner["reboot_task"]
+    return Plan(
+        task_dir, ordered, _special(config, task_dir, halt_name), halt_name, skipped,
+        needs_of(ordered, config, skipped),
+        _special(config, task_dir, reboot_name) if reboot_name else None,
+    )
+
+
+def _special(config: Config, task_dir: str, name: str) -> Task | None:
+    """The halt or reboot task: set aside from the chain; None when it is not there."""
+    path = _resolve(task_dir, name)
+    if not os.path.isfile(path):
+        return None
+    base = os.path.basename(path)
+    return Task(base, path, short_name(base), config.task_settings(short_name(base)))
 
 
 def _resolve(task_dir: str, name: str) -> str:
@@ -142,24 +153,7 @@ def order(tasks: list[Task], config: Config, skipped: list[tuple[str, str]]) -> 
     """Byte order, adjusted so that every task runs after its depends_on (Kahn's algorithm,
     always taking the smallest ready name, so the result is deterministic)."""
     by_name = {t.name: t for t in tasks}
-    by_short: dict[str, list[str]] = {}
-    for t in tasks:
-        by_short.setdefault(t.short_name, []).append(t.name)
-    skipped_names = dict(skipped)
-    needs: dict[str, set[str]] = {t.name: set() for t in tasks}
-    for t in tasks:
-        for dep in t.settings.depends_on:
-            targets = [dep] if dep in by_name else by_short.get(dep, [])
-            if not targets:
-                where = config.origins.get((t.short_name, "depends_on"))
-                prefix = f"{where.where()}: " if where else ""
-                why = f" ({skipped_names[dep]})" if dep in skipped_names else ""
-                raise ConfigError(
-                    f"{prefix}[{t.short_name}] depends_on: "
-                    f"no task {dep!r} in the task directory{why}"
-                )
-            # A task depending on itself is ignored, as the original did.
-            needs[t.name].update(n for n in targets if n != t.name)
+    needs = needs_of(tasks, config, skipped)
     dependents: dict[str, list[str]] = {name: [] for name in needs}
     for name, deps in needs.items():
         for dep in deps:
@@ -182,6 +176,36 @@ def order(tasks: list[Task], config: Config, skipped: list[tuple[str, str]]) -> 
         prefix = f"{where.where()}: [{first.short_name}] depends_on: " if where else ""
         raise ConfigError(prefix + "dependency cycle: " + " -> ".join(cycle))
     return result
+
+
+def needs_of(
+    tasks: list[Task], config: Config | None = None,
+    skipped: list[tuple[str, str]] | None = None,
+) -> dict[str, set[str]]:
+    """Each task's depends_on as the file names of tasks present (short names resolved);
+    a dependency on a task that is not there is a ConfigError naming the line (when the
+    config is given)."""
+    origins = config.origins if config is not None else {}
+    by_name = {t.name: t for t in tasks}
+    by_short: dict[str, list[str]] = {}
+    for t in tasks:
+        by_short.setdefault(t.short_name, []).append(t.name)
+    skipped_names = dict(skipped or [])
+    needs: dict[str, set[str]] = {t.name: set() for t in tasks}
+    for t in tasks:
+        for dep in t.settings.depends_on:
+            targets = [dep] if dep in by_name else by_short.get(dep, [])
+            if not targets:
+                where = origins.get((t.short_name, "depends_on"))
+                prefix = f"{where.where()}: " if where else ""
+                why = f" ({skipped_names[dep]})" if dep in skipped_names else ""
+                raise ConfigError(
+                    f"{prefix}[{t.short_name}] depends_on: "
+                    f"no task {dep!r} in the task directory{why}"
+                )
+            # A task depending on itself is ignored, as the original did.
+            needs[t.name].update(n for n in targets if n != t.name)
+    return needs
 
 
 def _find_cycle(needs: dict[str, set[str]]) -> list[str]:

@@ -24,7 +24,9 @@ IDENTITY = RunIdentity("0123abcd", "host-1", "boot-1", 4242, None)
 SETTINGS = TaskSettings(
     max_time=600, max_tries=5, sleep_time=0, retry_jitter=0, interpreter=None, kill_grace=1
 )
-EXPECTED_RESULTS = {"OK", "HALT", "EXIT", "RETRY", "TIMEOUT", "STOPPED", "SKIPPED", "INTERRUPTED"}
+EXPECTED_RESULTS = {
+    "OK", "HALT", "EXIT", "RETRY", "TIMEOUT", "STOPPED", "SKIPPED", "REBOOT", "INTERRUPTED",
+}
 
 
 def task(name: str) -> Task:
