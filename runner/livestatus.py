@@ -55,6 +55,7 @@ class LiveStatus(Listener):
         self.health = health
         self.failed = False
         self.active = False
+        self.running: dict[str, str | None] = {}  # task -> started at
         self.lock = threading.Lock()  # the forwarder thread refreshes the file too
         self.state: dict[str, Any] = {
             "run_id": identity.run_id, "host": identity.host, "boot_id": identity.boot_id,
@@ -73,12 +74,19 @@ class LiveStatus(Listener):
                   task=None, since=iso(utc_now()), waiting_until=None, reason=None)
 
     def task_changed(self, run: TaskRun) -> None:
+        name = run.task.name if run.kind.value == "task" else f"{run.task.name} ({run.kind.value})"
         if run.state is TaskState.RUNNING:
-            name = run.task.name if run.kind.value == "task" else f"{run.task.name} (halt)"
-            self._set(state="running", task=name, since=run.started_at_text(),
-                      max_tries=run.max_tries)
+            self.running[name] = run.started_at_text()
         else:
-            self._set(state="between tasks", task=None, since=iso(utc_now()))
+            self.running.pop(name, None)
+        if self.running:  # with max_parallel > 1, several at once: the oldest first
+            first = min(self.running, key=lambda n: self.running[n] or "")
+            self._set(state="running", task=", ".join(sorted(self.running)),
+                      since=self.running[first], max_tries=run.max_tries,
+                      tasks_running=sorted(self.running))
+        else:
+            self._set(state="between tasks", task=None, since=iso(utc_now()),
+                      tasks_running=[])
 
     def waiting(self, seconds: float, reason: str) -> None:
         now = utc_now()

@@ -336,17 +336,22 @@ class Supervisor:
         """Between tasks: a stop, a pause or a halt asked by the operator."""
         if self.signals.stop_signal is not None:
             return self._stop_status()
-        if self.controls.paused and not self.controls.halt:
-            log.warning("paused by runner ctl: waiting for runner ctl resume")
-            self.dispatcher.waiting(0, "paused by runner ctl")
-            if not self.signals.wait_until(
-                lambda: not self.controls.paused or self.controls.halt
-            ):
-                return self._stop_status()
-            log.info("resumed by runner ctl")
+        if not self._wait_while_paused():
+            return self._stop_status()
         if self.controls.halt:
             return self._operator_halt(iteration, try_num)
         return None
+
+    def _wait_while_paused(self) -> bool:
+        """Hold while `runner ctl pause` holds (a halt ends it too); False if stopped."""
+        if not self.controls.paused or self.controls.halt:
+            return True
+        log.warning("paused by runner ctl: waiting for runner ctl resume")
+        self.dispatcher.waiting(0, "paused by runner ctl")
+        if not self.signals.wait_until(lambda: not self.controls.paused or self.controls.halt):
+            return False
+        log.info("resumed by runner ctl")
+        return True
 
     def _operator_halt(self, iteration: int, try_num: int) -> ExitStatus:
         log.error("halt asked by runner ctl")
@@ -400,7 +405,7 @@ class Supervisor:
             if self.controls.paused:
                 if workers:
                     return False  # pause after what runs now
-                if self._before_task(iteration, try_num) is not None:
+                if not self._wait_while_paused() or self.controls.halt:
                     return True
             needs = self.plan.needs
             ready = sorted((t for t in pending if needs.get(t.name, set()) <= chain.done),

@@ -632,3 +632,11 @@ def test_list_json_shows_effective_per_task_settings(ws):
     assert rows["20-b.sh"]["depends_on"] == ["a"]
     assert rows["20-b.sh"]["short_name"] == "b"
     assert rows["20-b.sh"]["path"] == str(ws.tasks / "20-b.sh")
+
+
+def test_check_warns_when_the_configured_reboot_task_is_missing(ws):
+    ws.task("10-ok.sh")
+    ws.config(reboot_task="reboot.sh")
+    proc = ws.run("check")
+    assert proc.returncode == 0
+    assert "reboot_task reboot.sh not found" in proc.stderr

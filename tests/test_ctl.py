@@ -136,3 +136,4 @@ def test_halt_in_parallel_mode_waits_for_running_tasks(ws):
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2, err
     assert "a done" in err and "c ran" not in err and "halting now" in err
+

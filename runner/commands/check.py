@@ -47,6 +47,10 @@ def check(options: RunOptions, out: TextIO = sys.stdout) -> int:
 def _warnings(config: Config, plan: Plan):
     if plan.halt is None:
         yield f"halt task {plan.halt_name} not found in {plan.task_dir}: a halt will only be logged"
+    reboot = config.runner["reboot_task"]
+    if reboot and plan.reboot is None:
+        yield (f"reboot_task {reboot} not found in {plan.task_dir}: a task exiting 4 "
+               "will be retried instead")
     for name, reason in plan.skipped:
         if reason == NOT_EXECUTABLE:
             yield f"{name}: {reason}"
