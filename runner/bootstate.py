@@ -111,5 +111,12 @@ class BootState:
         self._write(BOOT_TRIES_FILE, {"count": count, "updated_at": iso(utc_now())})
         return count
 
+    def uncount_try(self) -> None:
+        count = self.boot_tries() - 1
+        if count <= 0:
+            self.reset_tries()
+        else:
+            self._write(BOOT_TRIES_FILE, {"count": count, "updated_at": iso(utc_now())})
+
     def reset_tries(self) -> None:
         self._remove(BOOT_TRIES_FILE)

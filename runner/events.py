@@ -83,7 +83,7 @@ def describe_end(run: TaskRun) -> str:
 
 
 def _log_transition(run: TaskRun) -> None:
-    name = run.task.name if run.kind is Kind.TASK else f"halt task {run.task.name}"
+    name = run.task.name if run.kind is Kind.TASK else f"{run.kind.value} task {run.task.name}"
     if run.state is TaskState.RUNNING:
         log.info(
             "%s: starting (try %d/%d, iteration %d)",

@@ -275,7 +275,7 @@ class JournalListener(Listener):
             return
         ops = [] if id(run) in self.seqs else [self._task_started(run)]  # SKIPPED: no RUNNING
         ops.append(self._task_ended(run))
-        if run.kind is Kind.TASK and run.state is not TaskState.OK:
+        if run.kind is Kind.TASK and run.state not in (TaskState.OK, TaskState.SKIPPED):
             ops.extend(self._end_try(run.state.value, run.task.name))
         self._write(*ops)
 

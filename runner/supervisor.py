@@ -248,6 +248,7 @@ class Supervisor:
             else:
                 chain = self._sequential_chain(iteration, try_num, done)
             if chain.status is not None:
+                self._settle_boot_tries(chain.status)
                 return chain.status
             failed = chain.failed
             if chain.reboot is not None:
@@ -255,6 +256,7 @@ class Supervisor:
                 if status is not None:
                     return status
                 failed = chain.reboot  # no reboot happened: retried like a failure
+                chain.done.discard(failed.task.name)
             if failed is None:
                 if self.config.runner["max_boot_tries"]:
                     self.boot.reset_tries()
@@ -272,6 +274,16 @@ class Supervisor:
                 return self._operator_halt(iteration, try_num)
             try_num += 1
             done = (done | chain.done) if self.config.runner["retry_from"] == "failed" else set()
+
+    def _settle_boot_tries(self, status: ExitStatus) -> None:
+        """A try ended by a stop or on a task's request did not fail: take it back; after a
+        halt the machine is repaired or gone, so start afresh."""
+        if not self.config.runner["max_boot_tries"]:
+            return
+        if status in (ExitStatus.SIGTERM, ExitStatus.SIGINT, ExitStatus.EXIT):
+            self.boot.uncount_try()
+        elif status is ExitStatus.HALTED:
+            self.boot.reset_tries()
 
     def _boot_loop_guard(self, iteration: int, try_num: int) -> ExitStatus | None:
         """max_boot_tries: count this try durably; halt when too many failed before."""
@@ -418,6 +430,8 @@ class Supervisor:
             if self._skipped(run):
                 chain.done.add(task.name)
                 continue
+            if self.signals.stop_signal is not None:  # stopped while its check ran
+                return True
             self._begin(run)
             view = self.signals.view()
             self._register(task.name, view)
@@ -482,7 +496,9 @@ class Supervisor:
                     return chain
         if failures:
             chain.failed = failures[0]
-            chain.reboot = None  # the failure decides; the reboot comes with a later try
+            if chain.reboot is not None:  # the failure decides; the reboot is asked again
+                chain.done.discard(chain.reboot.task.name)
+                chain.reboot = None
         return chain
 
     # -- one task -------------------------------------------------------------
@@ -574,6 +590,8 @@ class Supervisor:
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
         run.duration_s, run.output_tail = result.duration_s, result.output_tail
         state = classify(result, reboot=bool(self.config.runner["reboot_task"]))
+        if state is TaskState.OK and execution.recheck is not None and execution.recheck.stopped:
+            state = TaskState.STOPPED  # stopped during the recheck: a stop, not a failure
         skip_asked = self.controls.take_skip(run.task.name)
         if state is TaskState.STOPPED and skip_asked and self.signals.stop_signal is None:
             state, run.error = TaskState.SKIPPED, "stopped and skipped by runner ctl"
@@ -689,6 +707,8 @@ class Supervisor:
         log.warning("%s asked for a reboot: running reboot task %s", asking.task.name,
                     reboot.name)
         run = self._run_special(reboot, iteration, try_num, Kind.REBOOT)
+        if self.signals.stop_signal is not None:  # the shutdown came first: keep the point
+            return self._stop_status()
         if run.state is not TaskState.OK:
             log.error("reboot task %s failed: %s; retrying instead", reboot.name,
                       describe_end(run))

@@ -97,7 +97,7 @@ def alive(pid: int) -> bool:
 
 def started(log: str) -> list[str]:
     """Task names in the order runner started them (halt task runs included)."""
-    return re.findall(r"INFO (?:halt task )?(\S+): starting \(", log)
+    return re.findall(r"INFO (?:(?:halt|reboot) task )?(\S+): starting \(", log)
 
 
 def output_of(log: str, task: str) -> list[str]:

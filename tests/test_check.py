@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sqlite3
 import sys
 
-import pytest
-from conftest import Workspace, output_of, started
+from conftest import LogWatcher, Workspace, output_of, started, wait_for
 
 HALT = "halt.sh"
 TASK = "20-puppet.sh"  # its section is [puppet]
@@ -115,7 +115,6 @@ def test_the_task_after_a_skipped_one_still_runs(ws):
     assert output_of(proc.stderr, "30-next.sh") == ["next ran"]
 
 
-@pytest.mark.xfail(strict=True, reason="journal.py ends the try at a SKIPPED task run")
 def test_a_skipped_task_does_not_end_the_try_in_the_journal(ws):
     puppet(ws)
     ws.task("30-flaky.sh", '[ "$RUNNER_TRY" -lt 2 ] && exit 1; true')
@@ -236,6 +235,27 @@ def test_a_check_that_hangs_is_stopped_after_the_tasks_max_time(ws):
     assert proc.returncode == 1, proc.stderr  # ...and the recheck times out too
 
 
+def hanging_recheck(ws: Workspace) -> str:
+    """A check that fails at once before the run and hangs in the recheck (after the task
+    left $RUNNER_STATE_DIR/done), touching `rechecking` first."""
+    return ("sh -c 'test -e \"$RUNNER_STATE_DIR/done\" || exit 1; "
+            "touch \"$RUNNER_STATE_DIR/rechecking\"; exec sleep 10'")
+
+
+def test_sigterm_during_the_recheck_stops_runner_without_the_halt_task(ws):
+    ws.task(HALT, 'touch "$RUNNER_STATE_DIR/halted"')
+    puppet(ws)
+    with_check(ws, hanging_recheck(ws), max_tries=1)
+    with LogWatcher(ws.start("-n", "1")) as watcher:
+        wait_for((ws.state / "rechecking").exists, what="the recheck running")
+        watcher.proc.send_signal(signal.SIGTERM)
+        status = watcher.finish(timeout=15)
+    assert not (ws.state / "halted").exists()
+    assert status == 143
+    [record] = history(ws)
+    assert record["result"] == "STOPPED"
+
+
 # -- side by side ----------------------------------------------------------------------
 
 
@@ -319,3 +339,16 @@ def test_dry_run_records_nothing_in_the_journal(ws):
     assert ws.run("run", "--dry-run").returncode == 0
     proc = ws.run("history", "--json", tasks=False)
     assert proc.returncode == 1, proc.stdout  # nothing to show
+
+
+def test_on_failure_stop_during_a_siblings_recheck_records_it_stopped(ws):
+    puppet(ws)
+    ws.task("10-fail.sh", """
+        while [ ! -e "$RUNNER_STATE_DIR/rechecking" ]; do sleep 0.05; done
+        exit 1
+    """)
+    with_check(ws, hanging_recheck(ws), max_parallel=2, on_failure="stop", max_tries=1)
+    proc = ws.run("-n", "1", timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    [record] = history(ws)
+    assert record["result"] == "STOPPED", record

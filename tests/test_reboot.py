@@ -5,10 +5,11 @@ max_boot_tries: failed tries of the chain counted across restarts, then the halt
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
-from conftest import LogWatcher, Workspace, started, wait_for
+from conftest import LogWatcher, Workspace, wait_for
 
 HALT = "halt.sh"
 REBOOT = "reboot.sh"
@@ -16,6 +17,12 @@ ASKS = "20-needs-reboot"
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def started(log: str) -> list[str]:
+    """Task names in the order runner started them, halt and reboot task runs included
+    (conftest's started() only knows the `halt task ` prefix)."""
+    return re.findall(r"INFO (?:(?:halt|reboot) task )?(\S+): starting \(", log)
 
 
 def counting(name: str, extra: str = "") -> str:
@@ -215,6 +222,54 @@ def test_exit_4_beside_a_running_sibling_reboots_after_it_finished(ws):
     assert counts(ws, "10-slow", ASKS, "30-c") == {"10-slow": 1, ASKS: 1, "30-c": 1}
 
 
+def test_the_reboot_task_run_is_logged_as_the_reboot_task(ws):
+    reboot_chain(ws)
+    with LogWatcher(ws.start("-n", "1")) as watcher:
+        watcher.wait_for(r"waiting for the reboot")
+        watcher.proc.kill()
+        watcher.finish()
+        log = watcher.text()
+    assert f"halt task {REBOOT}" not in log
+    assert f"reboot task {REBOOT}: starting (" in log
+
+
+def test_sigterm_while_the_reboot_task_runs_keeps_the_resume_point_and_never_halts(ws):
+    # The reboot task asks for the reboot and waits for it, as `shutdown -r` may: the
+    # shutdown then stops runner while the reboot task still runs.
+    reboot_chain(ws, reboot_body=counting(REBOOT, "exec sleep 10"), max_tries=1)
+    with LogWatcher(ws.start("-n", "1")) as watcher:
+        wait_for(lambda: count(ws, REBOOT) == 1, what="the reboot task running")
+        watcher.proc.send_signal(signal.SIGTERM)
+        status = watcher.finish(timeout=15)
+    assert count(ws, HALT) == 0
+    assert status == 143
+    assert json.loads(resume_file(ws).read_text())["after"] == ASKS
+
+
+def test_retry_from_failed_after_a_failed_reboot_task_runs_the_asking_task_again(ws):
+    reboot_chain(ws, reboot_body=counting(REBOOT, "exit 1"), max_tries=2,
+                 retry_from="failed")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert started(proc.stderr) == ["10-a", ASKS, REBOOT, ASKS, "30-c"]
+
+
+def test_retry_from_failed_runs_the_asking_task_again_when_a_sibling_failure_won(ws):
+    ws.task("10-fails", counting("10-fails", 'sleep 0.3; [ "$RUNNER_TRY" -lt 2 ] && exit 1; true'))
+    ws.task(ASKS, counting(ASKS, """
+        [ -e "$RUNNER_STATE_DIR/asked" ] && exit 0
+        touch "$RUNNER_STATE_DIR/asked"
+        exit 4
+    """))
+    ws.task(REBOOT, counting(REBOOT))
+    ws.config(reboot_task=REBOOT, max_parallel=2, max_tries=2, retry_from="failed")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    # Try 1: 10-fails fails while 20-needs-reboot asks: the failure decides, no reboot.
+    # Try 2 must give 20-needs-reboot its chance again (here it passes).
+    assert counts(ws, "10-fails", ASKS, REBOOT) == {"10-fails": 2, ASKS: 2, REBOOT: 0}
+
+
 # -- max_boot_tries ------------------------------------------------------------------------
 
 
@@ -281,3 +336,22 @@ def test_without_max_boot_tries_nothing_is_counted(ws):
     for _ in range(4):
         assert started(ws.run("-n", "1").stderr) == ["10-broken", HALT]
     assert not boot_tries_file(ws).exists()
+
+
+def test_a_stop_by_sigterm_mid_task_is_not_a_failed_try(ws):
+    # A shutdown or `systemctl stop` in the middle of a task says nothing about the chain.
+    ws.task(HALT, counting(HALT))
+    ws.task("10-slow", counting("10-slow", "exec sleep 30"))
+    ws.config(max_boot_tries=1)
+    proc = ws.start("-n", "1")
+    wait_for(lambda: count(ws, "10-slow") == 1, what="10-slow running")
+    assert boot_tries(ws) == 1  # counted before it ran ...
+    proc.terminate()
+    proc.communicate(timeout=20)
+    assert proc.returncode == 143
+    assert not boot_tries_file(ws).exists()  # ... and taken back by the stop
+    again = ws.start("-n", "1")
+    wait_for(lambda: count(ws, "10-slow") == 2, what="10-slow running again, not a halt")
+    again.terminate()
+    again.communicate(timeout=20)
+    assert counts(ws, HALT) == {HALT: 0}
