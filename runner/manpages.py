@@ -67,8 +67,19 @@ def _key(key: KeySpec) -> list[str]:
     ]
 
 
+def _positionals(parser: argparse.ArgumentParser, command: str) -> list[str]:
+    """A command's own positional arguments (TASKDIR is in the synopsis already)."""
+    lines = []
+    for action in parser._actions:
+        if action.option_strings or action.dest == "taskdir":
+            continue
+        name = action.metavar or action.dest.upper()
+        lines += [".TP", f"\\fI{esc(name)}\\fR", esc(action.help or "")]
+    return lines
+
+
 def runner_8() -> str:
-    from .cli import COMMANDS, JOURNAL_COMMANDS, build_parser
+    from .cli import COMMANDS, build_parser
 
     lines = _header("runner", 8, "System Administration")
     lines += [
@@ -93,15 +104,16 @@ def runner_8() -> str:
     lines += [".SH OPTIONS", *_options(base)]
     common = frozenset(flag for action in base._actions for flag in action.option_strings)
     lines += [
-        ".SH JOURNAL OPTIONS",
+        ".SH COMMAND OPTIONS",
         esc("status, history, log and blame read the journal named by the configuration: "
             "the fleet journal at journal_url when it is set (--local for the local one), "
             "else state_dir/journal.sqlite; status always reads this machine's. They exit 0 "
             "with an answer, 1 when there is nothing to show or no journal, 78 on bad "
-            "arguments."),
+            "arguments. ctl talks to the running runner over runtime_dir/control.sock."),
     ]
-    for name in JOURNAL_COMMANDS:
-        options = _options(build_parser(name), common)
+    for name in COMMANDS:
+        parser = build_parser(name)
+        options = _options(parser, common) + _positionals(parser, name)
         if options:
             lines += [".SS", f"\\fB{name}\\fR", *options]
     lines += [".SH TASK RESULTS"]
@@ -139,7 +151,11 @@ def runner_8() -> str:
         ".TP", "\\fI/etc/runner/tasks.d/\\fR", "task directory",
         ".TP", "\\fI/var/lib/runner/\\fR", "state directory",
         ".TP", "\\fI/var/lib/runner/journal.sqlite\\fR", "the local journal (SQLite, WAL mode)",
+        ".TP", "\\fI/var/lib/runner/stamps/\\fR", "stamps of once/per\\-boot/per\\-instance tasks",
+        ".TP", "\\fI/var/lib/runner/resume.json\\fR", "where a rebooting chain resumes",
+        ".TP", "\\fI/var/lib/runner/boot\\-tries.json\\fR", "failed tries for max_boot_tries",
         ".TP", "\\fI/run/runner/status.json\\fR", "live status, read by runner status",
+        ".TP", "\\fI/run/runner/control.sock\\fR", "control socket of runner ctl",
         ".SH SEE ALSO",
         "\\fBrunner\\-config\\fR(1), \\fBrunner.cfg\\fR(5), \\fBsystemd.service\\fR(5)",
     ]
