@@ -14,6 +14,7 @@ from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError, NestingError
 
+from . import permissions
 from .errors import ConfigError
 from .spec import CheckError, KeySpec, Spec, load_spec, unquote
 from .tasks import name_is_candidate
@@ -130,6 +131,11 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         origins[(section, key)] = Origin(f"-D {override}")
     sections = _plain_sections(merged, origins)
     runner = _validate_runner(spec, sections.get(RUNNER, {}), origins)
+    if permissions.applies(runner["strict_permissions"]):
+        trusted = [(f, "config file") for f in files]
+        if include:
+            trusted.insert(1, (include_dir, "include_dir"))
+        permissions.check(trusted)
     env = dict(sections.get(ENV, {}))
     return Config(
         path=os.path.abspath(path) if files else None,

@@ -39,6 +39,10 @@ def _key_block(key: KeySpec, value: str | None) -> list[str]:
     return lines
 
 
+# What the packages' /etc/runner/runner.cfg sets: a root daemon's safe defaults.
+PACKAGED = ["runner.strict_permissions=true"]
+
+
 def sample_config(settings: list[str], spec: Spec | None = None) -> str:
     """runner.cfg with every key documented; `settings` (section.key=value) are set,
     everything else is shown commented out at its default."""
@@ -113,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     sample = sub.add_parser("sample-config", help="print a documented runner.cfg")
     sample.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sample.add_argument("--packaged", action="store_true",
+                        help="the config the packages ship: " + ", ".join(PACKAGED))
     sub.add_parser("config-table", help="print the Markdown config reference")
     readme = sub.add_parser("readme", help="rewrite the config table in a README in place")
     readme.add_argument("path")
     args = parser.parse_args(argv)
     if args.what == "sample-config":
-        sys.stdout.write(sample_config(args.set))
+        sys.stdout.write(sample_config([*(PACKAGED if args.packaged else []), *args.set]))
     elif args.what == "readme":
         with open(args.path, encoding="utf-8") as handle:
             text = readme_with_table(handle.read())

@@ -48,8 +48,10 @@ class HookListener(Listener):
         env_for: Any,
         signals: SignalState,
         run_id: str = "",
+        mask: Any = None,
     ) -> None:
         self.run_id = run_id
+        self.mask = mask or (lambda text: text)
         self.argv = argv
         self.limits = Limits(max_time=timeout, kill_grace=kill_grace, stop_after=2)
         self.cwd = cwd
@@ -67,7 +69,7 @@ class HookListener(Listener):
             cwd=self.cwd,
             limits=self.limits,
             signals=self.signals,
-            on_line=lambda line: log.info("[hook %s] %s", run.task.name, line),
+            on_line=lambda line: log.info("[hook %s] %s", run.task.name, self.mask(line)),
         )
         what = f"task_hook for {run.task.name} {run.state.value}"
         if result.error:

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .events import Dispatcher, Listener, describe_end
 from .hooks import HookListener
 from .identity import RunIdentity, iso, utc_now
+from .masking import Masker
 from .process import Limits, ProcessResult, run_process
 from .signals import SignalState, SignalView
 from .states import EXIT_CODE_RESULTS, ExitStatus, Kind, TaskRun, TaskState
@@ -98,6 +99,7 @@ class Supervisor:
         self.signals = signals
         self.extra_listeners = listeners
         self.env = TaskEnvironment(config, self.identity.run_id)
+        self.masker = Masker.from_config(config)
         self.dispatcher = Dispatcher(self._listeners())
         self.rng = random.Random()
         self.failures: collections.deque[TaskRun] = collections.deque(maxlen=SUMMARY_LIMIT)
@@ -125,6 +127,7 @@ class Supervisor:
                 env_for=self.env.for_run,
                 signals=self.signals,
                 run_id=self.identity.run_id,
+                mask=self.masker.text,
             ))
         return listeners
 
@@ -561,7 +564,7 @@ class Supervisor:
             cwd=self.config.runner["task_cwd"],
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
-            on_line=lambda line: log.info("[%s %s] %s", task.name, what, line),
+            on_line=lambda line: log.info("[%s %s] %s", task.name, what, self.masker.text(line)),
         )
 
     def _begin(self, run: TaskRun) -> None:
@@ -577,7 +580,7 @@ class Supervisor:
             cwd=self.config.runner["task_cwd"],
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
-            on_line=lambda line: log.info("[%s] %s", task.name, line),
+            on_line=lambda line: log.info("[%s] %s", task.name, self.masker.text(line)),
         )
         execution = Execution(process)
         if task.settings.check and process.exit_code == 0 and not process.stopped:
@@ -588,7 +591,7 @@ class Supervisor:
         """Turn what ran into the run's result, and make the one transition to it."""
         result = execution.process
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
-        run.duration_s, run.output_tail = result.duration_s, result.output_tail
+        run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
         state = classify(result, reboot=bool(self.config.runner["reboot_task"]))
         if state is TaskState.OK and execution.recheck is not None and execution.recheck.stopped:
             state = TaskState.STOPPED  # stopped during the recheck: a stop, not a failure
@@ -683,7 +686,7 @@ class Supervisor:
         execution = self._execute(dataclasses.replace(run), self.signals)
         result = execution.process
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
-        run.duration_s, run.output_tail = result.duration_s, result.output_tail
+        run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
         self.dispatcher.transition(run, classify(result))
         return run
 
@@ -753,6 +756,7 @@ class Supervisor:
             return False
         self.config = new
         self.env.update(new)
+        self.masker = Masker.from_config(new)
         self.plan = discover(new, task_dir_of(self.options, new))
         self.stamps = self._make_stamps()
         self.dispatcher = Dispatcher(self._listeners())

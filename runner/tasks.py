@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from . import permissions
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # config imports this module for the name filter
@@ -121,11 +122,32 @@ def discover(config: Config, task_dir: str) -> Plan:
             skipped.append((name, reason))
     ordered = order(tasks, config, skipped)
     reboot_name = config.runner["reboot_task"]
-    return Plan(
+    plan = Plan(
         task_dir, ordered, _special(config, task_dir, halt_name), halt_name, skipped,
         needs_of(ordered, config, skipped),
         _special(config, task_dir, reboot_name) if reboot_name else None,
     )
+    if permissions.applies(config.runner["strict_permissions"]):
+        permissions.check(_trusted_paths(config, plan))
+    return plan
+
+
+def _trusted_paths(config: Config, plan: Plan) -> list[tuple[str, str]]:
+    """Everything runner would execute as root, for strict_permissions."""
+    paths = [(plan.task_dir, "task directory")]
+    for task in [*plan.tasks, plan.halt, plan.reboot]:
+        if task is None:
+            continue
+        paths.append((task.path, "task"))
+        for what, argv in (("interpreter", task.settings.interpreter),
+                           ("check command", task.settings.check)):
+            executable = permissions.command_path(argv)
+            if executable:
+                paths.append((executable, f"{what} of {task.name}"))
+    hook = permissions.command_path(config.runner["task_hook"])
+    if hook:
+        paths.append((hook, "task_hook"))
+    return paths
 
 
 def _special(config: Config, task_dir: str, name: str) -> Task | None:

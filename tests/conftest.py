@@ -24,6 +24,18 @@ RUNNER_CONFIG = str(BIN / "runner-config")
 BASE_RUNNER = {"sleep_time": "0", "retry_jitter": "0", "kill_grace": "1"}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="fault and fuzz tests at full size (CI runs small sizes)")
+
+
+@pytest.fixture(scope="session")
+def slow(request: pytest.FixtureRequest) -> bool:
+    """True under --slow: fault tests use their full sizes (1 GiB of output, 100 restarts,
+    thousands of fuzz cases); otherwise small ones that keep CI fast."""
+    return bool(request.config.getoption("--slow"))
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

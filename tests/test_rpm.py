@@ -136,7 +136,7 @@ def test_installs_into_a_throwaway_root(package, tmp_path):
     assert halt == (ROOT / "tasks.d/halt.sh").read_text()
     assert not re.search(r"^\s*(shutdown|poweroff|halt|systemctl)\b", halt, re.M), halt
     assert (root / "etc/runner/tasks.d/halt.sh").stat().st_mode & 0o111
-    sample = subprocess.run([sys.executable, "-m", "runner.docs", "sample-config"],
+    sample = subprocess.run([sys.executable, "-m", "runner.docs", "sample-config", "--packaged"],
                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert (root / "etc/runner/runner.cfg").read_text() == sample
     assert (root / "var/lib/runner").is_dir()
