@@ -40,6 +40,7 @@ class BootState:
 
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
+        self.warned: set[str] = set()  # one warning per file, as the journal does
 
     def _path(self, name: str) -> str:
         return os.path.join(self.state_dir, name)
@@ -60,8 +61,11 @@ class BootState:
             os.makedirs(self.state_dir, exist_ok=True)
             write_atomic(self._path(name), json.dumps(data).encode() + b"\n", 0o644)
         except OSError as exc:
-            log.warning("%s: cannot write it: %s", self._path(name), exc.strerror or exc)
+            level = logging.DEBUG if name in self.warned else logging.WARNING
+            self.warned.add(name)
+            log.log(level, "%s: cannot write it: %s", self._path(name), exc.strerror or exc)
             return False
+        self.warned.discard(name)
         return True
 
     def _remove(self, name: str) -> None:

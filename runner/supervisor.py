@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import config as config_mod
 from .bootstate import BootState, Resume
-from .config import Config
+from .config import Config, TaskSettings
 from .controls import Controls
 from .errors import ConfigError
 from .events import Dispatcher, Listener, describe_end
@@ -241,7 +241,17 @@ class Supervisor:
             self.resume = None
         while True:
             self._reload_if_asked()
-            self.plan = discover(self.config, self.task_dir())
+            try:
+                self.plan = discover(self.config, self.task_dir())
+            except ConfigError as exc:
+                # The task directory changed under runner (being rewritten, a file made
+                # unsafe): this try fails like a task would, and the next one re-plans.
+                log.error("cannot plan try %d: %s", try_num, exc)
+                status = self._unplannable(iteration, try_num)
+                if status is not None:
+                    return status
+                try_num += 1
+                continue
             status = self._boot_loop_guard(iteration, try_num)
             if status is not None:
                 return status
@@ -271,12 +281,23 @@ class Supervisor:
                 )
                 self._halt(iteration, try_num)
                 return ExitStatus.GAVE_UP
-            if not self._pause(failed.task, try_num):
+            if not self._pause(failed.task.settings, try_num, failed.task.name):
                 return self._stop_status()
             if self.controls.halt:
                 return self._operator_halt(iteration, try_num)
             try_num += 1
             done = (done | chain.done) if self.config.runner["retry_from"] == "failed" else set()
+
+    def _unplannable(self, iteration: int, try_num: int) -> ExitStatus | None:
+        """A try that could not even be planned: give up after max_tries, else pause."""
+        settings = self.config.task_settings("")
+        if try_num >= settings.max_tries:
+            log.error("no usable plan on try %d of %d: giving up", try_num, settings.max_tries)
+            self._halt(iteration, try_num)
+            return ExitStatus.GAVE_UP
+        if not self._pause(settings, try_num, "the task directory"):
+            return self._stop_status()
+        return self._operator_halt(iteration, try_num) if self.controls.halt else None
 
     def _settle_boot_tries(self, status: ExitStatus) -> None:
         """A try ended by a stop or on a task's request did not fail: take it back; after a
@@ -622,14 +643,14 @@ class Supervisor:
         with self.running_lock:
             self.running.pop(name, None)
 
-    def _pause(self, task: Task, try_num: int) -> bool:
-        """Backoff before the next try; False if runner was stopped meanwhile."""
-        settings = task.settings
+    def _pause(self, settings: TaskSettings, try_num: int, cause: str) -> bool:
+        """Backoff before the next try (the failing task's settings); False if runner
+        was stopped meanwhile."""
         pause = settings.sleep_time * self.config.runner["backoff"] ** try_num
         if settings.retry_jitter > 0:
             pause += self.rng.uniform(0, settings.retry_jitter)
         log.info("retrying in %.1fs (try %d of %d next)", pause, try_num + 1, settings.max_tries)
-        self.dispatcher.waiting(pause, f"backoff after {task.name}")
+        self.dispatcher.waiting(pause, f"backoff after {cause}")
         self.in_backoff = True
         try:
             return self.signals.sleep(
@@ -754,8 +775,13 @@ class Supervisor:
         except ConfigError as exc:
             log.error("SIGHUP: new configuration is invalid, keeping the old one: %s", exc)
             return False
+        try:
+            self.env.update(new)
+        except OSError as exc:
+            log.error("SIGHUP: cannot write the configuration snapshot for tasks (%s); "
+                      "keeping the old configuration", exc.strerror or exc)
+            return False
         self.config = new
-        self.env.update(new)
         self.masker = Masker.from_config(new)
         self.plan = discover(new, task_dir_of(self.options, new))
         self.stamps = self._make_stamps()

@@ -24,11 +24,22 @@ class TaskEnvironment:
 
     def __init__(self, config: Config, run_id: str = "") -> None:
         self.run_id = run_id
-        parent = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-        self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
-        self.snapshot = self.directory / "config.json"
-        self.config_cmd = self._config_command()
-        self.update(config)
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+        # The runtime directory first (tmpfs, private to the service); when it is full or
+        # unwritable, the system's temporary directory rather than no snapshot at all.
+        for parent in dict.fromkeys([runtime, None]):
+            try:
+                self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
+                self.snapshot = self.directory / "config.json"
+                self.config_cmd = self._config_command()
+                self.update(config)
+                break
+            except OSError as exc:
+                if parent is None:
+                    raise
+                log.warning("%s: cannot write the configuration snapshot there (%s); "
+                            "using %s", parent, exc.strerror or exc, tempfile.gettempdir())
+                shutil.rmtree(getattr(self, "directory", ""), ignore_errors=True)
 
     def _config_command(self) -> str:
         # -I -S: no site-packages, no user paths, so the lookup costs little more than
@@ -41,12 +52,17 @@ class TaskEnvironment:
         return " ".join(parts)
 
     def update(self, config: Config) -> None:
-        self.config = config
+        """Write the snapshot, then switch to `config`; on OSError nothing changes."""
         temporary = self.snapshot.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(config.snapshot(), handle)
-        os.replace(temporary, self.snapshot)
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(config.snapshot(), handle)
+            os.replace(temporary, self.snapshot)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        self.config = config
 
     def for_run(self, run: TaskRun) -> dict[str, str]:
         env = dict(os.environ)
