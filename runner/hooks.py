@@ -70,6 +70,7 @@ class HookListener(Listener):
             limits=self.limits,
             signals=self.signals,
             on_line=lambda line: log.info("[hook %s] %s", run.task.name, self.mask(line)),
+            label=f"task_hook for {run.task.name}",
         )
         what = f"task_hook for {run.task.name} {run.state.value}"
         if result.error:

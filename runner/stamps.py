@@ -17,12 +17,14 @@ import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import reaper
 from .files import write_atomic
 from .identity import iso, utc_now
 from .tasks import Task, short_name
 
 if TYPE_CHECKING:
-    from .config import Config
+    from . import reaper
+from .config import Config
 
 log = logging.getLogger("runner.stamps")
 
@@ -68,7 +70,8 @@ def _instance_id_from_command(command: list[str]) -> str:
     """Run the command (own process group, so a timeout also stops what it started)."""
     name = f"[runner] instance_id_command {command[0]!r}"
     try:
-        proc = subprocess.Popen(
+        # Through the reaper, so that its orphan reaping never takes this child's status.
+        proc = reaper.popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
@@ -81,6 +84,8 @@ def _instance_id_from_command(command: list[str]) -> str:
         raise InstanceIdUnknown(
             f"{name}: did not finish within {INSTANCE_ID_TIMEOUT:g} s"
         ) from None
+    finally:
+        reaper.release(proc)
     if proc.returncode != 0:
         lines = err.decode("utf-8", "replace").strip().splitlines()
         detail = f": {lines[-1]}" if lines else ""

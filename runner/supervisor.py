@@ -586,6 +586,7 @@ class Supervisor:
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
             on_line=lambda line: log.info("[%s %s] %s", task.name, what, self.masker.text(line)),
+            label=f"{task.name} {what}",
         )
 
     def _begin(self, run: TaskRun) -> None:

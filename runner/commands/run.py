@@ -50,6 +50,11 @@ def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int
 
 
 def supervise(options: RunOptions, config: Config) -> int:
+    from ..reaper import enable_subreaper
+
+    # Descendants that escape a task's process group (setsid daemons) are re-parented to
+    # runner, not PID 1, so a timeout or a stop can find and kill them.
+    enable_subreaper()
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)

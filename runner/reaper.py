@@ -1,0 +1,375 @@
+"""What a task leaves behind: runner as a subreaper, escaped processes, zombies.
+
+A task runs in its own session and process group, and a timeout or a stop signals that
+group. A process that calls setsid() (a daemon, `setsid cmd &`) leaves the group, and
+with a double fork also leaves the task's process tree. With PR_SET_CHILD_SUBREAPER
+such orphans are re-parented to runner instead of PID 1, so runner can still find them:
+
+- at a timeout or a stop, the processes of a task run are every descendant of the task
+  (by parent links in /proc) plus the orphans runner adopted that belong to it: started
+  after the task, not a child runner is waiting for, not in runner's own session, and
+  whose environment does not name another run (RUNNER_RUN_ID, RUNNER_TASK, RUNNER_TRY,
+  RUNNER_ITERATION); the subtrees of those count too;
+- the ones outside the task's process group are its *leftovers*: they get the group's
+  SIGTERM, SIGKILL after kill_grace, and a warning each naming pid and command line;
+- adopted orphans that exit become runner's zombies: runner reaps them, by pid and only
+  those it did not start itself, so no exit status a wait elsewhere needs is taken away.
+
+After an OK exit nothing is killed: a task starting a worker in the background is how a
+machine gets to work (README, "A task's background processes").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+
+log = logging.getLogger("runner")
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+# Environment variables that tie a process to one task run (runner.taskenv).
+RUN_MARKS = ("RUNNER_RUN_ID", "RUNNER_TASK", "RUNNER_ITERATION", "RUNNER_TRY")
+COMMAND_LIMIT = 200  # characters of a leftover's command line in the log
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}
+
+_lock = threading.Lock()
+_children: set[int] = set()  # pids runner started and still waits for (subprocess)
+
+
+# -- runner as the subreaper of its tasks -------------------------------------------
+
+
+def _libc():
+    # The symbols python itself is linked with (libc among them); no ldconfig run.
+    for name in (None, "libc.so.6"):
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    return None
+
+
+def enable_subreaper() -> bool:
+    """Make runner the reaper of orphans among its descendants (Linux ≥ 3.4). Call once,
+    in the process that supervises tasks (it is not inherited over fork). False (and a
+    debug message) when the kernel or libc refuse; runner then works as before, except
+    that a daemon that double-forked out of its task is not found any more."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        log.debug("subreaper: no prctl() in libc")
+        return False
+    one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, one, zero, zero, zero) != 0:
+        err = ctypes.get_errno()
+        log.debug("subreaper: prctl(PR_SET_CHILD_SUBREAPER): %s", os.strerror(err))
+        return False
+    return True
+
+
+def is_subreaper() -> bool:
+    libc = _libc()
+    if libc is None or not hasattr(libc, "prctl"):
+        return False
+    value = ctypes.c_int(0)
+    zero = ctypes.c_ulong(0)
+    if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), zero, zero, zero) != 0:
+        return False
+    return bool(value.value)
+
+
+# -- children runner waits for itself -----------------------------------------------
+
+
+def popen(argv: list[str], **kwargs) -> subprocess.Popen:
+    """subprocess.Popen, registered so that reap_orphans() never reaps this child in
+    another thread before its own wait does. Call release(proc) once it was waited for."""
+    with _lock:
+        proc = subprocess.Popen(argv, **kwargs)
+        _children.add(proc.pid)
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    with _lock:
+        _children.discard(proc.pid)
+
+
+# -- /proc -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One line of /proc/PID/stat: what runner needs of it."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    sid: int
+    state: str
+    start: int  # clock ticks after boot: with pid, identifies the process
+
+    @property
+    def running(self) -> bool:
+        return self.state not in ("Z", "X")
+
+
+def parse_stat(pid: int, stat: bytes) -> Proc | None:
+    # The fields after the command name, which may hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    if len(fields) < 20:
+        return None
+    return Proc(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode(),
+                int(fields[19]))
+
+
+def read_proc(pid: int) -> Proc | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return parse_stat(pid, handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def scan() -> dict[int, Proc]:
+    """Every process in /proc (empty when /proc cannot be read)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    procs = {}
+    for entry in entries:
+        if entry.isdigit():
+            proc = read_proc(int(entry))
+            if proc is not None:
+                procs[proc.pid] = proc
+    return procs
+
+
+def descendants(procs: dict[int, Proc], roots: set[int]) -> set[int]:
+    """roots and every process below them, by parent links."""
+    children: dict[int, list[int]] = {}
+    for proc in procs.values():
+        children.setdefault(proc.ppid, []).append(proc.pid)
+    found, todo = set(), [r for r in roots if r in procs]
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read(4 * COMMAND_LIMIT)
+    except OSError:
+        raw = b""
+    text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
+    text = text.translate(_CONTROLS)  # one log line, whatever the arguments hold
+    if not text:
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as handle:
+                text = "[" + handle.read().strip().decode("utf-8", "backslashreplace") + "]"
+        except OSError:
+            text = "?"
+    return text if len(text) <= COMMAND_LIMIT else text[:COMMAND_LIMIT - 1] + "…"
+
+
+def environment(pid: int) -> dict[str, str] | None:
+    """The environment a process started with; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return env
+
+
+# -- zombies ---------------------------------------------------------------------------
+
+
+def _zombie_child_waiting() -> bool:
+    """True when some child of runner has exited and is not reaped (nothing is reaped)."""
+    try:
+        found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    except OSError:
+        return True
+    return found is not None
+
+
+def reap_orphans(procs: dict[int, Proc] | None = None) -> list[int]:
+    """Reap the zombies among runner's children that runner did not start: adopted
+    orphans of tasks. Never a child of runner's own session (a plain subprocess.run
+    elsewhere in runner) nor one registered by popen(). Returns the pids reaped."""
+    if procs is None and not _zombie_child_waiting():
+        return []  # the common case costs one system call
+    me, my_sid = os.getpid(), os.getsid(0)
+    reaped = []
+    with _lock:
+        for proc in (procs if procs is not None else scan()).values():
+            if proc.ppid != me or proc.running or proc.pid in _children:
+                continue
+            if proc.sid == my_sid:
+                continue
+            try:
+                pid, _status = os.waitpid(proc.pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if pid:
+                reaped.append(pid)
+    return reaped
+
+
+# -- what one task run leaves behind ---------------------------------------------------
+
+
+@dataclass
+class Leftover:
+    """A process of a task run outside its process group, found at a timeout or stop."""
+
+    pid: int
+    start: int
+    command: str
+    pidfd: int = -1
+    signals: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def send(self, signum: int) -> None:
+        """Signal it, never a process that took its pid over."""
+        try:
+            if self.pidfd >= 0:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            else:
+                current = read_proc(self.pid)
+                if current is None or current.start != self.start:
+                    return
+                os.kill(self.pid, signum)
+        except ProcessLookupError:
+            return
+        except OSError as exc:
+            self.error = exc.strerror
+            return
+        self.signals.append(signum)
+
+    def alive(self, procs: dict[int, Proc]) -> bool:
+        proc = procs.get(self.pid)
+        return proc is not None and proc.start == self.start and proc.running
+
+    def outcome(self, procs: dict[int, Proc]) -> str:
+        if not self.alive(procs):
+            if signal.SIGKILL in self.signals:
+                return "killed (SIGKILL after kill_grace)"
+            return "killed" if self.signals else "it exited"
+        if self.error:
+            return f"could not kill it: {self.error}"
+        return "still running after SIGKILL"
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+class RunProcesses:
+    """The processes of one task run: its group (pgid = the task's pid) and leftovers."""
+
+    def __init__(self, pid: int, env: dict[str, str]) -> None:
+        self.pid = self.pgid = pid
+        proc = read_proc(pid)
+        self.start = proc.start if proc is not None else 0
+        self.marks = {key: env[key] for key in RUN_MARKS if key in env}
+        self.leftovers: dict[int, Leftover] = {}
+
+    def collect(self, procs: dict[int, Proc]) -> list[Leftover]:
+        """Find processes of this run outside its group not found before; the new ones."""
+        roots = self._adopted(procs)
+        known = [(self.pid, self.start)] + [(p, left.start) for p, left in self.leftovers.items()]
+        # A pid that was reaped may be taken over: only the same process is a root.
+        roots.update(pid for pid, start in known if pid in procs and procs[pid].start == start)
+        new = []
+        for pid in sorted(descendants(procs, roots)):
+            proc = procs[pid]
+            if pid in self.leftovers or proc.pgrp == self.pgid or not proc.running:
+                continue
+            leftover = Leftover(pid, proc.start, command_line(pid))
+            leftover.pidfd = _pidfd(proc)
+            self.leftovers[pid] = leftover
+            new.append(leftover)
+        return new
+
+    def _adopted(self, procs: dict[int, Proc]) -> set[int]:
+        """Orphans runner adopted as subreaper that belong to this run."""
+        me, my_sid = os.getpid(), os.getsid(0)
+        with _lock:
+            ours = set(_children)
+        found = set()
+        for proc in procs.values():
+            if proc.ppid != me or proc.pid in ours or proc.sid == my_sid:
+                continue
+            if not proc.running or proc.start < self.start:
+                continue
+            if self._same_run(proc.pid):
+                found.add(proc.pid)
+        return found
+
+    def _same_run(self, pid: int) -> bool:
+        env = environment(pid)
+        if env is None:
+            return True  # cannot tell; it started after this run and is runner's orphan
+        return all(env.get(key, value) == value for key, value in self.marks.items())
+
+    def group_alive(self, procs: dict[int, Proc]) -> bool:
+        return any(p.pgrp == self.pgid and p.running for p in procs.values())
+
+    def leftovers_alive(self, procs: dict[int, Proc]) -> bool:
+        """True while a leftover runner can signal still runs (one it may not signal,
+        EPERM, is reported, not waited for)."""
+        return any(left.alive(procs) and left.error is None for left in self.leftovers.values())
+
+    def signal_leftovers(self, signum: int, procs: dict[int, Proc]) -> None:
+        for left in self.leftovers.values():
+            if left.alive(procs):
+                left.send(signum)
+
+    def report(self, label: str, why: str, procs: dict[int, Proc]) -> list[str]:
+        """Log a warning per leftover; the lines logged."""
+        lines = []
+        for left in self.leftovers.values():
+            line = (f"{label}: left process {left.pid} ({left.command}) behind after {why}: "
+                    f"{left.outcome(procs)}")
+            log.warning("%s", line)
+            lines.append(line)
+        return lines
+
+    def close(self) -> None:
+        for left in self.leftovers.values():
+            left.close()
+
+
+def _pidfd(proc: Proc) -> int:
+    """A pidfd of proc, checked to be the same process the scan saw; -1 if none."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:
+        return -1
+    current = read_proc(proc.pid)
+    if current is None or current.start != proc.start:
+        os.close(fd)
+        return -1
+    return fd
