@@ -43,7 +43,8 @@ class Parser(argparse.ArgumentParser):
     """Usage errors are bad input too: one line and EX_CONFIG (2 would read as HALT)."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(getconf.one_line(f"{self.prog}: {message} (see {self.prog} --help)"),
+              file=sys.stderr)
         sys.exit(ExitStatus.CONFIG)
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logs.setup(args.level, args.syslog)
     try:
-        if args.get:
+        if args.get is not None:  # `-g ''` is a bad key, not "no -g": never run the chain
             return _get(args)
         if command == "check":
             from .commands.check import check
@@ -242,9 +243,10 @@ def _get(args: argparse.Namespace) -> int:
 def fail(message: str) -> int:
     """Report bad input as one line (with a journal priority under systemd); exit 78."""
     prefix = "<3>" if logs.stderr_is_journal() else ""
-    print(f"{prefix}runner: {message}", file=sys.stderr)
+    print(f"{prefix}runner: {getconf.one_line(message)}", file=sys.stderr)
     return ExitStatus.CONFIG
 
 
 def entry() -> None:
+    getconf.keep_undecodable_bytes()
     sys.exit(main())

@@ -112,7 +112,10 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     else:
         merged = ConfigObj(list_values=False, interpolation=False)
     parsed_overrides = [(o, *parse_override(o)) for o in overrides]
-    include = merged.get(RUNNER, {}).get("include_dir")
+    runner_section = merged.get(RUNNER)
+    # A top-level `runner = x` key is no section: _plain_sections reports it below.
+    include = (runner_section.get("include_dir") if isinstance(runner_section, dict)
+               else None)
     for override, section, key, value in parsed_overrides:
         if (section, key) == (RUNNER, "include_dir"):  # -D decides which fragments are read
             include = value
@@ -202,8 +205,23 @@ def _parse_error(path: str, lines: list[str], exc: ConfigObjError) -> str:
     return f"{path}: {what}: {exc}"
 
 
-_SECTION = re.compile(r"^\s*(\[+)\s*(.*?)\s*\]+\s*(#.*)?$")
-_KEY = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([^=#\s][^=]*?))\s*=""")
+# A header is `^\s*\[+\s*(.*?)\s*\]+\s*(#.*)?$`, matched in two linear steps: that regex
+# backtracks cubically, and the lines of a multi-line value are scanned too (a 4 KB line
+# `[      x` took minutes). The end is matched on the reversed line, so the first `#` that
+# follows the brackets wins, as the lazy name makes it.
+_SECTION_START = re.compile(r"\s*\[+\s*")
+_SECTION_END_REVERSED = re.compile(r"(?:.*#)?\s*\]+\s*")
+_KEY = re.compile(r"""^\s*(?:"([^"]*)"\s*=|'([^']*)'\s*=|([^=#\s][^=]*)=)""")
+
+
+def _section_name(line: str) -> str | None:
+    """The name in a `[name]` header line, or None when the line is no header."""
+    start = _SECTION_START.match(line)
+    if not start:
+        return None
+    rest = line[start.end():]
+    end = _SECTION_END_REVERSED.match(rest[::-1])
+    return rest[:len(rest) - end.end()] if end else None
 
 
 def _record_origins(
@@ -212,9 +230,9 @@ def _record_origins(
     """Remember the line of every key, since configobj keeps none after parsing."""
     section = ""
     for number, line in enumerate(lines, start=1):
-        header = _SECTION.match(line)
-        if header:
-            section = header.group(2).strip("\"'")
+        header = _section_name(line)
+        if header is not None:
+            section = header.strip("\"'")
             origins[(section, "")] = Origin(path, number)
             continue
         key = _KEY.match(line)

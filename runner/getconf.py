@@ -36,6 +36,23 @@ class InputError(Exception):
     """Bad command line or configuration: one line, exit 78."""
 
 
+# Every line break str.splitlines() knows, escaped: a message must stay one line even
+# when it quotes a -D value or key that holds one.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text):
+    """`text` with its line breaks escaped (a newline becomes `\\n`)."""
+    return text.translate(_LINE_BREAKS)
+
+
+def keep_undecodable_bytes():
+    """Let stdout write back the bytes of arguments that were not UTF-8 (Python holds them
+    as surrogates) instead of failing with UnicodeEncodeError under a UTF-8 locale."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def format_value(value):
     """Render a typed value the way it is written in runner.cfg."""
     if isinstance(value, bool):
@@ -108,7 +125,7 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config")
                 return EX_OK
             where = (f"no section [{section}]" if values is None
                      else f"no key {key!r} in [{section}]")
-            print(f"{prog}: {opts['get']}: {where}", file=err)
+            print(one_line(f"{prog}: {opts['get']}: {where}"), file=err)
             return EX_MISSING
         value = values[key]
         print(json.dumps(value) if opts["json"] else format_value(value), file=out)
@@ -116,7 +133,7 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config")
     selected = sections
     if opts["section"] is not None:
         if opts["section"] not in sections:
-            print(f"{prog}: no section [{opts['section']}]", file=err)
+            print(one_line(f"{prog}: no section [{opts['section']}]"), file=err)
             return EX_MISSING
         selected = {opts["section"]: sections[opts["section"]]}
     if opts["json"]:
@@ -150,18 +167,20 @@ def main(argv=None):
             split_key(opts["get"])
         sections = _load_sections(opts)
     except InputError as exc:
-        print(f"runner-config: {exc}", file=sys.stderr)
+        print(one_line(f"runner-config: {exc}"), file=sys.stderr)
         return EX_CONFIG
     except OSError as exc:
-        print(f"runner-config: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(one_line(f"runner-config: {exc.filename}: {exc.strerror}"), file=sys.stderr)
         return EX_CONFIG
     except (ValueError, KeyError) as exc:  # a damaged snapshot
-        print(f"runner-config: {opts['snapshot']}: unreadable snapshot: {exc}", file=sys.stderr)
+        print(one_line(f"runner-config: {opts['snapshot']}: unreadable snapshot: {exc}"),
+              file=sys.stderr)
         return EX_CONFIG
     return answer(sections, opts)
 
 
 def entry():
+    keep_undecodable_bytes()
     sys.exit(main())
 
 

@@ -37,6 +37,7 @@ TAIL_BYTES = 64 * 1024  # how much of the end of the output is kept with the res
 # started holds it) before runner stops waiting for the end of it.
 OUTPUT_LINGER_S = 1.0
 GROUP_POLL_S = 0.05  # only while a stopped task's group is dying
+MAX_WAIT_S = 3600.0  # longest single select(): far-off deadlines are re-checked
 # How long runner waits for SIGKILLed processes to be gone (one in uninterruptible
 # sleep, D, may take longer) before it goes on and reports them.
 KILL_WAIT_S = 5.0
@@ -154,7 +155,8 @@ class _Waiter:
                     self._react(now)
                     timeout = self._timeout(now)
                     self.signals.expect_wake_by(None if timeout is None else now + timeout)
-                    selector.select(timeout)
+                    # The loop re-checks the deadlines: a huge max_time needs no huge wait.
+                    selector.select(None if timeout is None else min(timeout, MAX_WAIT_S))
                     self.signals.expect_wake_by(time.monotonic())  # awake: report again soon
                     self.signals.drain()
             finally:

@@ -106,7 +106,7 @@ class SignalState:
                 if left is not None and left <= 0:
                     return True
                 self.expect_wake_by(deadline)
-                selector.select(left)
+                selector.select(None if left is None else min(left, 3600.0))
                 self.expect_wake_by(time.monotonic())
                 self.drain()
         return False

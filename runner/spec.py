@@ -6,6 +6,7 @@ the docs) reads it from here, so they cannot drift apart.
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass
 from functools import cache
@@ -57,6 +58,8 @@ def _command(value: Any) -> list[str]:
         raise CheckError(f"cannot split {value!r} into a command line: {exc}") from None
     if not argv:
         raise CheckError("empty command line")
+    if "\0" in value:  # no argument of a program can hold one
+        raise CheckError("NUL byte in command line")
     return argv
 
 
@@ -187,7 +190,7 @@ class Spec:
     def check(self, key: KeySpec, value: Any) -> Any:
         """Convert a raw value; raise CheckError with a message naming the value."""
         try:
-            return self.validator.check(key.check, value)
+            typed = self.validator.check(key.check, value)
         except CheckError:
             raise
         except validate.VdtValueTooSmallError:
@@ -201,6 +204,10 @@ class Spec:
             elif key.func not in ("option", "notify_ready"):
                 kind = ("an " if kind[0] in "aeiou" else "a ") + kind
             raise CheckError(f"{value!r} is not {kind}") from None
+        # float() accepts nan and inf, which pass any bound and break every pause and limit.
+        if isinstance(typed, float) and not math.isfinite(typed):
+            raise CheckError(f"{value!r} is not a finite number")
+        return typed
 
 
 def _doc(comments: list[str]) -> tuple[str, ...]:

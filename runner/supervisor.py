@@ -33,6 +33,7 @@ from .tasks import NOT_EXECUTABLE, Plan, Task, byte_order, discover
 log = logging.getLogger("runner")
 SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
 REBOOT_EXIT = 4  # a task asks for a reboot (when reboot_task is configured)
+MAX_PAUSE = 7 * 86400.0  # longest backoff pause, seconds
 
 
 @dataclass(frozen=True)
@@ -647,9 +648,15 @@ class Supervisor:
     def _pause(self, settings: TaskSettings, try_num: int, cause: str) -> bool:
         """Backoff before the next try (the failing task's settings); False if runner
         was stopped meanwhile."""
-        pause = settings.sleep_time * self.config.runner["backoff"] ** try_num
+        try:
+            pause = settings.sleep_time * self.config.runner["backoff"] ** try_num
+        except OverflowError:
+            pause = MAX_PAUSE
         if settings.retry_jitter > 0:
-            pause += self.rng.uniform(0, settings.retry_jitter)
+            pause += self.rng.uniform(0, min(settings.retry_jitter, MAX_PAUSE))
+        # A week at most: a typo (1e300) or backoff**n on many tries must not overflow the
+        # clock; nobody waits longer than that for a retry.
+        pause = min(pause, MAX_PAUSE)
         log.info("retrying in %.1fs (try %d of %d next)", pause, try_num + 1, settings.max_tries)
         self.dispatcher.waiting(pause, f"backoff after {cause}")
         self.in_backoff = True

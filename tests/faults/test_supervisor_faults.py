@@ -541,3 +541,22 @@ def test_wall_clock_jumps_change_neither_max_time_nor_the_backoff_pause(ws):
     [row] = journal_rows(ws.state / "journal.sqlite",
                          "SELECT * FROM task_runs WHERE result = 'TIMEOUT'")
     assert 1.5 <= row["duration_s"] < 2.5  # monotonic, whatever started/ended_at say
+
+
+def test_absurdly_large_times_neither_crash_nor_overflow(ws):
+    # Finite but enormous values pass validation; runner caps its waits instead of crashing.
+    ws.task("10-fails.sh", "exit 1")
+    ws.config(sleep_time="1e300", max_time="1e300", hook_timeout="1e300", retry_jitter="0")
+    proc = ws.start("-n", "1")
+    wait_for(lambda: '"state": "waiting"' in _status_text(ws), what="the backoff pause")
+    proc.terminate()
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    assert "internal error" not in err and "Traceback" not in err
+
+
+def _status_text(ws) -> str:
+    try:
+        return (ws.root / "run" / "status.json").read_text()
+    except OSError:
+        return ""
