@@ -1,10 +1,10 @@
 """runner-config: print configuration values for tasks and operators.
 
-Tasks call `$RUNNER_CONFIG_CMD -g section.key` many times, so this module imports
-nothing but `json` and `sys` at the top: the supervisor runs it as
-`python3 -I -S getconf.py --snapshot FILE` on a pre-parsed snapshot of the
-effective config. Only without a snapshot (`-c CONFIG`) is runner's config
-loader imported.
+Tasks call `$RUNNER_CONFIG_CMD -g section.key` many times. That command is
+`python3 -I -S lookup.py --snapshot FILE`, which answers a plain -g from the snapshot
+without importing anything and hands every other call to this module; so this module
+imports nothing but `json` and `sys` at the top. Only without a snapshot
+(`-c CONFIG`) is runner's config loader imported.
 """
 
 import json
@@ -146,10 +146,29 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config")
     return EX_OK
 
 
+def snapshot_text(snapshot):
+    """The snapshot file lookup.py reads: the JSON of `snapshot` on the first line, then
+    `section.key`, NUL, formatted value, NUL for every value that can go there. A NUL
+    or an unencodable character leaves a value to the JSON, and so does a section name
+    with a dot, which `-g` (split at the first dot) could not name."""
+    fields = []
+    for section, values in snapshot["sections"].items():
+        for key, value in values.items():
+            pair = f"{section}.{key}\0{format_value(value)}\0"
+            if "." in section or pair.count("\0") != 2:
+                continue
+            try:
+                pair.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            fields.append(pair)
+    return json.dumps(snapshot) + "\n" + "".join(fields)
+
+
 def _load_sections(opts):
     if opts["snapshot"]:
         with open(opts["snapshot"], encoding="utf-8") as handle:
-            return json.load(handle)["sections"]
+            return json.loads(handle.readline())["sections"]
     # Only operators' calls (no snapshot) pay for importing configobj.
     from runner.config import load
     from runner.errors import ConfigError

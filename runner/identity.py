@@ -66,4 +66,6 @@ def iso(moment: datetime | None) -> str | None:
     """`2026-11-23T10:00:00.123Z`: how times are written everywhere runner writes them."""
     if moment is None:
         return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"

@@ -1,8 +1,11 @@
 """The local journal: every run, try and task run in SQLite under state_dir.
 
-Crash safety comes from SQLite itself: WAL mode, synchronous=FULL and one short
-transaction per event, so a SIGKILL at any point loses at most the event being written
-and never corrupts the file. A later start marks what a dead runner left RUNNING as
+Crash safety comes from SQLite itself: WAL mode and one short transaction per event,
+so a SIGKILL at any point loses at most the event being written and never corrupts the
+file. Commits are synchronous=NORMAL (in WAL mode: safe against any crash of runner, and
+no fsync per event, which would cost more than the task it records); the commits before
+a halt or reboot task and the last one of a run are FULL, which makes everything before
+them durable against a power cut too. A later start marks what a dead runner left RUNNING as
 INTERRUPTED. A journal that cannot be written never stops a task: the listener warns
 once, holds the records in memory (bounded) and writes them when it can again.
 
@@ -85,8 +88,7 @@ def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlit
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed event survives a power cut too, not only a killed runner.
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # see the module's docstring
         _migrate(conn, path)
         return conn
     except sqlite3.Error as exc:
@@ -271,7 +273,8 @@ class JournalListener(Listener):
 
     def task_changed(self, run: TaskRun) -> None:
         if run.state is TaskState.RUNNING:
-            self._write(self._task_started(run))
+            # A halt or reboot task may cut the power: what led to it goes to disk first.
+            self._write(self._task_started(run), durable=run.kind is not Kind.TASK)
             return
         ops = [] if id(run) in self.seqs else [self._task_started(run)]  # SKIPPED: no RUNNING
         ops.append(self._task_ended(run))
@@ -297,7 +300,7 @@ class JournalListener(Listener):
             "runs", {"run_id": self.identity.run_id},
             {"ended_at": iso(utc_now()), "result": name, "exit_status": status},
         ))
-        self._write(*ops)
+        self._write(*ops, durable=True)
         self.close()
 
     # -- rows -------------------------------------------------------------------
@@ -345,8 +348,9 @@ class JournalListener(Listener):
         for run_id in interrupted:
             log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
 
-    def _write(self, *ops: Op) -> None:
-        """Append ops to what is held and try to write everything in one transaction."""
+    def _write(self, *ops: Op, durable: bool = False) -> None:
+        """Append ops to what is held and try to write everything in one transaction;
+        `durable`: fsync it, and with it every earlier commit (one WAL file)."""
         self.held.extend(ops)
         while len(self.held) > MAX_HELD:
             self.held.popleft()
@@ -357,15 +361,13 @@ class JournalListener(Listener):
                 self._sync_health()
                 return
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            if durable:
+                self.conn.execute("PRAGMA synchronous=FULL")
             try:
-                for sql, params in self.held:
-                    self.conn.execute(sql, params)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
+                self._commit(self.conn)
+            finally:
+                if durable:
+                    self.conn.execute("PRAGMA synchronous=NORMAL")
         except (sqlite3.Error, OSError) as exc:
             self._failed(exc)
             return
@@ -378,6 +380,21 @@ class JournalListener(Listener):
         self._sync_health()
         if self.on_write is not None:
             self.on_write()
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """Everything held, in one transaction."""
+        if len(self.held) == 1:  # autocommit: one statement is a transaction of its own
+            conn.execute(*self.held[0])
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in self.held:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _failed(self, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,11 @@ from .states import TaskRun, TaskState
 log = logging.getLogger("runner.status")
 
 FILE_NAME = "status.json"
+# Task starts and ends are written this long after they happen (or with the next write
+# that comes first): a task that runs for less is not worth showing, and in a chain of
+# short tasks this saves two file replacements per task. Waits, the end of an iteration
+# and runner's exit are written at once.
+DEFER_S = 0.05
 
 
 def status_path(runtime_dir: str) -> str:
@@ -40,7 +46,8 @@ def read_status(runtime_dir: str) -> dict[str, Any] | None:
 
 
 class LiveStatus(Listener):
-    """Rewrites the status file atomically at every event."""
+    """Rewrites the status file atomically at every event (task starts and ends at most
+    DEFER_S later)."""
 
     def __init__(
         self,
@@ -57,6 +64,10 @@ class LiveStatus(Listener):
         self.active = False
         self.running: dict[str, str | None] = {}  # task -> started at
         self.lock = threading.Lock()  # the forwarder thread refreshes the file too
+        self.wake = threading.Condition(self.lock)
+        self.dirty_since: float | None = None  # a deferred change not yet written
+        self.flusher: threading.Thread | None = None
+        self.closed = False
         self.state: dict[str, Any] = {
             "run_id": identity.run_id, "host": identity.host, "boot_id": identity.boot_id,
             "pid": identity.pid, "pid_start": identity.pid_start, **run_info,
@@ -71,7 +82,8 @@ class LiveStatus(Listener):
 
     def chain_started(self, iteration: int, try_num: int) -> None:
         self._set(state="between tasks", iteration=iteration, try_num=try_num,
-                  task=None, since=iso(utc_now()), waiting_until=None, reason=None)
+                  task=None, since=iso(utc_now()), waiting_until=None, reason=None,
+                  defer=True)
 
     def task_changed(self, run: TaskRun) -> None:
         name = run.task.name if run.kind.value == "task" else f"{run.task.name} ({run.kind.value})"
@@ -83,10 +95,10 @@ class LiveStatus(Listener):
             first = min(self.running, key=lambda n: self.running[n] or "")
             self._set(state="running", task=", ".join(sorted(self.running)),
                       since=self.running[first], max_tries=run.max_tries,
-                      tasks_running=sorted(self.running))
+                      tasks_running=sorted(self.running), defer=True)
         else:
             self._set(state="between tasks", task=None, since=iso(utc_now()),
-                      tasks_running=[])
+                      tasks_running=[], defer=True)
 
     def waiting(self, seconds: float, reason: str) -> None:
         now = utc_now()
@@ -100,27 +112,59 @@ class LiveStatus(Listener):
         if not self.active:  # the configuration was refused: there was no run
             return
         self._set(state="finished", task=None, since=iso(utc_now()), exit_status=status)
+        with self.lock:
+            self.closed = True
+            self.wake.notify_all()
 
     def refresh(self) -> None:
         """Rewrite the file with fresh health (the journal's state changed, not runner's)."""
         self._write()
 
-    def _set(self, **changes: Any) -> None:
+    def _set(self, *, defer: bool = False, **changes: Any) -> None:
         with self.lock:
             self.state.update(changes)
-        self._write()
+            if defer:
+                self._defer_locked()
+            else:
+                self._write_locked()
 
     def _write(self) -> None:
         with self.lock:
             self._write_locked()
 
+    def _defer_locked(self) -> None:
+        if self.dirty_since is not None:
+            return  # the flusher is already counting down
+        self.dirty_since = time.monotonic()
+        if self.flusher is None:
+            self.flusher = threading.Thread(target=self._flush, name="status", daemon=True)
+            self.flusher.start()
+        self.wake.notify()
+
+    def _flush(self) -> None:
+        with self.lock:
+            while not self.closed:
+                if self.dirty_since is None:
+                    self.wake.wait()
+                    continue
+                delay = self.dirty_since + DEFER_S - time.monotonic()
+                if delay > 0:
+                    self.wake.wait(delay)
+                else:
+                    self._write_locked()
+
     def _write_locked(self) -> None:
+        self.dirty_since = None  # whatever was deferred goes with this write
         document = {**self.state, **self.health(), "updated_at": iso(utc_now())}
+        # Not durable: it describes this boot only, and lives on tmpfs under systemd.
+        # Compact: with an indent json falls back to its pure-Python encoder.
+        data = json.dumps(document).encode() + b"\n"
         try:
-            os.makedirs(self.runtime_dir, mode=0o755, exist_ok=True)
-            # Not durable: it describes this boot only, and lives on tmpfs under systemd.
-            write_atomic(self.path, json.dumps(document, indent=1).encode() + b"\n",
-                         durable=False)
+            try:
+                write_atomic(self.path, data, durable=False)
+            except FileNotFoundError:  # runtime_dir is made on demand (it is tmpfs)
+                os.makedirs(self.runtime_dir, mode=0o755, exist_ok=True)
+                write_atomic(self.path, data, durable=False)
         except OSError as exc:
             if not self.failed:
                 log.warning("status file %s: cannot write it (%s); runner status will not "

@@ -291,10 +291,19 @@ class RunProcesses:
 
     def __init__(self, pid: int, env: dict[str, str]) -> None:
         self.pid = self.pgid = pid
-        proc = read_proc(pid)
-        self.start = proc.start if proc is not None else 0
+        self._start: int | None = None
         self.marks = {key: env[key] for key in RUN_MARKS if key in env}
         self.leftovers: dict[int, Leftover] = {}
+
+    @property
+    def start(self) -> int:
+        """The task's start time, read when first needed: at a timeout or stop, while
+        the task is not yet waited for (so its pid cannot belong to another process).
+        Most tasks end by themselves and never pay for reading /proc."""
+        if self._start is None:
+            proc = read_proc(self.pid)
+            self._start = proc.start if proc is not None else 0
+        return self._start
 
     def collect(self, procs: dict[int, Proc]) -> list[Leftover]:
         """Find processes of this run outside its group not found before; the new ones."""

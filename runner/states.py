@@ -85,13 +85,15 @@ class TaskRun:
     signal: int | None = None
     error: str | None = None
     output_tail: bytes = field(default=b"", repr=False)
+    _started_text: str | None = field(default=None, repr=False, compare=False)
 
     def mark_started(self) -> None:
         self.started_at = datetime.now(UTC)
         self.started_mono = time.monotonic()
+        self._started_text = iso(self.started_at)  # journal, status and hooks all need it
 
     def started_at_text(self) -> str | None:
-        return iso(self.started_at)
+        return self._started_text
 
 
 class TransitionError(RuntimeError):

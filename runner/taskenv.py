@@ -4,7 +4,6 @@ of the effective configuration."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -12,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import getconf
+from . import getconf, lookup
 from .config import Config
 from .states import TaskRun
 
@@ -30,7 +29,7 @@ class TaskEnvironment:
         for parent in dict.fromkeys([runtime, None]):
             try:
                 self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
-                self.snapshot = self.directory / "config.json"
+                self.snapshot = self.directory / "config.snapshot"
                 self.config_cmd = self._config_command()
                 self.update(config)
                 break
@@ -43,8 +42,8 @@ class TaskEnvironment:
 
     def _config_command(self) -> str:
         # -I -S: no site-packages, no user paths, so the lookup costs little more than
-        # the interpreter's own start; getconf.py needs only the standard library.
-        parts = [sys.executable, "-I", "-S", os.path.abspath(getconf.__file__),
+        # the interpreter's own start; lookup.py needs only the standard library.
+        parts = [sys.executable, "-I", "-S", os.path.abspath(lookup.__file__),
                  "--snapshot", str(self.snapshot)]
         if any(c.isspace() for part in parts for c in part):
             log.warning("RUNNER_CONFIG_CMD contains a path with spaces; "
@@ -57,16 +56,17 @@ class TaskEnvironment:
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(config.snapshot(), handle)
+                handle.write(getconf.snapshot_text(config.snapshot()))
             os.replace(temporary, self.snapshot)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
         self.config = config
+        # Built once per config: copying os.environ decodes every variable again.
+        self.base = {**os.environ, **config.env}
 
     def for_run(self, run: TaskRun) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.config.env)
+        env = dict(self.base)
         env.update({
             "RUNNER_CONFIG_CMD": self.config_cmd,
             "RUNNER_TASK": run.task.name,

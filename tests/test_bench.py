@@ -26,3 +26,77 @@ def test_the_parallel_graph_benchmark_never_beats_its_critical_path():
     assert result["chain_s"] < result["sum_s"]
     assert result["critical_path"][0].startswith("t0")
     assert result["critical_path"][-1].startswith("t3")
+
+
+def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
+    """bench/bench.py --quick: every benchmark present and not broken, the tasks really
+    ran, the figures and ratios positive. Misses are the table's business, not this
+    test's (no timing threshold here); the table is printed for CI's log."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--json"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    report = json.loads(proc.stdout)
+    with capsys.disabled():
+        print("\n" + report["table"])
+    assert report["quick"] is True and report["broken"] == {}
+    benches = ("chain", "config", "getconf", "wait", "graph")
+    assert set(report["results"]) == set(benches)
+    assert {r["benchmark"] for r in report["rows"]} == set(benches)
+    assert all(r["status"] in ("PASS", "MISS", "INFO", "SKIP") for r in report["rows"])
+    for row in report["rows"]:
+        if row["status"] != "SKIP":
+            assert row["value"] is not None and row["value"] >= 0, row
+        if row["ratio"] is not None:
+            assert row["ratio"] > 0, row
+    assert set(report["misses"]) == {
+        f"{r['name']} ({r['target']})" for r in report["rows"] if r["status"] == "MISS"}
+
+    methods = {"runner", "run-parts", "shell loop"}
+    for name in ("chain", "config"):
+        result = report["results"][name]
+        assert set(result["per_task_ms"]) == methods
+        # Each run was checked (runner logged every task OK, the marks were there): a chain
+        # of N tasks takes longer than none, for every method.
+        for method in methods:
+            assert result["wall_s"][method] > result["empty_wall_s"][method] > 0
+            assert result["per_task_ms"][method] > 0
+            assert result["ratio_to_run_parts"][method] > 0
+    config = report["results"]["config"]
+    assert config["calls_per_task"] == 10
+    # The tasks' bodies (10 lookups each) happen inside the chain's wall time.
+    for method in methods:
+        assert 0 < config["body_s"][method] < config["wall_s"][method]
+
+    getconf = report["results"]["getconf"]
+    cmd = getconf["config_cmd"]
+    assert cmd[1:3] == ["-I", "-S"] and cmd[3].endswith("lookup.py") and "--snapshot" in cmd
+    assert getconf["interpreter_is_binary"], getconf["interpreter_real"]
+    assert all(ms > 0 for ms in getconf["median_ms"].values())
+    assert getconf["ratio_to_floor"] > 0
+
+    wait = report["results"]["wait"]
+    assert wait["runs"] and all(r["waited_s"] >= wait["sleep_s"] * 0.9 for r in wait["runs"])
+    assert 0 <= wait["cpu_wait_s"] and 0 < wait["interpreter_peak_rss_mb"] < wait["peak_rss_mb"]
+
+    graph = report["results"]["graph"]
+    assert graph["tasks"] == 30
+    # Never shorter than the critical path (a dependency not waited for), never as long
+    # as running the tasks one by one.
+    assert graph["ratio"] >= 0.99 and graph["chain_s"] < graph["sum_s"]
+
+
+def test_a_runner_that_runs_no_task_makes_the_benchmark_broken_not_fast():
+    """A "runner" that exits 0 at once would be the fastest of all: the benchmark must
+    notice that its tasks never ran, call itself BROKEN and exit 2."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--json",
+         "--only", "chain,graph", "--runner", "/bin/true"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report["broken"]) == {"chain", "graph"}
+    assert "ran 0 of 40 tasks" in report["broken"]["chain"]
+    assert [r["status"] for r in report["rows"]] == ["BROKEN", "BROKEN"]

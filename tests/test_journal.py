@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RUNNER, Workspace, run_in_mount_namespace, wait_for
+from conftest import RUNNER, Workspace, run_in_mount_namespace, skip_unless, wait_for
 
 from runner import journal
 
@@ -92,6 +93,33 @@ def test_a_halt_records_the_halting_task_and_the_halt_task_run(ws):
     assert rows(ws, "SELECT result, failed_task FROM tries") == [
         {"result": "HALT", "failed_task": "10-broken.sh"},
     ]
+
+
+def test_no_fsync_per_event_but_everything_is_on_disk_before_the_halt_task(ws):
+    """Commits are NORMAL (safe against a killed runner, tested below) with no fsync per
+    task; before a halt task, which may cut the power, one FULL commit makes all of it
+    durable. Watched with strace: fsyncs of the WAL file against the tasks' execs."""
+    skip_unless(shutil.which("strace") is not None, "strace is not installed")
+    for i in range(1, 9):
+        ws.task(f"1{i}-ok.sh", "exit 0")
+    ws.task("20-broken.sh", "exit 2")
+    ws.task("halt.sh", "echo halting")
+    trace = ws.root / "strace.txt"
+    proc = subprocess.run(
+        ["strace", "-f", "-y", "-qq", "-e", "trace=execve,fsync,fdatasync", "-o", str(trace),
+         *ws.command("-n", "1")], capture_output=True, text=True, timeout=60, cwd=ws.root)
+    assert proc.returncode == 2, proc.stderr
+    events = []
+    for line in trace.read_text().splitlines():
+        if "execve(" in line and "= 0" in line and str(ws.tasks) + "/" in line:
+            events.append(Path(line.split('execve("', 1)[1].split('"', 1)[0]).name)
+        elif "sync(" in line and "journal.sqlite-wal>" in line:
+            events.append("fsync")
+    first_task = events.index("11-ok.sh")
+    assert "fsync" not in events[first_task:events.index("20-broken.sh")], events
+    halt = events.index("halt.sh")
+    assert events[halt - 1] == "fsync", events
+    assert "fsync" in events[halt + 1:], events  # the run's end
 
 
 def test_giving_up_records_every_failed_try_and_the_run_result(ws):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import RUNNER_CONFIG, assert_one_line_error, output_of, started
@@ -320,3 +321,88 @@ def test_runner_config_cmd_in_the_halt_task_sees_the_config(ws):
     assert proc.returncode == 2, proc.stderr
     assert output_of(proc.stderr, "halt.sh") == ["halting task=halt.sh remote=halt-remote"]
 
+
+
+# -- the snapshot behind RUNNER_CONFIG_CMD ----------------------------------------------------
+
+def captured_config_cmd(ws, text: str, *args: str) -> list[str]:
+    """RUNNER_CONFIG_CMD as a task got it, pointing at a copy of its snapshot."""
+    copy = ws.root / "copy.snapshot"
+    ws.task("10-capture.sh", f"""
+        cp "${{RUNNER_CONFIG_CMD##*--snapshot }}" "{copy}"
+        echo "cmd=$RUNNER_CONFIG_CMD"
+    """)
+    ws.config(text)
+    proc = ws.run(*args, "-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    [line] = output_of(proc.stderr, "10-capture.sh")
+    words = line.removeprefix("cmd=").split()
+    assert words[-2] == "--snapshot", words
+    return [*words[:-1], str(copy)]
+
+
+ODD = HG + """
+    [types]
+    flag = true
+    count = 7
+    ratio = 2.5
+    empty = ""
+    spaced = "  padded  "
+    utf = grüße ✓
+    [with.dot]
+    inner = dotted
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["-g", "hg.remote"], ["-g", "hg.branch"], ["-g", "runner.max_tries"],
+    ["-g", "runner.sleep_time"], ["-g", "types.flag"], ["-g", "types.count"],
+    ["-g", "types.ratio"], ["-g", "types.empty"], ["-g", "types.spaced"], ["-g", "types.utf"],
+    ["-g", "with.dot.inner"], ["-g", "hg.nokey"], ["-g", "nosection.key"], ["-g", "nodot"],
+    ["-g", "hg.nokey", "--default", "d"], ["-g", "types.count", "--json"],
+    ["-l"], ["-l", "types"], ["-l", "--json"], ["-g"], ["--bogus"],
+])
+def test_config_cmd_answers_exactly_like_runner_config(ws, args):
+    cmd = captured_config_cmd(ws, ODD, "-D", "hg.branch=from-D")
+    fast = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+    slow = runner_config("-c", str(ws.cfg), "-D", "hg.branch=from-D", *args)
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        slow.returncode, slow.stdout, slow.stderr)
+
+
+def test_config_cmd_answers_a_plain_get_without_importing_anything(ws):
+    """The point of the snapshot: a `-g` costs the interpreter's start and no more."""
+    cmd = captured_config_cmd(ws, ODD)
+    env = {"PATH": os.environ["PATH"]}
+
+    def imported(*args: str) -> set[str]:
+        proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:], *args],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode in (0, 1), proc.stderr
+        return {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+
+    floor = subprocess.run([cmd[0], "-I", "-S", "-X", "importtime", "-c", "pass"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    startup = {line.rsplit("|", 1)[1].strip() for line in floor.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line}
+    assert imported("-g", "hg.remote") - startup == set()
+    # A missing key goes to runner-config proper: json and the runner package load.
+    assert {"json", "runner", "runner.getconf"} <= imported("-g", "hg.nokey")
+
+
+def test_a_value_the_flat_part_cannot_hold_is_answered_from_the_json(tmp_path):
+    from runner import getconf
+
+    snapshot = {"config": "x", "sections": {
+        "s": {"nul": "a\0b", "plain": "p", "bad": "\udcff"}, "d.e": {"f": "g"}}}
+    text = getconf.snapshot_text(snapshot)
+    assert text.split("\n", 1)[1] == "s.plain\0p\0"
+    path = tmp_path / "config.snapshot"
+    path.write_text(text, encoding="utf-8")
+    cmd = [sys.executable, "-I", "-S", getconf.__file__.replace("getconf.py", "lookup.py"),
+           "--snapshot", str(path)]
+    got = subprocess.run([*cmd, "-g", "s.nul", "--json"], capture_output=True, text=True)
+    assert (got.returncode, got.stdout) == (0, '"a\\u0000b"\n'), got.stderr
+    got = subprocess.run([*cmd, "-g", "s.plain"], capture_output=True, text=True)
+    assert (got.returncode, got.stdout) == (0, "p\n"), got.stderr

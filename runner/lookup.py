@@ -1,0 +1,36 @@
+"""The program behind RUNNER_CONFIG_CMD: `python3 -I -S lookup.py --snapshot FILE ...`.
+
+Tasks call `$RUNNER_CONFIG_CMD -g section.key` many times, so the common call must cost
+no more than starting the interpreter. This file is therefore tiny (Python compiles a
+script it is given on every start; a module's bytecode is cached) and imports nothing:
+the snapshot's first line is the effective config as JSON, the rest is `section.key`,
+NUL, value, NUL, ... with every value already formatted as runner-config prints it.
+A plain `-g section.key` that is in that flat part is answered from it; everything
+else (--json, --default, -l, a missing key, a bad argument) goes to runner.getconf.
+"""
+
+import sys
+
+
+def _fast(argv):
+    if len(argv) != 5 or argv[1] != "--snapshot" or argv[3] != "-g":
+        return False
+    try:
+        with open(argv[2], encoding="utf-8") as handle:
+            handle.readline()
+            fields = iter(handle.read().split("\0"))
+    except (OSError, ValueError):
+        return False  # getconf says what is wrong, in one line
+    value = dict(zip(fields, fields, strict=False)).get(argv[4])
+    if value is None:
+        return False
+    sys.stdout.write(value + "\n")
+    return True
+
+
+if __name__ == "__main__" and not _fast(sys.argv):
+    # -I leaves the script's directory off sys.path: add the package's parent.
+    sys.path.insert(0, __file__.rpartition("/")[0].rpartition("/")[0] or "/")
+    from runner.getconf import entry
+
+    entry()
