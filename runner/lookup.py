@@ -29,8 +29,10 @@ def _fast(argv):
 
 
 if __name__ == "__main__" and not _fast(sys.argv):
+    import os.path
+
     # -I leaves the script's directory off sys.path: add the package's parent.
-    sys.path.insert(0, __file__.rpartition("/")[0].rpartition("/")[0] or "/")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from runner.getconf import entry
 
     entry()
