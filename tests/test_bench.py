@@ -46,9 +46,12 @@ def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     assert {r["benchmark"] for r in report["rows"]} == set(benches)
     assert all(r["status"] in ("PASS", "MISS", "INFO", "SKIP") for r in report["rows"])
     for row in report["rows"]:
+        # runner's own overhead is a difference of noisy walls (chain - empty - bodies):
+        # at --quick sizes it may come out below zero, which is noise, not a broken bench.
+        derived = "overhead" in row["name"]
         if row["status"] != "SKIP":
-            assert row["value"] is not None and row["value"] >= 0, row
-        if row["ratio"] is not None:
+            assert row["value"] is not None and (derived or row["value"] >= 0), row
+        if row["ratio"] is not None and not derived:
             assert row["ratio"] > 0, row
     assert set(report["misses"]) == {
         f"{r['name']} ({r['target']})" for r in report["rows"] if r["status"] == "MISS"}
