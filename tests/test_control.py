@@ -53,6 +53,17 @@ def server(tmp_path: Path, recorder: Recorder) -> Iterator[ControlServer]:
     srv.close()
 
 
+def read_line(sock: socket.socket) -> bytes:
+    """What the server sends up to its first newline (or until it closes)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def raw(path: str, payload: bytes, *, shut: bool = False, timeout: float = 5.0) -> dict:
     """Send raw bytes, read the one-line JSON reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -61,12 +72,7 @@ def raw(path: str, payload: bytes, *, shut: bool = False, timeout: float = 5.0) 
         sock.sendall(payload)
         if shut:
             sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = read_line(sock)
     assert data.endswith(b"\n") and data.count(b"\n") == 1, data
     return json.loads(data)
 
@@ -278,13 +284,7 @@ def _as_nobody(path: str, payload: bytes) -> tuple[str, str]:
             try:
                 sock.connect(path)
                 sock.sendall(payload)
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = sock.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                result = b"reply " + data
+                result = b"reply " + read_line(sock)
             except OSError as exc:
                 result = b"error " + type(exc).__name__.encode()
             os.write(write_fd, result)
