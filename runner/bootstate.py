@@ -13,8 +13,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .files import write_atomic
+from .files import make_dir, write_atomic
 from .identity import iso, utc_now
+from .permissions import check_open_file
 
 log = logging.getLogger("runner")
 
@@ -35,11 +36,18 @@ class Resume:
     at: str = ""
 
 
+def untrusted_file(fd: int, path: str, strict: bool) -> str | None:
+    """Why an opened state file may not be trusted (strict_permissions), with the fix; its
+    directories were checked when runner started (runner.statedir)."""
+    return check_open_file(fd, path, "state file") if strict else None
+
+
 class BootState:
     """The durable files of one state_dir; every failure to write is a warning only."""
 
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *, strict: bool = False) -> None:
         self.state_dir = state_dir
+        self.strict = strict  # strict_permissions: a file another user can change is ignored
         self.warned: set[str] = set()  # one warning per file, as the journal does
 
     def _path(self, name: str) -> str:
@@ -48,6 +56,11 @@ class BootState:
     def _read(self, name: str) -> dict[str, Any] | None:
         try:
             with open(self._path(name), "rb") as file:
+                untrusted = untrusted_file(file.fileno(), self._path(name), self.strict)
+                if untrusted:
+                    # Ignoring it is the safe side: the chain runs whole, no halt is forced.
+                    log.error("%s; ignoring it", untrusted)
+                    return None
                 data = json.load(file)
         except FileNotFoundError:
             return None
@@ -58,7 +71,7 @@ class BootState:
 
     def _write(self, name: str, data: dict[str, Any]) -> bool:
         try:
-            os.makedirs(self.state_dir, exist_ok=True)
+            make_dir(self.state_dir, 0o755)
             write_atomic(self._path(name), json.dumps(data).encode() + b"\n", 0o644)
         except OSError as exc:
             level = logging.DEBUG if name in self.warned else logging.WARNING

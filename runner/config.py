@@ -23,6 +23,7 @@ DEFAULT_CONFIG = "/etc/runner/runner.cfg"
 RUNNER, ENV = "runner", "env"
 # Keys of a per-task section that override [runner]; other keys belong to the task.
 TASK_SPEC = "task"
+STRICT = "strict_permissions"
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         include_key = spec.sections[RUNNER]["include_dir"]
         include_dir = _check(spec, include_key, include, origins, RUNNER)
         for fragment in _fragments(include_dir, origins[(RUNNER, "include_dir")]):
-            merged.merge(_read_file(fragment, origins))
+            part = _read_file(fragment, origins)
+            _refuse_strictness_in(part, origins)
+            merged.merge(part)
             files.append(fragment)
     for override, section, key, value in parsed_overrides:
         merged.setdefault(section, {})
@@ -134,7 +137,7 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         origins[(section, key)] = Origin(f"-D {override}")
     sections = _plain_sections(merged, origins)
     runner = _validate_runner(spec, sections.get(RUNNER, {}), origins)
-    if permissions.applies(runner["strict_permissions"]):
+    if permissions.applies(runner[STRICT]):
         trusted = [(f, "config file") for f in files]
         if include:
             trusted.insert(1, (include_dir, "include_dir"))
@@ -149,6 +152,18 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         origins=origins,
         overrides=tuple(overrides),
     )
+
+
+def _refuse_strictness_in(fragment: ConfigObj, origins: dict[tuple[str, str], Origin]) -> None:
+    """strict_permissions guards the fragments, so only the main file and -D (root's own
+    input) may decide it: a fragment that sets it is an error, whatever the value."""
+    section = fragment.get(RUNNER)
+    if isinstance(section, dict) and STRICT in section:
+        origin = origins.get((RUNNER, STRICT), Origin("config"))
+        raise ConfigError(
+            f"{origin.where()}: [runner] {STRICT}: may only be set in the main config file "
+            "or with -D, not in an include_dir fragment (remove it from this file)"
+        )
 
 
 def parse_override(text: str) -> tuple[str, str, str]:

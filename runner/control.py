@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from .files import make_dir
+
 log = logging.getLogger("runner.control")
 
 SOCKET_NAME = "control.sock"
@@ -115,7 +117,7 @@ class ControlServer:
         log.debug("control socket %s: listening", self.path)
 
     def _bind(self) -> socket.socket | None:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+        make_dir(os.path.dirname(self.path) or ".", 0o755)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             for _attempt in range(2):

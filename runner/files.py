@@ -35,3 +35,19 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
         except OSError:
             pass
         raise
+
+
+def make_dir(path: str, mode: int) -> None:
+    """Create `path` and its missing parents with exactly `mode`, whatever the umask (under
+    `umask 000` a plain makedirs would make them writable by everyone). An existing
+    directory is left as it is: strict_permissions judges it."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) and parent != path:
+        make_dir(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    os.chmod(path, mode)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from .events import Listener
+from .permissions import Trust
 from .process import Limits, run_process
 from .signals import SignalState
 from .states import TaskRun, TaskState
@@ -49,8 +51,12 @@ class HookListener(Listener):
         signals: SignalState,
         run_id: str = "",
         mask: Any = None,
+        trust: Trust | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.run_id = run_id
+        self.trust = trust
+        self.on_refused = on_refused
         self.mask = mask or (lambda text: text)
         self.argv = argv
         self.limits = Limits(max_time=timeout, kill_grace=kill_grace, stop_after=2)
@@ -71,9 +77,12 @@ class HookListener(Listener):
             signals=self.signals,
             on_line=lambda line: log.info("[hook %s] %s", run.task.name, self.mask(line)),
             label=f"task_hook for {run.task.name}",
+            trust=self.trust,
         )
         what = f"task_hook for {run.task.name} {run.state.value}"
-        if result.error:
+        if result.refused and self.on_refused is not None:
+            self.on_refused(result.error or what)
+        elif result.error:
             log.warning("%s: %s", what, result.error)
         elif result.timed_out:
             log.warning("%s: killed after hook_timeout (%gs)", what, self.limits.max_time)

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from .events import Listener
-from .files import write_atomic
+from .files import make_dir, write_atomic
 from .identity import RunIdentity, iso, utc_now
 from .states import TaskRun, TaskState
 
@@ -163,7 +163,7 @@ class LiveStatus(Listener):
             try:
                 write_atomic(self.path, data, durable=False)
             except FileNotFoundError:  # runtime_dir is made on demand (it is tmpfs)
-                os.makedirs(self.runtime_dir, mode=0o755, exist_ok=True)
+                make_dir(self.runtime_dir, 0o755)
                 write_atomic(self.path, data, durable=False)
         except OSError as exc:
             if not self.failed:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import reaper
+from . import permissions, reaper
 from .signals import SignalState, SignalView
 
 LINE_LIMIT = 64 * 1024  # longer lines are passed on in pieces of this size
@@ -52,6 +52,7 @@ class ProcessResult:
     timed_out: bool = False
     stopped: bool = False
     error: str | None = None
+    refused: bool = False  # strict_permissions: not started, `error` says why
     duration_s: float = 0.0
     output_tail: bytes = b""
     # One line per process left outside the task's group at a timeout or stop, as
@@ -80,16 +81,26 @@ def run_process(
     signals: SignalState | SignalView,
     on_line: OnLine,
     label: str | None = None,
+    trust: permissions.Trust | None = None,
 ) -> ProcessResult:
     """Run argv in a new session with stdin from /dev/null and wait for it.
 
     `label` names the run in warnings about processes it left behind (default: the
-    task named by RUNNER_TASK in env, else the program's file name).
+    task named by RUNNER_TASK in env, else the program's file name). With `trust`
+    (strict_permissions), the program and the paths it names are checked right before
+    the exec, and the program is run by the path that was checked.
     """
     started = time.monotonic()
+    executable = None
+    if trust is not None:
+        executable, reason = permissions.verify(argv, trust, cwd=cwd,
+                                                search_path=env.get("PATH"))
+        if reason:
+            return ProcessResult(error=reason, refused=True)
     try:
         proc = reaper.popen(
             argv,
+            executable=executable,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

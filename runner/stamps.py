@@ -17,10 +17,11 @@ import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import reaper
-from .files import write_atomic
+from . import permissions, reaper
+from .bootstate import untrusted_file
+from .files import make_dir, write_atomic
 from .identity import iso, utc_now
-from .tasks import Task, short_name
+from .tasks import INSTANCE_ID_TRUST, Task, short_name
 
 if TYPE_CHECKING:
     from . import reaper
@@ -47,7 +48,8 @@ def instance_id(config: Config) -> str:
     /etc/machine-id. Raises InstanceIdUnknown with the reason."""
     command = config.runner.get("instance_id_command")
     if command:
-        return _instance_id_from_command(command)
+        return _instance_id_from_command(
+            command, permissions.applies(config.runner["strict_permissions"]))
     for path in (CLOUD_INSTANCE_ID, MACHINE_ID):
         value = _read_id_file(path)
         if value:
@@ -66,13 +68,20 @@ def _read_id_file(path: str) -> str | None:
         return None
 
 
-def _instance_id_from_command(command: list[str]) -> str:
-    """Run the command (own process group, so a timeout also stops what it started)."""
+def _instance_id_from_command(command: list[str], strict: bool = False) -> str:
+    """Run the command (own process group, so a timeout also stops what it started); with
+    strict_permissions, only after checking the program it runs, found as exec finds it."""
     name = f"[runner] instance_id_command {command[0]!r}"
+    executable, untrusted = permissions.verify(
+        command, INSTANCE_ID_TRUST, cwd=os.getcwd(), search_path=os.environ.get("PATH"),
+    ) if strict else (None, None)
+    if untrusted:
+        log.error("%s", untrusted)  # per-instance tasks then run: the safe side
+        raise InstanceIdUnknown(f"{name}: refused (strict_permissions)")
     try:
         # Through the reaper, so that its orphan reaping never takes this child's status.
         proc = reaper.popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            command, executable=executable, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
     except OSError as exc:
@@ -115,6 +124,7 @@ class Stamps:
                  instance_id: Callable[[], str | None]) -> None:
         self.dir = os.path.join(state_dir, STAMP_DIR)
         self.config = config
+        self.strict = permissions.applies(config.runner["strict_permissions"])
         self.boot_id = boot_id
         self._instance_id_source = instance_id
         self._instance_id: str | None = None
@@ -190,7 +200,7 @@ class Stamps:
                 else None,
                 "at": iso(utc_now()),
             }
-            os.makedirs(self.dir, exist_ok=True)
+            make_dir(self.dir, 0o755)
             data = (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode()
             write_atomic(path, data, 0o644, durable=True)
             _fsync_dir(self.dir)
@@ -231,6 +241,10 @@ class Stamps:
         try:
             path = self._path(name)
             with open(path, "rb") as file:
+                untrusted = untrusted_file(file.fileno(), path, self.strict)
+                if untrusted:  # running the task again is the safe side
+                    self._warn(f"read {name}", "%s; ignoring the stamp of %s", untrusted, name)
+                    return None
                 stamp = json.loads(file.read())
         except FileNotFoundError:
             return None

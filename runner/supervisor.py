@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as config_mod
+from . import permissions
 from .bootstate import BootState, Resume
 from .config import Config, TaskSettings
 from .controls import Controls
 from .errors import ConfigError
 from .events import Dispatcher, Listener, describe_end
+from .files import make_dir
 from .hooks import HookListener
 from .identity import RunIdentity, iso, utc_now
 from .masking import Masker
@@ -28,7 +30,16 @@ from .process import Limits, ProcessResult, run_process
 from .signals import SignalState, SignalView
 from .states import EXIT_CODE_RESULTS, ExitStatus, Kind, TaskRun, TaskState
 from .taskenv import TaskEnvironment
-from .tasks import NOT_EXECUTABLE, Plan, Task, byte_order, discover
+from .tasks import (
+    HOOK_TRUST,
+    NOT_EXECUTABLE,
+    Plan,
+    Task,
+    byte_order,
+    check_trust,
+    discover,
+    trust_of,
+)
 
 log = logging.getLogger("runner")
 SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
@@ -107,7 +118,10 @@ class Supervisor:
         self.failure_count = 0
         self.plan: Plan | None = None
         self.controls = Controls()
-        self.boot = BootState(config.runner["state_dir"])
+        self.boot = BootState(config.runner["state_dir"], strict=self._strict())
+        # strict_permissions refused to exec something: runner ends with 78 at the next
+        # decision, never running, skipping or halting anything because of it.
+        self.refusal: str | None = None
         self.resume: Resume | None = None
         self.stamps = None
         # Runs in progress, for `runner ctl skip`: task name -> its worker's view (None
@@ -129,8 +143,23 @@ class Supervisor:
                 signals=self.signals,
                 run_id=self.identity.run_id,
                 mask=self.masker.text,
+                trust=self._trust(HOOK_TRUST),
+                on_refused=self._refuse,
             ))
         return listeners
+
+    def _strict(self) -> bool:
+        return permissions.applies(self.config.runner["strict_permissions"])
+
+    def _trust(self, trust: permissions.Trust) -> permissions.Trust | None:
+        """What run_process must check right before the exec (strict_permissions)."""
+        return trust if self._strict() else None
+
+    def _refuse(self, reason: str) -> None:
+        """Something runner was about to execute is not trusted (any thread may call)."""
+        if self.refusal is None:
+            self.refusal = reason
+            log.error("%s", reason)
 
     # -- the loop -------------------------------------------------------------
 
@@ -142,6 +171,8 @@ class Supervisor:
             control = self._start_control()
             self.dispatcher.started()
             status = self._iterations()
+            if self.refusal is not None:
+                status = ExitStatus.CONFIG
             return status
         finally:
             if control is not None:
@@ -155,7 +186,7 @@ class Supervisor:
 
         runtime_dir = self.config.runner["runtime_dir"]
         try:
-            os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
+            make_dir(runtime_dir, 0o755)
         except OSError as exc:
             log.warning("runtime_dir %s: cannot create it (%s); runner ctl will not work",
                         runtime_dir, exc.strerror)
@@ -180,11 +211,6 @@ class Supervisor:
             # hidden files, leftovers and directories are expected.
             level = logging.WARNING if reason == NOT_EXECUTABLE else logging.DEBUG
             log.log(level, "skipping %s: %s", name, reason)
-        state_dir = self.config.runner["state_dir"]
-        try:
-            os.makedirs(state_dir, exist_ok=True)
-        except OSError as exc:
-            log.warning("state_dir %s: cannot create it: %s", state_dir, exc.strerror)
         self.resume = self.boot.take_resume()
         if self.resume is not None:
             log.warning(
@@ -244,6 +270,9 @@ class Supervisor:
             self._reload_if_asked()
             try:
                 self.plan = discover(self.config, self.task_dir())
+            except permissions.UntrustedPath as exc:
+                self._refuse(str(exc))  # made unsafe under runner: never retried into a halt
+                return ExitStatus.CONFIG
             except ConfigError as exc:
                 # The task directory changed under runner (being rewritten, a file made
                 # unsafe): this try fails like a task would, and the next one re-plans.
@@ -305,7 +334,8 @@ class Supervisor:
         halt the machine is repaired or gone, so start afresh."""
         if not self.config.runner["max_boot_tries"]:
             return
-        if status in (ExitStatus.SIGTERM, ExitStatus.SIGINT, ExitStatus.EXIT):
+        if status in (ExitStatus.SIGTERM, ExitStatus.SIGINT, ExitStatus.EXIT,
+                      ExitStatus.CONFIG):
             self.boot.uncount_try()
         elif status is ExitStatus.HALTED:
             self.boot.reset_tries()
@@ -349,6 +379,9 @@ class Supervisor:
 
     def _settle(self, run: TaskRun, chain: ChainResult) -> bool:
         """Record a task's result in the try; True when the try ends here."""
+        if self.refusal is not None:
+            chain.status = ExitStatus.CONFIG
+            return True
         state = run.state
         if state in (TaskState.OK, TaskState.SKIPPED):
             chain.done.add(run.task.name)
@@ -370,7 +403,9 @@ class Supervisor:
         return True
 
     def _before_task(self, iteration: int, try_num: int) -> ExitStatus | None:
-        """Between tasks: a stop, a pause or a halt asked by the operator."""
+        """Between tasks: a refusal, a stop, a pause or a halt asked by the operator."""
+        if self.refusal is not None:
+            return ExitStatus.CONFIG
         if self.signals.stop_signal is not None:
             return self._stop_status()
         if not self._wait_while_paused():
@@ -426,7 +461,8 @@ class Supervisor:
                     self._conclude(run, execution)
                     if self._settle_parallel(run, chain, failures):
                         stop_new = True
-                        if self.config.runner["on_failure"] == "stop":
+                        if (self.config.runner["on_failure"] == "stop"
+                                or self.refusal is not None):
                             for _run, other, _thread in workers.values():
                                 other.cancel()
         finally:
@@ -437,7 +473,8 @@ class Supervisor:
     def _start_ready(self, pending, workers, chain, iteration, try_num, finished, wake_w) -> bool:
         """Start what can start; True when nothing more may start (stop, pause, halt)."""
         while len(workers) < self.config.runner["max_parallel"]:
-            if self.signals.stop_signal is not None or self.controls.halt:
+            if (self.signals.stop_signal is not None or self.controls.halt
+                    or self.refusal is not None):
                 return True
             if self.controls.paused:
                 if workers:
@@ -455,8 +492,8 @@ class Supervisor:
             if self._skipped(run):
                 chain.done.add(task.name)
                 continue
-            if self.signals.stop_signal is not None:  # stopped while its check ran
-                return True
+            if self.signals.stop_signal is not None or self.refusal is not None:
+                return True  # stopped, or its check refused, while the check ran
             self._begin(run)
             view = self.signals.view()
             self._register(task.name, view)
@@ -493,6 +530,8 @@ class Supervisor:
 
     def _settle_parallel(self, run: TaskRun, chain: ChainResult, failures: list) -> bool:
         """True when no new task may start."""
+        if self.refusal is not None:
+            return True
         state = run.state
         if state in (TaskState.OK, TaskState.SKIPPED):
             chain.done.add(run.task.name)
@@ -507,7 +546,11 @@ class Supervisor:
 
     def _parallel_outcome(self, chain: ChainResult, failures: list[TaskRun], iteration: int,
                           try_num: int) -> ChainResult:
-        """One decision for the try: stop, then HALT, EXIT, a failure, a reboot."""
+        """One decision for the try: a refusal, a stop, then HALT, EXIT, a failure, a
+        reboot."""
+        if self.refusal is not None:
+            chain.status = ExitStatus.CONFIG
+            return chain
         if self.signals.stop_signal is not None:
             chain.status = self._stop_status()
             return chain
@@ -530,7 +573,7 @@ class Supervisor:
 
     def _run_task(self, task: Task, iteration: int, try_num: int) -> TaskRun:
         run = TaskRun(task, iteration, try_num, task.settings.max_tries)
-        if self._skipped(run):
+        if self._skipped(run) or self.refusal is not None:
             return run
         self._begin(run)
         if self.signals.stop_signal is not None:  # asked to stop while the hook ran
@@ -572,6 +615,9 @@ class Supervisor:
     def _check(self, run: TaskRun, what: str) -> bool | None:
         """Run the task's check; True when it exits 0, None when runner was stopped."""
         result = self._check_process(run, self.signals, what)
+        if result.refused:
+            self._refuse(result.error or what)
+            return None
         if result.stopped:
             return None
         if result.error:
@@ -588,6 +634,7 @@ class Supervisor:
             signals=signals,
             on_line=lambda line: log.info("[%s %s] %s", task.name, what, self.masker.text(line)),
             label=f"{task.name} {what}",
+            trust=self._trust(check_trust(task)),
         )
 
     def _begin(self, run: TaskRun) -> None:
@@ -604,6 +651,7 @@ class Supervisor:
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
             on_line=lambda line: log.info("[%s] %s", task.name, self.masker.text(line)),
+            trust=self._trust(trust_of(task)),
         )
         execution = Execution(process)
         if task.settings.check and process.exit_code == 0 and not process.stopped:
@@ -613,6 +661,9 @@ class Supervisor:
     def _conclude(self, run: TaskRun, execution: Execution) -> None:
         """Turn what ran into the run's result, and make the one transition to it."""
         result = execution.process
+        for refused in (result, execution.recheck):
+            if refused is not None and refused.refused:
+                self._refuse(refused.error or "refused")
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
         run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
         state = classify(result, reboot=bool(self.config.runner["reboot_task"]))
@@ -714,6 +765,8 @@ class Supervisor:
         self._begin(run)
         execution = self._execute(dataclasses.replace(run), self.signals)
         result = execution.process
+        if result.refused:
+            self._refuse(result.error or "refused")
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
         run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
         self.dispatcher.transition(run, classify(result))

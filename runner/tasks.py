@@ -128,26 +128,50 @@ def discover(config: Config, task_dir: str) -> Plan:
         _special(config, task_dir, reboot_name) if reboot_name else None,
     )
     if permissions.applies(config.runner["strict_permissions"]):
-        permissions.check(_trusted_paths(config, plan))
+        reason = _plan_problem(config, plan)
+        if reason:
+            raise permissions.UntrustedPath(reason)
     return plan
 
 
-def _trusted_paths(config: Config, plan: Plan) -> list[tuple[str, str]]:
-    """Everything runner would execute as root, for strict_permissions."""
-    paths = [(plan.task_dir, "task directory")]
+def trust_of(task: Task) -> permissions.Trust:
+    """What running a task executes: the task file, or its interpreter and the file."""
+    if task.settings.interpreter:
+        return permissions.Trust(f"interpreter of {task.name}", ((task.path, "task"),))
+    return permissions.Trust("task")
+
+
+def check_trust(task: Task) -> permissions.Trust:
+    return permissions.Trust(f"check command of {task.name}")
+
+
+HOOK_TRUST = permissions.Trust("task_hook")
+INSTANCE_ID_TRUST = permissions.Trust("[runner] instance_id_command")
+
+
+def task_search_path(config: Config) -> str | None:
+    """The PATH tasks, checks and hooks are started with: [env] over runner's own."""
+    return config.env.get("PATH", os.environ.get("PATH"))
+
+
+def _plan_problem(config: Config, plan: Plan) -> str | None:
+    """Why something the plan would execute as root may not be trusted (strict_permissions),
+    resolved the way it is executed: in task_cwd, with the tasks' PATH."""
+    cwd, path = config.runner["task_cwd"], task_search_path(config)
+    commands: list[tuple[list[str] | None, permissions.Trust, str, str | None]] = []
     for task in [*plan.tasks, plan.halt, plan.reboot]:
-        if task is None:
-            continue
-        paths.append((task.path, "task"))
-        for what, argv in (("interpreter", task.settings.interpreter),
-                           ("check command", task.settings.check)):
-            executable = permissions.command_path(argv)
-            if executable:
-                paths.append((executable, f"{what} of {task.name}"))
-    hook = permissions.command_path(config.runner["task_hook"])
-    if hook:
-        paths.append((hook, "task_hook"))
-    return paths
+        if task is not None:
+            commands.append((task.argv, trust_of(task), cwd, path))
+            commands.append((task.settings.check, check_trust(task), cwd, path))
+    commands.append((config.runner["task_hook"], HOOK_TRUST, cwd, path))
+    # instance_id_command runs as runner's own child: runner's cwd and PATH.
+    commands.append((config.runner["instance_id_command"], INSTANCE_ID_TRUST, os.getcwd(),
+                     os.environ.get("PATH")))
+    reason = permissions.problem(plan.task_dir, "task directory")
+    for argv, trust, where, search in commands:
+        if argv and not reason:
+            reason = permissions.verify(argv, trust, cwd=where, search_path=search)[1]
+    return reason
 
 
 def _special(config: Config, task_dir: str, name: str) -> Task | None:

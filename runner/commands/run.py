@@ -6,7 +6,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from .. import logs
+from .. import logs, statedir
 from ..config import Config, load
 from ..events import Listener
 from ..identity import RunIdentity
@@ -55,6 +55,7 @@ def supervise(options: RunOptions, config: Config) -> int:
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
     # runner, not PID 1, so a timeout or a stop can find and kill them.
     enable_subreaper()
+    statedir.prepare(config)  # before anything reads state_dir or writes runtime_dir
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)

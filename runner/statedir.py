@@ -1,0 +1,54 @@
+"""state_dir and runtime_dir: made with fixed modes, and trusted only when nobody but root
+can change them.
+
+What runner finds in state_dir decides what root does: resume.json which tasks of a
+rebooted chain are already done, boot-tries.json when to run the halt task, the stamps
+which tasks to skip, the journal what `runner status` and the metrics say. With
+strict_permissions on (and runner running as root), the directories and every state file
+in them are checked like the config files before runner reads any of them; each state file
+is checked again when it is opened (runner.bootstate, runner.stamps).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from . import permissions
+from .config import Config
+from .files import make_dir
+
+log = logging.getLogger("runner")
+
+DIR_MODE = 0o755  # `runner status` and `runner ctl` work for operators who are not root
+STATE_FILES = ("resume.json", "boot-tries.json", "journal.sqlite", "journal.sqlite-wal",
+               "journal.sqlite-shm", "stamps")
+
+
+def prepare(config: Config) -> None:
+    """Create state_dir and runtime_dir (a failure is a warning: runner runs on without
+    them, as before); with strict_permissions, raise UntrustedPath for the first of them
+    or of the state files that another user owns or can write."""
+    runner = config.runner
+    for key in ("state_dir", "runtime_dir"):
+        try:
+            make_dir(runner[key], DIR_MODE)
+        except OSError as exc:
+            log.warning("%s %s: cannot create it: %s", key, runner[key], exc.strerror or exc)
+    if permissions.applies(runner["strict_permissions"]):
+        permissions.check(trusted_paths(runner["state_dir"], runner["runtime_dir"]))
+
+
+def trusted_paths(state_dir: str, runtime_dir: str) -> list[tuple[str, str]]:
+    """state_dir, runtime_dir and every state file there is, in the order they are checked."""
+    paths = [(state_dir, "state_dir"), (runtime_dir, "runtime_dir")]
+    for name in STATE_FILES:
+        paths.append((os.path.join(state_dir, name), "state file"))
+    stamps = os.path.join(state_dir, "stamps")
+    try:
+        names = sorted(os.listdir(stamps))
+    except OSError:
+        names = []
+    paths.extend((os.path.join(stamps, name), "stamp") for name in names)
+    return paths
+
