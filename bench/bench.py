@@ -34,6 +34,13 @@ rounds (`--repeat`, default 5; `--quick`, for CI, takes fewer tasks and rounds: 
             max_parallel = 6: the chain's wall time (first start to last end, from
             runner's log, as bench/parallel_graph.py measures it) against its critical
             path. Target: within 1.05x.
+  strict    what strict_permissions costs per task: every path runner executes is checked
+            along its whole chain right before the exec. In process: the median time of
+            permissions.verify() on a task four directories deep (target: under 100 us).
+            End to end: the chain benchmark's no-op tasks with strict_permissions off and
+            on, interleaved, per-task time as in `chain`; the difference is shown (it is
+            within the noise: information only). Needs root (without it the check does
+            not apply, and the rows say SKIP).
 
 runner is the one beside this interpreter (the venv's), on a temporary config (state_dir
 and runtime_dir in the temporary directory, sleep_time = 0, max_tries = 1) with the
@@ -65,7 +72,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 RUNNER = str(BIN / "runner")
 RUNNER_CONFIG = str(BIN / "runner-config")
-BENCHMARKS = ("chain", "config", "getconf", "wait", "graph")
+BENCHMARKS = ("chain", "config", "getconf", "wait", "graph", "strict")
 NOOP = "#!/bin/sh\nexit 0\n"
 # The plain loop of the issue; `[ -e ]` only so that an empty directory (whose glob stays
 # unexpanded) runs nothing, and `|| exit 1` so that a failing task is noticed.
@@ -602,6 +609,70 @@ def bench_graph(root: Path, args) -> tuple[dict, list[dict]]:
     return result, rows
 
 
+# ---------------------------------------------------------------- 6: strict_permissions
+
+
+def verify_us(task: Path, rounds: int = 2000) -> float:
+    """Median microseconds of one exec-time check of `task`, in this process."""
+    from runner import permissions  # the runner beside this interpreter
+
+    trust = permissions.Trust("task")
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        _exe, reason = permissions.verify([str(task)], trust, cwd="/", search_path=None)
+        samples.append((time.perf_counter_ns() - started) / 1000)
+        if reason:
+            raise Broken(f"the benchmark's own task is not trusted: {reason}")
+    return median(samples)
+
+
+def bench_strict(root: Path, args) -> tuple[dict, list[dict]]:
+    if os.geteuid() != 0:
+        skip = "not root: strict_permissions does not apply"
+        return {"skipped": skip}, [row("strict", f"6 strict_permissions: {skip}", value=None,
+                                       unit="", text="-", status="SKIP")]
+    n = args.chain_tasks
+    full, empty = root / "a" / "b" / "noop.d", root / "a" / "b" / "empty.d"
+    full.mkdir(parents=True)
+    empty.mkdir()
+    names = [f"t{i:03d}" for i in range(1, n + 1)]
+    for name in names:
+        write_task(full / name, NOOP)
+    per_call = verify_us(full / names[0])
+    configs = {"off": write_config(root), "on": root / "strict.cfg"}
+    configs["on"].write_text(configs["off"].read_text().replace(
+        "[runner]\n", "[runner]\nstrict_permissions = true\n", 1))
+    per_task: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(args.repeat):
+        for mode, config in configs.items():
+            walls = {}
+            for target in (full, empty):
+                wall, code, text = run_timed(runner_cmd(config, target), clean_env(),
+                                             root / "strict.log")
+                want = set(names) if target is full else set()
+                if code != 0 or ok_tasks(text) != want:
+                    raise Broken(f"strict {mode}: runner exited {code}, "
+                                 f"{len(ok_tasks(text))} tasks OK: {last_lines(text)}")
+                walls[target] = wall
+            per_task[mode].append((walls[full] - walls[empty]) / n * 1000)
+    off, on = median(per_task["off"]), median(per_task["on"])
+    extra = median([b - a for a, b in zip(per_task["off"], per_task["on"], strict=True)])
+    result = {"tasks": n, "rounds": args.repeat, "verify_us": round(per_call, 2),
+              "per_task_ms": {"off": round(off, 3), "on": round(on, 3)},
+              "extra_ms": round(extra, 3)}
+    rows = [
+        row("strict", "6 strict_permissions: one exec-time check", value=per_call, unit="us",
+            text=f"{per_call:.1f} us per task (4 directories deep)", target="< 100 us",
+            status=verdict(per_call < 100)),
+        row("strict", f"6 strict_permissions: {n} no-op tasks, on vs off", value=on,
+            unit="ms/task", text=f"{on:.2f} ms/task (off {off:.2f}; extra {extra:+.3f} ms)",
+            reference=f"off {off:.2f} ms/task", reference_value=off,
+            ratio=on / off if off > 0 else None),
+    ]
+    return result, rows
+
+
 # ------------------------------------------------------------------------- the table
 
 
@@ -691,8 +762,10 @@ def main(argv: list[str] | None = None) -> int:
                 elif bench == "wait":
                     python = captured[0][0] if captured else sys.executable
                     results[bench], new = bench_wait(root, args, python)
-                else:
+                elif bench == "graph":
                     results[bench], new = bench_graph(root, args)
+                else:
+                    results[bench], new = bench_strict(root, args)
                 rows.extend(new)
             except (Broken, OSError, subprocess.SubprocessError) as exc:
                 broken[bench] = f"{type(exc).__name__}: {exc}"

@@ -4,6 +4,7 @@ running them, not here: these machines are shared and noisy)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     with capsys.disabled():
         print("\n" + report["table"])
     assert report["quick"] is True and report["broken"] == {}
-    benches = ("chain", "config", "getconf", "wait", "graph")
+    benches = ("chain", "config", "getconf", "wait", "graph", "strict")
     assert set(report["results"]) == set(benches)
     assert {r["benchmark"] for r in report["rows"]} == set(benches)
     assert all(r["status"] in ("PASS", "MISS", "INFO", "SKIP") for r in report["rows"])
@@ -88,6 +89,11 @@ def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     # Never shorter than the critical path (a dependency not waited for), never as long
     # as running the tasks one by one.
     assert graph["ratio"] >= 0.99 and graph["chain_s"] < graph["sum_s"]
+
+    strict = report["results"]["strict"]
+    if os.geteuid() == 0:  # the check applies only to a runner running as root
+        assert strict["tasks"] == 40 and 0 < strict["verify_us"]
+        assert all(ms > 0 for ms in strict["per_task_ms"].values())
 
 
 def test_a_runner_that_runs_no_task_makes_the_benchmark_broken_not_fast():

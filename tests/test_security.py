@@ -298,6 +298,7 @@ def test_a_forged_stamp_cannot_skip_a_once_task(open_ws):
     os.chown(stamp, NOBODY, NOBODY)
     assert_one_line_error(ws.run("-n", "1"), str(stamp), "owned by user nobody")
     assert not ran.exists()
+    assert_one_line_error(ws.run("check"), str(stamp), "owned by user nobody")
 
 
 def test_state_and_runtime_dirs_get_fixed_modes_under_umask_000(ws):
@@ -321,3 +322,31 @@ def test_a_trusted_setup_in_a_sticky_tmp_directory_runs(open_ws):
     proc = ws.run("-n", "1")
     assert proc.returncode == 0, proc.stderr
     assert refusal_lines(proc.stderr) == [] and "[10-ok.sh] fine" in proc.stderr
+
+
+def test_a_hook_swapped_while_a_task_runs_is_refused_before_its_next_call(open_ws):
+    ws = open_ws
+    marker, go, started = ws.root / "pwned", ws.root / "go", ws.root / "started"
+    hooks = ws.root / "hooks"
+    hooks.mkdir()
+    hook = hooks / "notify.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    ws.task("10-slow.sh", f"touch {started}\nwhile [ ! -e {go} ]; do sleep 0.05; done")
+    ws.task("20-next.sh")
+    strict(ws, task_hook=str(hook))
+    proc = ws.start("-n", "1")
+    try:
+        wait_for_file(started)
+        os.chown(hooks, NOBODY, NOBODY)  # the careless operator
+        as_nobody(f"mv {hook} {hooks}/old.sh")
+        plant(hook, marker)
+        go.touch()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 78, err
+    assert len(refusal_lines(err)) == 1 and "task_hook" in refusal_lines(err)[0], err
+    assert_never_ran(marker)
+    assert "20-next.sh: starting" not in err

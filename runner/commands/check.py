@@ -8,6 +8,7 @@ import shutil
 import sys
 from typing import TextIO
 
+from .. import permissions, statedir
 from ..config import Config, load
 from ..getconf import format_value
 from ..spec import load_spec
@@ -25,6 +26,9 @@ def _plan(options: RunOptions) -> tuple[Config, Plan]:
 def check(options: RunOptions, out: TextIO = sys.stdout) -> int:
     """Print the plan and every warning; exit 0 (ConfigError means 78, raised to the caller)."""
     config, plan = _plan(options)
+    if permissions.applies(config.runner["strict_permissions"]):  # what `run` would refuse
+        runner = config.runner
+        permissions.check(statedir.trusted_paths(runner["state_dir"], runner["runtime_dir"]))
     print(f"config:    {', '.join(config.files) or '(none, defaults apply)'}", file=out)
     print(f"task dir:  {plan.task_dir}", file=out)
     halt = plan.halt.path if plan.halt else "MISSING"
