@@ -11,12 +11,13 @@ from typing import TextIO
 from .. import stamps as stamps_mod
 from ..config import load
 from ..identity import boot_id
+from ..permissions import UntrustedPath
 from ..process import Limits, run_process
 from ..signals import SignalState
 from ..states import TaskRun
 from ..supervisor import RunOptions, task_dir_of
 from ..taskenv import TaskEnvironment
-from ..tasks import Task, discover
+from ..tasks import Task, check_trust, discover
 from .check import print_table
 
 log = logging.getLogger("runner")
@@ -59,7 +60,10 @@ def _decide(task: Task, stamps, env: TaskEnvironment, cwd: str, signals: SignalS
         limits=Limits(task.settings.max_time, task.settings.kill_grace),
         signals=signals,
         on_line=lambda line: log.info("[%s check] %s", task.name, line),
+        trust=check_trust(task) if stamps.strict else None,
     )
+    if result.refused:
+        raise UntrustedPath(result.error or task.name)
     if result.exit_code == 0:
         return [task.name, "skip", "check: already done"]
     how = result.error or (f"signal {result.signal}" if result.signal is not None
