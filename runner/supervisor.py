@@ -180,11 +180,8 @@ class Supervisor:
             # hidden files, leftovers and directories are expected.
             level = logging.WARNING if reason == NOT_EXECUTABLE else logging.DEBUG
             log.log(level, "skipping %s: %s", name, reason)
-        state_dir = self.config.runner["state_dir"]
-        try:
-            os.makedirs(state_dir, exist_ok=True)
-        except OSError as exc:
-            log.warning("state_dir %s: cannot create it: %s", state_dir, exc.strerror)
+        # state_dir was made (mode 0755) or reported unwritable when runner took its
+        # single-instance lock there (runner.instance.acquire).
         self.resume = self.boot.take_resume()
         if self.resume is not None:
             log.warning(
