@@ -7,11 +7,13 @@ marker's lines count the task runs (and name the processes to clean up).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 from conftest import (
@@ -135,6 +137,24 @@ def test_a_second_runner_exits_75_naming_the_first_and_runs_no_task(ws):
     third = ws.run("-n", "1")
     assert third.returncode == 0, third.stderr
     assert len(runs(marker)) >= 2
+
+
+def test_a_runner_starting_while_status_probes_the_lock_waits_for_the_probe(ws):
+    # `runner status` takes a shared lock for an instant; here one is held for 0.5 s.
+    ws.task("10-ok.sh")
+    ws.state.mkdir()
+    lock_file = ws.state / "runner.lock"
+    lock_file.touch()
+    fd = os.open(lock_file, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    release = threading.Timer(0.5, fcntl.flock, (fd, fcntl.LOCK_UN))
+    release.start()
+    try:
+        proc = ws.run("-n", "1")
+    finally:
+        release.join()
+        os.close(fd)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_status_says_running_with_the_lock_holders_pid_and_not_running_after(ws):
