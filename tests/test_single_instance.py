@@ -295,6 +295,18 @@ def test_an_existing_state_dir_keeps_its_mode(ws):
     assert stat.S_IMODE(ws.state.stat().st_mode) == 0o700
 
 
+def test_a_state_dir_that_cannot_be_created_is_one_warning_and_the_tasks_run(ws):
+    (ws.root / "a-file").write_text("")
+    ws.config(state_dir=str(ws.root / "a-file" / "state"))
+    marker, hold = marked_task(ws)
+    hold.unlink()
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    [warning] = [line for line in proc.stderr.splitlines() if "single-instance lock" in line]
+    assert "a-file/state: cannot create it (Not a directory)" in warning, warning
+    assert len(runs(marker)) == 1
+
+
 def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
     out = ws.root / "status.json"
     ws.task("10-ask.sh", f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
