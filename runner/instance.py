@@ -49,8 +49,14 @@ class InstanceLock:
         new one on the first line, never an empty file.
         """
         data = f"{pid or os.getpid()}\n".encode()
-        os.pwrite(self.fd, data, 0)
-        os.ftruncate(self.fd, len(data))
+        try:
+            os.pwrite(self.fd, data, 0)
+            os.ftruncate(self.fd, len(data))
+        except OSError as exc:  # a full state_dir: the lock still holds, the pid is unknown
+            log.warning("%s: cannot write runner's pid in it (%s); runner status will not "
+                        "name it", self.path, exc.strerror)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)  # frees blocks, so it works on a full disk too
 
     def close(self) -> None:
         if self.fd >= 0:

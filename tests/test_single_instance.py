@@ -323,6 +323,21 @@ def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
     assert json.loads(out.read_text())["running"] is True
 
 
+def test_a_full_state_dir_keeps_the_lock_without_a_pid_and_runs(ws):
+    out = ws.root / "status.json"
+    ws.task("10-ask.sh", f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
+    ws.state.mkdir()
+    proc = run_in_mount_namespace(
+        ws, f"mount -t tmpfs -o size=64k tmpfs '{ws.state}' && "
+        f"(dd if=/dev/zero of='{ws.state}/filler' bs=4k 2>/dev/null; true)", "-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    [warning] = [line for line in proc.stderr.splitlines() if "runner.lock" in line]
+    assert "cannot write runner's pid" in warning and "No space left" in warning, warning
+    doc = json.loads(out.read_text())
+    # The lock says running; the pid comes from the live status file then.
+    assert doc["running"] is True and doc["pid"] == doc["runner"]["pid"] is not None
+
+
 # -- stale pidfiles -------------------------------------------------------------------
 
 

@@ -221,7 +221,9 @@ def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
                                               live.get("boot_id"))
     lock = instance.probe(config.runner["state_dir"])
     if lock.held:
-        return True, lock.pid, live if live_alive and live.get("pid") == lock.pid else None
+        # No pid in the lock file (a full state_dir): a live status file is the holder's.
+        mine = live_alive and lock.pid in (None, live.get("pid"))
+        return True, lock.pid or (live.get("pid") if mine else None), live if mine else None
     if live_alive and (lock.held is None or not live.get("lock")):
         return True, live.get("pid"), live
     return False, None, None
