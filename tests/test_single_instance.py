@@ -109,6 +109,20 @@ def start_daemon(ws: Workspace, pidfile: Path, *args: str) -> subprocess.Complet
                   str(ws.root / "daemon.log"), *args, timeout=30)
 
 
+def asking_task(ws: Workspace) -> Path:
+    """A task that saves `runner status --json` as its runner runs; returns where."""
+    out = ws.root / "asked-status.json"
+    ws.task("10-ask.sh", f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
+    return out
+
+
+def run_on_tmpfs_state(ws: Workspace, size: str, then: str) -> subprocess.CompletedProcess:
+    """`runner -n 1` with state_dir on a tmpfs of `size` that shell `then` prepares."""
+    ws.state.mkdir()
+    return run_in_mount_namespace(
+        ws, f"mount -t tmpfs -o size={size} tmpfs '{ws.state}' && {then}", "-n", "1")
+
+
 def other_workspace(ws: Workspace) -> Workspace:
     """A second setup with a state_dir and runtime_dir of its own."""
     root = ws.root / "other"
@@ -227,8 +241,7 @@ def test_after_a_sigkill_the_lock_is_gone_though_the_task_lives_on(ws):
 
 
 def test_a_task_that_runs_runner_status_sees_its_runner_running(ws):
-    out = ws.root / "status.json"
-    ws.task("10-ask.sh", f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
+    out = asking_task(ws)
     proc = ws.start("-n", "1")
     with LogWatcher(proc) as watcher:
         assert watcher.finish() == 0, watcher.text()
@@ -308,13 +321,10 @@ def test_a_state_dir_that_cannot_be_created_is_one_warning_and_the_tasks_run(ws)
 
 
 def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
-    out = ws.root / "status.json"
-    ws.task("10-ask.sh", f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
-    ws.state.mkdir()
+    out = asking_task(ws)
     # A lock file left from before the remount: free, and not openable for writing.
-    proc = run_in_mount_namespace(
-        ws, f"mount -t tmpfs -o size=1m tmpfs '{ws.state}' && touch '{ws.state}/runner.lock'"
-        f" && mount -o remount,ro '{ws.state}'", "-n", "1")
+    proc = run_on_tmpfs_state(ws, "1m", f"touch '{ws.state}/runner.lock' && "
+                              f"mount -o remount,ro '{ws.state}'")
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "single-instance lock" in line]
     assert len(warnings) == 1, proc.stderr
@@ -324,12 +334,9 @@ def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
 
 
 def test_a_full_state_dir_keeps_the_lock_without_a_pid_and_runs(ws):
-    out = ws.root / "status.json"
-    ws.task("10-ask.sh", f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
-    ws.state.mkdir()
-    proc = run_in_mount_namespace(
-        ws, f"mount -t tmpfs -o size=64k tmpfs '{ws.state}' && "
-        f"(dd if=/dev/zero of='{ws.state}/filler' bs=4k 2>/dev/null; true)", "-n", "1")
+    out = asking_task(ws)
+    proc = run_on_tmpfs_state(ws, "64k", f"(dd if=/dev/zero of='{ws.state}/filler' bs=4k "
+                              "2>/dev/null; true)")
     assert proc.returncode == 0, proc.stderr
     [warning] = [line for line in proc.stderr.splitlines() if "runner.lock" in line]
     assert "cannot write runner's pid" in warning and "No space left" in warning, warning
