@@ -16,6 +16,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import (
     LogWatcher,
     Workspace,
@@ -348,21 +349,33 @@ def test_a_full_state_dir_keeps_the_lock_without_a_pid_and_runs(ws):
 # -- stale pidfiles -------------------------------------------------------------------
 
 
-def test_a_pidfile_naming_a_process_that_is_not_runner_is_replaced_with_one_warning(ws):
+# An unprivileged process behind the pidfile's pid: a plain one, and one that calls
+# itself runner (argv[0]) to look like the pidfile's writer.
+SQUATTERS = {
+    "sleep": (["sleep", "60"], "sleep", "it is not a runner"),
+    "disguised": (["/usr/bin/python3", "-c", "import os; os.execv('/bin/sleep', "
+                   "['runner', '60'])"], "runner", f"it runs as uid {NOBODY}, the pidfile "
+                  "belongs to uid 0"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SQUATTERS))
+def test_a_pidfile_naming_a_process_that_is_not_runner_is_replaced_with_one_warning(ws, kind):
+    argv, argv0, reason = SQUATTERS[kind]
     marker, _ = marked_task(ws)
     pidfile = ws.root / "runner.pid"
     squatter = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                                 "--clear-groups", "sleep", "60"])
+                                 "--clear-groups", *argv])
     daemon = None
     try:
-        wait_for(lambda: cmdline(squatter.pid)[0] == "sleep", 5, "setpriv to exec sleep")
+        wait_for(lambda: cmdline(squatter.pid)[0] == argv0, 5, "setpriv to exec sleep")
         squatter_start = process_start(squatter.pid)
         pidfile.write_text(f"{squatter.pid}\n")
         proc = start_daemon(ws, pidfile)
         assert proc.returncode == 0, proc.stderr
         [warning] = [line for line in proc.stderr.splitlines() if "WARNING" in line]
         assert f"pid {squatter.pid}" in warning and "'sleep'" in warning, warning
-        assert f"uid {NOBODY}" in warning and "not a runner" in warning, warning
+        assert f"uid {NOBODY}" in warning and reason in warning, warning
         wait_for(lambda: read_pid(pidfile) not in (None, squatter.pid), 10, "the new pidfile")
         daemon = read_pid(pidfile)
         assert alive(daemon) and "runner" in " ".join(cmdline(daemon))
