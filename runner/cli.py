@@ -240,11 +240,12 @@ def _get(args: argparse.Namespace) -> int:
     return getconf.answer(sections, opts, prog="runner")
 
 
-def fail(message: str) -> int:
-    """Report bad input as one line (with a journal priority under systemd); exit 78."""
+def fail(message: str, status: int = ExitStatus.CONFIG) -> int:
+    """Report bad input as one line (with a journal priority under systemd); exit 78
+    (or `status`)."""
     prefix = "<3>" if logs.stderr_is_journal() else ""
     print(f"{prefix}runner: {getconf.one_line(message)}", file=sys.stderr)
-    return ExitStatus.CONFIG
+    return status
 
 
 def entry() -> None:

@@ -1,7 +1,8 @@
-"""Files other programs read while runner writes them."""
+"""Files and directories runner makes for other programs (and users) to read."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
@@ -37,17 +38,28 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, *, durable: bool = T
         raise
 
 
-def make_dir(path: str, mode: int) -> None:
-    """Create `path` and its missing parents with exactly `mode`, whatever the umask (under
-    `umask 000` a plain makedirs would make them writable by everyone). An existing
-    directory is left as it is: strict_permissions judges it."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent) and parent != path:
-        make_dir(parent, mode)
+def make_dir(path: str, mode: int) -> bool:
+    """Create directory `path` (and missing parents) with exactly `mode`, whatever the umask.
+
+    True when this call created it. A directory that already exists is left as it is: its
+    mode is the administrator's choice. The mode is set through a descriptor opened with
+    O_NOFOLLOW, so a symlink swapped in after mkdir cannot redirect the chmod.
+    """
     try:
         os.mkdir(path, mode)
     except FileExistsError:
         if not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+        return False
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent == os.path.abspath(path):
             raise
-        return
-    os.chmod(path, mode)
+        make_dir(parent, mode)
+        return make_dir(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode)  # mkdir's mode went through the umask
+    finally:
+        os.close(fd)
+    return True

@@ -131,7 +131,8 @@ def runner_8() -> str:
     for code, text in (
         ("0", "every iteration passed"), ("1", "a task failed on its last try"),
         ("2", "a task asked for a halt"), ("3", "a task asked runner to exit"),
-        ("70", "internal error"), ("75", "--daemon: another runner holds the pidfile"),
+        ("70", "internal error"), ("75", "another runner already runs on this state_dir (it holds "
+                     "state_dir/runner.lock), or with --daemon a live runner wrote the pidfile"),
         ("78", "configuration or command-line error"),
         ("130, 143", "stopped by SIGINT or SIGTERM"),
     ):
@@ -150,6 +151,8 @@ def runner_8() -> str:
         ".TP", "\\fI/etc/runner/runner.cfg\\fR", "configuration",
         ".TP", "\\fI/etc/runner/tasks.d/\\fR", "task directory",
         ".TP", "\\fI/var/lib/runner/\\fR", "state directory",
+        ".TP", "\\fI/var/lib/runner/runner.lock\\fR",
+        "held (flock) by the one runner of this state directory; names its pid",
         ".TP", "\\fI/var/lib/runner/journal.sqlite\\fR", "the local journal (SQLite, WAL mode)",
         ".TP", "\\fI/var/lib/runner/stamps/\\fR", "stamps of once/per\\-boot/per\\-instance tasks",
         ".TP", "\\fI/var/lib/runner/resume.json\\fR", "where a rebooting chain resumes",

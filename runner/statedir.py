@@ -11,30 +11,28 @@ is checked again when it is opened (runner.bootstate, runner.stamps).
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 
-from . import permissions
+from . import instance, permissions
 from .config import Config
 from .files import make_dir
 
-log = logging.getLogger("runner")
-
-DIR_MODE = 0o755  # `runner status` and `runner ctl` work for operators who are not root
-STATE_FILES = ("resume.json", "boot-tries.json", "journal.sqlite", "journal.sqlite-wal",
-               "journal.sqlite-shm", "stamps")
+DIR_MODE = instance.STATE_DIR_MODE  # `runner status` and `ctl` work for non-root operators
+STATE_FILES = ("runner.lock", "resume.json", "boot-tries.json", "journal.sqlite",
+               "journal.sqlite-wal", "journal.sqlite-shm", "stamps")
 
 
 def prepare(config: Config) -> None:
-    """Create state_dir and runtime_dir (a failure is a warning: runner runs on without
-    them, as before); with strict_permissions, raise UntrustedPath for the first of them
-    or of the state files that another user owns or can write."""
+    """Create state_dir and runtime_dir with fixed modes; with strict_permissions, raise
+    UntrustedPath for the first of them or of the state files that another user owns or
+    can write. Runs before runner takes its lock or opens anything in them. A directory
+    that cannot be made is reported where it is used (the lock, the journal, the control
+    socket), each with its own consequence."""
     runner = config.runner
     for key in ("state_dir", "runtime_dir"):
-        try:
+        with contextlib.suppress(OSError):
             make_dir(runner[key], DIR_MODE)
-        except OSError as exc:
-            log.warning("%s %s: cannot create it: %s", key, runner[key], exc.strerror or exc)
     if permissions.applies(runner["strict_permissions"]):
         permissions.check(trusted_paths(runner["state_dir"], runner["runtime_dir"]))
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
-from .. import history
+from .. import history, instance
 from ..config import Config, load
 from ..errors import ConfigError
 from ..history import Filters, JournalUnavailable, Reader
 from ..identity import still_running
 from ..journal import INTERRUPTED, RUNNING
-from ..livestatus import read_status
+from ..livestatus import read_status, status_path
 from ..supervisor import RunOptions
 from .check import print_table
 
@@ -166,9 +166,7 @@ def blame_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
 # -- status -------------------------------------------------------------------
 
 def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
-    live = read_status(config.runner["runtime_dir"])
-    alive = bool(live) and still_running(live.get("pid"), live.get("pid_start"),
-                                         live.get("boot_id"))
+    alive, pid, live = who_runs(config)
     host = socket.gethostname()
     tasks: list[dict[str, Any]] = []
     last_run, problem = None, None
@@ -183,7 +181,7 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
             runs = reader.runs(None)
             last_run = runs[0] if runs else None
             tasks = reader.latest_per_task(Filters())
-            live_run = live.get("run_id") if alive and live else None
+            live_run = _live_run(runs, pid, live) if alive else None
             # What the next start will record for runs whose runner is gone.
             for record in [last_run, *tasks]:
                 if record and record["result"] == RUNNING and record["run_id"] != live_run:
@@ -195,9 +193,10 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
     document = {
         "host": host,
         "running": alive,
-        "runner": live if alive else None,
-        "journal": (live or {}).get("journal") if alive else None,
-        "forward": (live or {}).get("forward") if alive else None,
+        "pid": pid,
+        "runner": live,
+        "journal": (live or {}).get("journal"),
+        "forward": (live or {}).get("forward"),
         "journal_problem": problem,
         "last_run": last_run,
         "tasks": tasks,
@@ -205,16 +204,49 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
     if opts.as_json:
         _dump(document, out)
     else:
-        _print_status(document, out)
+        _print_status(document, config, out)
     return 0 if (alive or last_run or tasks) else NOTHING
 
 
-def _print_status(doc: dict[str, Any], out: TextIO) -> None:
+def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
+    """Whether a runner runs on this state_dir, its pid, and its live status (None when
+    the status file is not that runner's).
+
+    The state_dir lock decides: the status file's pid alone cannot tell two runners
+    apart. It is trusted only when the lock cannot be asked (no lock file to read) or
+    when that runner says it runs without one (its state_dir was not writable).
+    """
+    live = read_status(config.runner["runtime_dir"])
+    live_alive = bool(live) and still_running(live.get("pid"), live.get("pid_start"),
+                                              live.get("boot_id"))
+    lock = instance.probe(config.runner["state_dir"])
+    if lock.held:
+        # No pid in the lock file (a full state_dir): a live status file is the holder's.
+        mine = live_alive and lock.pid in (None, live.get("pid"))
+        return True, lock.pid or (live.get("pid") if mine else None), live if mine else None
+    if live_alive and (lock.held is None or not live.get("lock")):
+        return True, live.get("pid"), live
+    return False, None, None
+
+
+def _live_run(runs: list[dict[str, Any]], pid: int | None,
+              live: dict[str, Any] | None) -> str | None:
+    """The run id of the runner that runs now: from its status file, else the journal."""
+    if live:
+        return live.get("run_id")
+    return next((r["run_id"] for r in runs if r["result"] == RUNNING and r.get("pid") == pid),
+                None)
+
+
+def _print_status(doc: dict[str, Any], config: Config, out: TextIO) -> None:
     live = doc["runner"]
     if live:
         print(f"runner on {doc['host']}: running since {_local(live['started_at'])} "
               f"(pid {live['pid']}, run {live['run_id']})", file=out)
         print(f"  now: {_now_line(live)}", file=out)
+    elif doc["running"]:
+        print(f"runner on {doc['host']}: running (pid {doc['pid'] or 'unknown'}); its live "
+              f"status is not in {status_path(config.runner['runtime_dir'])}", file=out)
     elif doc["last_run"]:
         run = doc["last_run"]
         ended = f" at {_local(run['ended_at'])}" if run.get("ended_at") else ""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 
-from .. import logs, statedir
+from .. import instance, logs, statedir
+from ..cli import fail
 from ..config import Config, load
 from ..events import Listener
 from ..identity import RunIdentity
@@ -30,37 +30,56 @@ class DaemonOptions:
 
 def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int:
     config = load(options.config_path, options.overrides)
-    if daemon_options is None:
-        return supervise(options, config)
+    if daemon_options is not None:
+        discover(config, task_dir_of(options, config))  # report a bad plan before detaching
+    statedir.prepare(config)  # before anything opens a file in state_dir or runtime_dir
+    # One runner per state_dir, for runner's whole life; taken before detaching, so a
+    # refusal reaches the terminal.
+    try:
+        lock = instance.acquire(config.runner["state_dir"])
+    except instance.AlreadyRunning as exc:
+        return fail(str(exc), instance.EX_TEMPFAIL)
+    try:
+        if daemon_options is None:
+            return supervise(options, config, lock)
+        return _daemon(options, config, daemon_options, lock)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _daemon(options: RunOptions, config: Config, daemon_options: DaemonOptions,
+            lock: instance.InstanceLock | None) -> int:
     from .. import daemonize
 
-    discover(config, task_dir_of(options, config))  # report a bad plan before detaching
     try:
-        context = daemonize.context(daemon_options.pidfile)
+        context = daemonize.context(daemon_options.pidfile, lock)
     except daemonize.AlreadyRunning as exc:
-        print(f"runner: {exc}", file=sys.stderr)
-        return daemonize.EX_TEMPFAIL
+        return fail(str(exc), daemonize.EX_TEMPFAIL)
     try:
         with context:
+            if lock is not None:
+                lock.write_pid()  # the daemon's pid, not the foreground one's
             logs.setup_daemon(daemon_options.level, daemon_options.log_file)
-            return supervise(options, config)
+            return supervise(options, config, lock)
     except daemonize.LOCK_ERRORS:  # lost a race for the pidfile after detaching
         log.error("%s: another runner took the pidfile first", daemon_options.pidfile)
         return daemonize.EX_TEMPFAIL
 
 
-def supervise(options: RunOptions, config: Config) -> int:
+def supervise(options: RunOptions, config: Config,
+              lock: instance.InstanceLock | None = None) -> int:
     from ..reaper import enable_subreaper
 
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
     # runner, not PID 1, so a timeout or a stop can find and kill them.
     enable_subreaper()
-    statedir.prepare(config)  # before anything reads state_dir or writes runtime_dir
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
     identity = RunIdentity.current()
-    listeners = (*recorders(options, config, identity), notifier)
+    lock_file = lock.path if lock is not None else None
+    listeners = (*recorders(options, config, identity, lock_file), notifier)
     signals.install()
     try:
         status = Supervisor(options, config, signals, listeners=listeners,
@@ -72,8 +91,12 @@ def supervise(options: RunOptions, config: Config) -> int:
     return int(status)
 
 
-def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> list[Listener]:
+def recorders(options: RunOptions, config: Config, identity: RunIdentity,
+              lock_file: str | None = None) -> list[Listener]:
     """The listeners that remember a run: journal, fleet forwarder, live status, metrics.
+
+    The live status names the lock file runner holds (None: running without one), so
+    `runner status` knows whether to ask the lock or trust the status file's pid.
 
     Their locations are read once; a SIGHUP that changes them takes effect at restart.
     """
@@ -105,7 +128,8 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> lis
             "forward": forwarder.health.snapshot() if forwarder else None,
         }
 
-    live = LiveStatus(runner["runtime_dir"], identity, run_info=run_info, health=health)
+    live = LiveStatus(runner["runtime_dir"], identity, run_info={**run_info, "lock": lock_file},
+                      health=health)
     listeners.append(live)
     if forwarder is not None:
         forwarder.on_change = live.refresh
