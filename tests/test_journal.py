@@ -215,8 +215,10 @@ def test_a_live_runner_is_not_marked_interrupted_by_a_second_one(ws):
     try:
         wait_for(lambda: running(ws), what="first running")
         (ws.root / "empty").mkdir()
+        # One runner per state_dir: the second is refused before it opens the journal.
         other = ws.run("-n", "1", "-D", f"runner.task_dir={ws.root / 'empty'}", tasks=False)
-        assert other.returncode == 0, other.stderr
+        assert other.returncode == 75, other.stderr
+        assert f"running with pid {first.pid}" in other.stderr
         assert "marked INTERRUPTED" not in other.stderr
         assert [r["result"] for r in rows(ws, "SELECT result FROM runs WHERE pid = ?",
                                           (first.pid,))] == ["RUNNING"]
