@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as config_mod
+from . import logs
 from .bootstate import BootState, Resume
 from .config import Config, TaskSettings
 from .controls import Controls
@@ -101,7 +102,8 @@ class Supervisor:
         self.extra_listeners = listeners
         self.env = TaskEnvironment(config, self.identity.run_id)
         self.masker = Masker.from_config(config)
-        self.dispatcher = Dispatcher(self._listeners())
+        logs.mask_logs(self.masker.text)
+        self.dispatcher = Dispatcher(self._listeners(), self.masker.text)
         self.rng = random.Random()
         self.failures: collections.deque[TaskRun] = collections.deque(maxlen=SUMMARY_LIMIT)
         self.failure_count = 0
@@ -127,8 +129,8 @@ class Supervisor:
                 cwd=self.config.runner["task_cwd"],
                 env_for=self.env.for_run,
                 signals=self.signals,
+                masker=self.masker,
                 run_id=self.identity.run_id,
-                mask=self.masker.text,
             ))
         return listeners
 
@@ -586,7 +588,8 @@ class Supervisor:
             cwd=self.config.runner["task_cwd"],
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
-            on_line=lambda line: log.info("[%s %s] %s", task.name, what, self.masker.text(line)),
+            on_line=lambda line: log.info("[%s %s] %s", task.name, what, line),
+            masker=self.masker,
             label=f"{task.name} {what}",
         )
 
@@ -603,7 +606,8 @@ class Supervisor:
             cwd=self.config.runner["task_cwd"],
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
-            on_line=lambda line: log.info("[%s] %s", task.name, self.masker.text(line)),
+            on_line=lambda line: log.info("[%s] %s", task.name, line),
+            masker=self.masker,
         )
         execution = Execution(process)
         if task.settings.check and process.exit_code == 0 and not process.stopped:
@@ -614,7 +618,7 @@ class Supervisor:
         """Turn what ran into the run's result, and make the one transition to it."""
         result = execution.process
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
-        run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
+        run.duration_s, run.output_tail = result.duration_s, result.output_tail
         state = classify(result, reboot=bool(self.config.runner["reboot_task"]))
         if state is TaskState.OK and execution.recheck is not None and execution.recheck.stopped:
             state = TaskState.STOPPED  # stopped during the recheck: a stop, not a failure
@@ -715,7 +719,7 @@ class Supervisor:
         execution = self._execute(dataclasses.replace(run), self.signals)
         result = execution.process
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
-        run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
+        run.duration_s, run.output_tail = result.duration_s, result.output_tail
         self.dispatcher.transition(run, classify(result))
         return run
 
@@ -791,9 +795,10 @@ class Supervisor:
             return False
         self.config = new
         self.masker = Masker.from_config(new)
+        logs.mask_logs(self.masker.text)
         self.plan = discover(new, task_dir_of(self.options, new))
         self.stamps = self._make_stamps()
-        self.dispatcher = Dispatcher(self._listeners())
+        self.dispatcher = Dispatcher(self._listeners(), self.masker.text)
         log.info("SIGHUP: configuration reloaded from %s", new.path or "(defaults)")
         return True
 

@@ -10,6 +10,7 @@ from .. import logs
 from ..config import Config, load
 from ..events import Listener
 from ..identity import RunIdentity
+from ..masking import Masker
 from ..notify import Heartbeat, Notifier
 from ..signals import SignalState
 from ..states import ExitStatus
@@ -55,6 +56,7 @@ def supervise(options: RunOptions, config: Config) -> int:
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
     # runner, not PID 1, so a timeout or a stop can find and kill them.
     enable_subreaper()
+    logs.mask_logs(Masker.from_config(config).text)  # from the first line on
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
@@ -81,6 +83,7 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> lis
     from ..livestatus import LiveStatus
 
     runner = config.runner
+    masker = Masker.from_config(config)
     run_info = {
         "version": __version__, "config": config.path, "task_dir": task_dir_of(options, config),
     }
@@ -94,7 +97,7 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> lis
     if runner["journal_url"]:
         from ..pgjournal import Forwarder
 
-        forwarder = Forwarder(runner["journal_url"], db_path)
+        forwarder = Forwarder(runner["journal_url"], db_path, masker)
         journal.on_write = forwarder.wake
         listeners.append(forwarder)
 
@@ -104,7 +107,8 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> lis
             "forward": forwarder.health.snapshot() if forwarder else None,
         }
 
-    live = LiveStatus(runner["runtime_dir"], identity, run_info=run_info, health=health)
+    live = LiveStatus(runner["runtime_dir"], identity, run_info=run_info, health=health,
+                      mask=masker.text)
     listeners.append(live)
     if forwarder is not None:
         forwarder.on_change = live.refresh
@@ -112,7 +116,8 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> lis
         from ..metrics import MetricsListener
 
         listeners.append(MetricsListener(runner["metrics_file"], identity,
-                                         seed=_metrics_seed(runner["state_dir"], identity)))
+                                         seed=_metrics_seed(runner["state_dir"], identity),
+                                         mask=masker.text))
     return listeners
 
 
