@@ -134,6 +134,21 @@ class Masker:
             return data
         return self._bytes.sub(MASK.encode(), data)
 
+    def data_before(self, data: bytes, limit: int) -> tuple[bytes, int]:
+        """Mask the matches that start before `limit`; the masked bytes of data[:end] and
+        `end`: `limit`, or the end of a match that runs past it (never cut inside one)."""
+        if self._bytes is None or not any(v in data for v in self.encoded):
+            return data[:limit], limit
+        out, pos = [], 0
+        for match in self._bytes.finditer(data):
+            if match.start() >= limit:
+                break
+            out += [data[pos:match.start()], MASK.encode()]
+            pos = match.end()
+        end = max(limit, pos)
+        out.append(data[pos:end])
+        return b"".join(out), end
+
     def stream(self) -> StreamMasker:
         return StreamMasker(self)
 
@@ -166,19 +181,9 @@ class StreamMasker:
         if final or data.endswith(b"\n") or not self.hold:
             self.carry = b""
             return self.masker.data(data)
-        keep_from = max(len(data) - self.hold, 0)
-        pattern = self.masker._bytes
-        out, pos = [], 0
-        if pattern is not None and any(v in data for v in self.masker.encoded):
-            for match in pattern.finditer(data):
-                if match.start() >= keep_from:
-                    break
-                out += [data[pos:match.start()], MASK.encode()]
-                pos = match.end()
-        keep_from = max(keep_from, pos)
-        out.append(data[pos:keep_from])
-        self.carry = data[keep_from:]
-        return b"".join(out)
+        masked, end = self.masker.data_before(data, max(len(data) - self.hold, 0))
+        self.carry = data[end:]
+        return masked
 
 
 def masked_json(value: Any, mask: Callable[[str], str]) -> Any:

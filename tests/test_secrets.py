@@ -311,3 +311,24 @@ def test_the_password_can_live_in_a_libpq_file_instead_of_runner_cfg(ws, scram_s
     assert PASSWORD not in ws.cfg.read_text()
     # The rows of both runs: the refused one was kept locally and sent with this one.
     assert remote_tasks(scram_server, scram_db) == ["10-ok.sh", "10-ok.sh"]
+
+
+# -- the stream masker on its own ----------------------------------------------------------
+
+def test_stream_masking_equals_masking_the_whole_wherever_the_stream_is_cut():
+    import random
+
+    from runner.masking import Masker
+
+    masker = Masker(["secretvalue", "cretv1", "abc1"])
+    rng = random.Random(12)
+    for _ in range(3000):
+        data = bytes(rng.choice(b"secrtvalub1x\n") for _ in range(rng.randint(0, 40)))
+        at = rng.randint(0, len(data))
+        data = data[:at] + b"secretvalue" + data[at:]
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(0, 4)))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        stream = masker.stream()
+        out = b"".join(stream.feed(p, final=i == len(pieces) - 1) for i, p in enumerate(pieces))
+        assert out == masker.data(data) and b"secretvalue" not in out, (data, cuts)
+        assert len(stream.carry) < masker.longest
