@@ -258,6 +258,9 @@ class MaskedWriter:
         self.out = out
         self.masker = masker
 
+    def mask(self, text: str) -> str:
+        return self.masker.text(text)
+
     def write(self, text: str) -> int:
         return self.out.write(self.masker.text(text))
 

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from ..config import Config, load
 from ..getconf import format_value
-from ..masking import listing_output
+from ..masking import MaskedWriter, listing_output
 from ..spec import load_spec
 from ..supervisor import RunOptions, task_dir_of
 from ..tasks import NOT_EXECUTABLE, Plan, Task, discover
@@ -98,7 +98,10 @@ def list_tasks(options: RunOptions, as_json: bool = False, out: TextIO = sys.std
         print(json.dumps(rows, indent=2), file=out)
         return 0
     columns = ["task", *SETTINGS, "interpreter", "depends_on"]
-    table = [[format_value(row[c]) if row[c] is not None else "-" for c in columns] for row in rows]
+    # Masked cell by cell before the widths are measured, so the columns stay aligned.
+    mask = out.mask if isinstance(out, MaskedWriter) else str
+    table = [[mask(format_value(row[c])) if row[c] is not None else "-" for c in columns]
+             for row in rows]
     print_table(columns, table, out)
     return 0
 
