@@ -94,6 +94,7 @@ class Supervisor:
         signals: SignalState,
         listeners: tuple[Listener, ...] = (),
         identity: RunIdentity | None = None,
+        masker: Masker | None = None,
     ) -> None:
         self.identity = identity or RunIdentity.current()
         self.options = options
@@ -101,7 +102,8 @@ class Supervisor:
         self.signals = signals
         self.extra_listeners = listeners
         self.env = TaskEnvironment(config, self.identity.run_id)
-        self.masker = Masker.from_config(config)
+        # The one masker of the run: the recorders (status, metrics, forwarder) hold it too.
+        self.masker = masker or Masker.from_config(config)
         logs.mask_logs(self.masker.text)
         self.dispatcher = Dispatcher(self._listeners(), self.masker.text)
         self.rng = random.Random()
@@ -794,8 +796,7 @@ class Supervisor:
                       "keeping the old configuration", exc.strerror or exc)
             return False
         self.config = new
-        self.masker = Masker.from_config(new)
-        logs.mask_logs(self.masker.text)
+        self.masker.replace(Masker.from_config(new).values)
         self.plan = discover(new, task_dir_of(self.options, new))
         self.stamps = self._make_stamps()
         self.dispatcher = Dispatcher(self._listeners(), self.masker.text)

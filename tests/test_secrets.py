@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RUNNER_CONFIG, Workspace, assert_one_line_error, skip_unless
+from conftest import (
+    ROOT,
+    RUNNER_CONFIG,
+    LogWatcher,
+    Workspace,
+    assert_one_line_error,
+    skip_unless,
+    wait_for_file,
+)
 from pgserver import PgServer, free_port
 
 MASK = "********"
@@ -238,6 +247,29 @@ def test_an_error_quoting_a_secret_is_masked_in_log_journal_and_metrics(ws):
     assert TOKEN not in text and f'task="10-{MASK}.sh"' in text
     status = (ws.root / "run" / "status.json").read_text()
     assert TOKEN not in status
+
+
+def test_a_secret_added_by_a_sighup_reload_is_masked_everywhere_from_then_on(ws):
+    ready, go, metrics = ws.root / "ready", ws.root / "go", ws.root / "metrics.prom"
+    ws.task("1-wait", f"""
+        touch '{ready}'
+        while [ ! -e '{go}' ]; do sleep 0.02; done
+    """)
+    ws.task(f"2-{TOKEN}.sh", 'echo "token is $($RUNNER_CONFIG_CMD -g api.token)"')
+    ws.config(metrics_file=str(metrics))
+    with LogWatcher(ws.start("-n", "1")) as runner:
+        wait_for_file(ready)
+        ws.config(f"[api]\ntoken = {TOKEN}\n", metrics_file=str(metrics))
+        runner.proc.send_signal(signal.SIGHUP)
+        go.touch()
+        assert runner.finish() == 0, runner.text()
+    log = runner.text()
+    assert "SIGHUP: configuration reloaded" in log
+    assert TOKEN not in log and f"token is {MASK}" in log
+    # The metrics file is written by a listener made before the reload.
+    text = metrics.read_text()
+    assert TOKEN not in text and f'task="2-{MASK}.sh"' in text
+    assert TOKEN not in (ws.root / "run" / "status.json").read_text()
 
 
 # -- the password need not be in runner.cfg at all: libpq's passfile and service file --------

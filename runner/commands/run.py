@@ -56,16 +56,17 @@ def supervise(options: RunOptions, config: Config) -> int:
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
     # runner, not PID 1, so a timeout or a stop can find and kill them.
     enable_subreaper()
-    logs.mask_logs(Masker.from_config(config).text)  # from the first line on
+    masker = Masker.from_config(config)
+    logs.mask_logs(masker.text)  # from the first line on
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
     identity = RunIdentity.current()
-    listeners = (*recorders(options, config, identity), notifier)
+    listeners = (*recorders(options, config, identity, masker), notifier)
     signals.install()
     try:
         status = Supervisor(options, config, signals, listeners=listeners,
-                            identity=identity).run()
+                            identity=identity, masker=masker).run()
     finally:
         signals.uninstall()
     if status is not ExitStatus.DONE:
@@ -73,7 +74,8 @@ def supervise(options: RunOptions, config: Config) -> int:
     return int(status)
 
 
-def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> list[Listener]:
+def recorders(options: RunOptions, config: Config, identity: RunIdentity,
+              masker: Masker) -> list[Listener]:
     """The listeners that remember a run: journal, fleet forwarder, live status, metrics.
 
     Their locations are read once; a SIGHUP that changes them takes effect at restart.
@@ -83,7 +85,6 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity) -> lis
     from ..livestatus import LiveStatus
 
     runner = config.runner
-    masker = Masker.from_config(config)
     run_info = {
         "version": __version__, "config": config.path, "task_dir": task_dir_of(options, config),
     }
