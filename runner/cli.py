@@ -31,6 +31,8 @@ COMMANDS = {
     "reset": "forget that once/per-boot/per-instance tasks succeeded (all, or TASK)",
 }
 JOURNAL_COMMANDS = ("status", "history", "log", "blame")
+# Commands that print what the configuration says: secret values in it are masked.
+LISTINGS = ("check", "list", "plan", "graph")
 # Options that take a value, so the first positional word can be found before parsing.
 _VALUE_OPTIONS = {
     "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
@@ -105,6 +107,10 @@ def build_parser(command: str) -> Parser:
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     if command in ("list", "plan", *JOURNAL_COMMANDS):
         parser.add_argument("--json", action="store_true", help=f"with {command}: print JSON")
+    if command in LISTINGS:
+        parser.add_argument("--show-secrets", action="store_true",
+                            help=f"with {command}: show secret values instead of ******** "
+                            "(root only)")
     if command == "run":
         parser.add_argument("--dry-run", action="store_true",
                             help="run only the checks and print what would run")
@@ -177,18 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.get is not None:  # `-g ''` is a bad key, not "no -g": never run the chain
             return _get(args)
-        if command == "check":
-            from .commands.check import check
-            return check(options)
-        if command == "list":
-            from .commands.check import list_tasks
-            return list_tasks(options, as_json=args.json)
-        if command == "plan":
-            from .commands.plan import plan
-            return plan(options, as_json=args.json)
-        if command == "graph":
-            from .commands.plan import graph
-            return graph(options, args.format)
+        if command in LISTINGS:
+            return _listing(command, options, args)
         if command in JOURNAL_COMMANDS:
             from .commands.report import report
             return report(command, options, _report_options(args))
@@ -216,6 +212,25 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("internal error: %s: %s (run with -v for the traceback)",
                      type(exc).__name__, exc)
         return EX_SOFTWARE
+
+
+def _listing(command: str, options: RunOptions, args: argparse.Namespace) -> int:
+    show = args.show_secrets
+    try:
+        getconf.check_show_secrets(show)
+    except getconf.InputError as exc:
+        return fail(str(exc))
+    if command == "check":
+        from .commands.check import check
+        return check(options, show_secrets=show)
+    if command == "list":
+        from .commands.check import list_tasks
+        return list_tasks(options, as_json=args.json, show_secrets=show)
+    if command == "plan":
+        from .commands.plan import plan
+        return plan(options, as_json=args.json, show_secrets=show)
+    from .commands.plan import graph
+    return graph(options, args.format, show_secrets=show)
 
 
 def _report_options(args: argparse.Namespace):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .states import Kind, TaskRun, TaskState, check_transition
 
@@ -35,12 +36,18 @@ class Listener:
 class Dispatcher:
     """Applies state changes and fans events out to listeners in order."""
 
-    def __init__(self, listeners: list[Listener]) -> None:
+    def __init__(self, listeners: list[Listener],
+                 mask: Callable[[str], str] = lambda text: text) -> None:
         self.listeners = listeners
+        self.mask = mask
 
     def transition(self, run: TaskRun, new: TaskState) -> None:
         check_transition(run.state, new)
         run.state = new
+        # An error can quote a command line or what a tool said; masked here, it is
+        # masked for the log and for every listener (journal, status, metrics, hooks).
+        if run.error:
+            run.error = self.mask(run.error)
         _log_transition(run)
         self._emit("task_changed", run)
 

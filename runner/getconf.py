@@ -13,7 +13,7 @@ import sys
 EX_OK, EX_MISSING, EX_CONFIG = 0, 1, 78
 USAGE = (
     "usage: runner-config [-c CONFIG] [-D section.key=value]... "
-    "(-g section.key [--default VALUE] | -l [SECTION]) [--json]"
+    "(-g section.key [--default VALUE] | -l [SECTION] [--show-secrets]) [--json]"
 )
 # The options as documented by --help and by runner-config(1).
 OPTIONS = (
@@ -23,6 +23,7 @@ OPTIONS = (
     ("--default VALUE", "with -g: print VALUE when the key is not set (exit 0)"),
     ("-l, --list [SECTION]", "print every `section.key = value`, or one section's"),
     ("--json", "print JSON instead of text"),
+    ("--show-secrets", "with -l: show secret values instead of ******** (root only)"),
 )
 HELP = (
     USAGE
@@ -73,7 +74,8 @@ _WITH_VALUE = {
 def parse_args(argv):
     """A small hand-written parser: argparse alone costs more than the whole lookup."""
     opts = {"config": None, "overrides": [], "get": None, "default": None,
-            "list": False, "section": None, "json": False, "snapshot": None}
+            "list": False, "section": None, "json": False, "snapshot": None,
+            "show_secrets": False}
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -98,13 +100,25 @@ def parse_args(argv):
                 opts["section"] = args.pop(0)
         elif arg == "--json":
             opts["json"] = True
+        elif arg == "--show-secrets":
+            opts["show_secrets"] = True
         elif arg in ("-h", "--help"):
             raise SystemExit(print(HELP) or EX_OK)
         else:
             raise InputError(f"unexpected argument {arg!r}")
     if bool(opts["get"]) == bool(opts["list"]):
         raise InputError("give exactly one of -g section.key or -l")
+    check_show_secrets(opts["show_secrets"])
     return opts
+
+
+def check_show_secrets(wanted):
+    """Only root may list secret values: the config file is root's (mode 0640), and a
+    task that switched to another user must not read them through runner-config."""
+    import os
+
+    if wanted and os.geteuid() != 0:
+        raise InputError("--show-secrets: only root may see secret values")
 
 
 def split_key(name):
@@ -130,12 +144,15 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config")
         value = values[key]
         print(json.dumps(value) if opts["json"] else format_value(value), file=out)
         return EX_OK
-    selected = sections
+    # Listings mask secret values (-g prints one: a task asked for it by name).
+    from runner.masking import display_sections
+
+    selected = display_sections(sections, opts.get("show_secrets", False))
     if opts["section"] is not None:
         if opts["section"] not in sections:
             print(one_line(f"{prog}: no section [{opts['section']}]"), file=err)
             return EX_MISSING
-        selected = {opts["section"]: sections[opts["section"]]}
+        selected = {opts["section"]: selected[opts["section"]]}
     if opts["json"]:
         data = selected[opts["section"]] if opts["section"] is not None else selected
         print(json.dumps(data, indent=2, sort_keys=True), file=out)

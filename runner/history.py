@@ -210,7 +210,8 @@ def open_local(state_dir: str) -> Reader:
 
 
 def open_postgres(url: str) -> Reader:
-    from .pgjournal import CONNECT_TIMEOUT_S, import_psycopg, mask_url
+    from .masking import Masker, mask_url
+    from .pgjournal import CONNECT_TIMEOUT_S, import_psycopg
 
     try:
         psycopg = import_psycopg()
@@ -225,7 +226,7 @@ def open_postgres(url: str) -> Reader:
             f"{mask_url(url)}: no runner journal in this database yet"
         ) from None
     except psycopg.Error as exc:
-        reason = " ".join(str(exc).split())
+        reason = Masker.for_url(url).text(" ".join(str(exc).split()))
         raise JournalUnavailable(f"{mask_url(url)}: {reason}") from None
     return Reader(conn, postgres=True, source=mask_url(url))
 

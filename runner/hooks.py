@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .events import Listener
+from .masking import Masker
 from .permissions import Trust
 from .process import Limits, run_process
 from .signals import SignalState
@@ -49,15 +50,15 @@ class HookListener(Listener):
         cwd: str,
         env_for: Any,
         signals: SignalState,
+        masker: Masker,
         run_id: str = "",
-        mask: Any = None,
         trust: Trust | None = None,
         on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.run_id = run_id
+        self.masker = masker
         self.trust = trust
         self.on_refused = on_refused
-        self.mask = mask or (lambda text: text)
         self.argv = argv
         self.limits = Limits(max_time=timeout, kill_grace=kill_grace, stop_after=2)
         self.cwd = cwd
@@ -68,14 +69,17 @@ class HookListener(Listener):
     def task_changed(self, run: TaskRun) -> None:
         if run.state is TaskState.PENDING:
             return
-        stats = json.dumps(hook_stats(run, self.hostname, self.run_id), sort_keys=False)
+        stats = {key: self.masker.text(value) if isinstance(value, str) else value
+                 for key, value in hook_stats(run, self.hostname, self.run_id).items()}
+        stats = json.dumps(stats, sort_keys=False)
         result = run_process(
             [*self.argv, stats],
             env=self.env_for(run),
             cwd=self.cwd,
             limits=self.limits,
             signals=self.signals,
-            on_line=lambda line: log.info("[hook %s] %s", run.task.name, self.mask(line)),
+            on_line=lambda line: log.info("[hook %s] %s", run.task.name, line),
+            masker=self.masker,
             label=f"task_hook for {run.task.name}",
             trust=self.trust,
         )

@@ -19,6 +19,7 @@ from typing import Any
 from .events import Listener
 from .files import make_dir, write_atomic
 from .identity import RunIdentity, iso, utc_now
+from .masking import masked_json
 from .states import TaskRun, TaskState
 
 log = logging.getLogger("runner.status")
@@ -56,7 +57,9 @@ class LiveStatus(Listener):
         *,
         run_info: dict[str, Any],
         health: Callable[[], dict[str, Any]],
+        mask: Callable[[str], str] = lambda text: text,
     ) -> None:
+        self.mask = mask
         self.path = status_path(runtime_dir)
         self.runtime_dir = runtime_dir
         self.health = health
@@ -155,7 +158,10 @@ class LiveStatus(Listener):
 
     def _write_locked(self) -> None:
         self.dirty_since = None  # whatever was deferred goes with this write
-        document = {**self.state, **self.health(), "updated_at": iso(utc_now())}
+        # The file is world-readable (runner status needs no root): every text in it is
+        # masked, whatever it quotes (the forwarder's error, a task's name).
+        document = masked_json({**self.state, **self.health(), "updated_at": iso(utc_now())},
+                               self.mask)
         # Not durable: it describes this boot only, and lives on tmpfs under systemd.
         # Compact: with an indent json falls back to its pure-Python encoder.
         data = json.dumps(document).encode() + b"\n"

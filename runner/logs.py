@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import Callable
 
 # sd-daemon(3) / syslog priorities of Python's levels.
 PRIORITIES = {
@@ -40,6 +41,34 @@ def stderr_is_journal(environ: dict[str, str] | os._Environ = os.environ) -> boo
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
+class _SecretFilter(logging.Filter):
+    """Masks every record before any handler writes it: whatever a message quotes (an
+    error from psycopg, a command line), no secret value reaches a log."""
+
+    mask: Callable[[str], str] | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.mask is not None:
+            text = record.getMessage()
+            masked = self.mask(text)
+            if masked is not text:  # Masker.text returns its argument when nothing matched
+                record.msg, record.args = masked, None
+        return True
+
+
+_SECRETS = _SecretFilter()
+
+
+def mask_logs(mask: Callable[[str], str]) -> None:
+    """Mask every later log line with `mask` (runner.masking.Masker.text)."""
+    _SECRETS.mask = mask
+
+
+def _add(logger: logging.Logger, handler: logging.Handler) -> None:
+    handler.addFilter(_SECRETS)
+    logger.addHandler(handler)
+
+
 def _runner_logger(level: int) -> logging.Logger:
     """The `runner` logger at `level`, with no handlers yet."""
     logger = logging.getLogger("runner")
@@ -66,7 +95,7 @@ def setup(level: int, use_syslog: bool = False) -> logging.Logger:
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    logger.addHandler(handler)
+    _add(logger, handler)
     if use_syslog:
         _add_syslog(logger)
     return logger
@@ -80,7 +109,7 @@ def setup_daemon(level: int, log_file: str | None) -> logging.Logger:
     if log_file:
         handler = logging.handlers.WatchedFileHandler(log_file)
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-        logger.addHandler(handler)
+        _add(logger, handler)
     else:
         _add_syslog(logger)
     return logger
@@ -103,4 +132,4 @@ def _add_syslog(logger: logging.Logger) -> None:
         logger.warning("--syslog: cannot connect to %s; logging to stderr only", address)
         return
     handler.setFormatter(logging.Formatter("runner[%(process)d]: %(message)s"))
-    logger.addHandler(handler)
+    _add(logger, handler)

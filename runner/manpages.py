@@ -143,6 +143,12 @@ def runner_8() -> str:
             "kill_grace) and exit 143 or 130; a second signal kills at once. SIGHUP reloads "
             "the configuration before the next task; an invalid one is reported and the old "
             "one kept."),
+        ".SH SECRETS",
+        esc("Values of keys matching secret_keys and the passwords of journal_url (as "
+            "written and percent-decoded, in the userinfo or a password= parameter) are "
+            "replaced by ******** in the log, the journal, status.json, the metrics file, "
+            "the hook's JSON and the output of check, list, plan and graph; --show-secrets "
+            "(root only) shows them there. Tasks still get the values themselves."),
         ".SH ENVIRONMENT",
         esc("Tasks and hooks get [env] of runner.cfg and RUNNER_CONFIG_CMD, RUNNER_TASK, "
             "RUNNER_TRY, RUNNER_ITERATION, RUNNER_STATE_DIR, RUNNER_RUN_ID. NOTIFY_SOCKET, "
@@ -174,12 +180,16 @@ def runner_config_1() -> str:
         "[\\fB\\-\\-default\\fR \\fIVALUE\\fR] [\\fB\\-\\-json\\fR]",
         ".br",
         "\\fBrunner\\-config\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] \\fB\\-l\\fR [\\fISECTION\\fR] "
-        "[\\fB\\-\\-json\\fR]",
+        "[\\fB\\-\\-json\\fR] [\\fB\\-\\-show\\-secrets\\fR]",
         ".SH DESCRIPTION",
         esc("Prints values of runner's effective configuration: the file, its include_dir "
             "fragments, -D overrides and the defaults of [runner]. Inside a task, "
             "$RUNNER_CONFIG_CMD -g section.key answers from a snapshot of the configuration "
             "runner is using, including its -D overrides and reloads."),
+        esc("Listings (-l, also with --json) print ******** for the value of every key "
+            "that matches secret_keys, for the passwords in journal_url and for a secret "
+            "value quoted inside any other value; -g prints the value itself, to the task "
+            "that asks for it by name. --show-secrets lists them in clear, for root only."),
         ".SH OPTIONS",
     ]
     for flags, text in OPTIONS:
@@ -188,7 +198,8 @@ def runner_config_1() -> str:
         ".SH EXIT STATUS",
         ".TP", "\\fB0\\fR", "the value was printed",
         ".TP", "\\fB1\\fR", esc("the key or section is not set (a message goes to stderr)"),
-        ".TP", "\\fB78\\fR", esc("bad configuration or command line"),
+        ".TP", "\\fB78\\fR", esc("bad configuration or command line, or --show-secrets "
+                                "by a user other than root"),
         ".SH SEE ALSO", "\\fBrunner\\fR(8), \\fBrunner.cfg\\fR(5)",
     ]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -127,9 +127,11 @@ class MetricsListener(Listener):
     """Keeps the metrics file up to date with runner's events."""
 
     def __init__(
-        self, path: str, identity: RunIdentity, *, seed: dict[str, dict] | None = None
+        self, path: str, identity: RunIdentity, *, seed: dict[str, dict] | None = None,
+        mask: Callable[[str], str] = lambda text: text,
     ) -> None:
         self.path = path
+        self.mask = mask  # task names are the only free text in the file
         self.identity = identity
         self.start_time = time.time()
         self.up = True
@@ -190,7 +192,7 @@ class MetricsListener(Listener):
         for name, stats in sorted(self.tasks.items()):
             if name not in self.rendered:
                 self.rendered[name] = task_samples = Exposition()
-                _add_task(task_samples, labels(task=_label_text(name)), stats)
+                _add_task(task_samples, labels(task=self.mask(_label_text(name))), stats)
             out.extend(self.rendered[name])
         return out.text()
 

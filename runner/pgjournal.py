@@ -14,11 +14,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from . import journal
 from .events import Listener
 from .identity import iso, utc_now
+from .masking import Masker, mask_url
 
 log = logging.getLogger("runner.journal")
 
@@ -77,21 +77,6 @@ MIGRATIONS = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced, fit for logs and `runner status`."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        netloc = f"{parts.username or ''}:***@{host}"
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "(unparsable journal_url)"
 
 
 def import_psycopg() -> Any:
@@ -210,9 +195,12 @@ class ForwardHealth:
 class Forwarder(Listener):
     """Forwards the local journal to PostgreSQL from a thread of its own."""
 
-    def __init__(self, url: str, db_path: str) -> None:
+    def __init__(self, url: str, db_path: str, masker: Masker | None = None) -> None:
         self.on_change: Callable[[], None] | None = None  # health changed (from the thread)
         self.url = url
+        # What psycopg says can quote the URL: every error is masked before status.json
+        # or a log line gets it.
+        self.masker = masker or Masker.for_url(url)
         self.db_path = db_path
         self.health = ForwardHealth(mask_url(url))
         self.wakeup = threading.Event()
@@ -261,7 +249,7 @@ class Forwarder(Listener):
                 delay = IDLE_S
             except Exception as exc:  # any failure only delays forwarding
                 self._close_remote()
-                self._failed(_reason(exc), local)
+                self._failed(self.masker.text(_reason(exc)), local)
                 delay = min(max(delay * 2, 1.0), MAX_BACKOFF_S)
             if last:
                 break

@@ -2,11 +2,14 @@
 
 The wait is a select() on a pidfd (the child exited), the signal self-pipe (runner
 was asked to stop) and the nearest deadline (max_time, then kill_grace). Output is
-read by a thread that hands whole lines to a callback as they arrive.
+read by a thread that hands whole lines to a callback as they arrive, with every
+secret value masked first (runner.masking.StreamMasker): before the output is cut into
+logged pieces or kept as the tail, so no cut can split a secret and let it through.
 
 Memory: whatever a task writes, runner holds per running task one piece of a line
-(LINE_LIMIT bytes, and its text, at most 4 times as long when every byte is escaped)
-and the tail kept for the journal (TAIL_BYTES plus at most one piece). A piece is logged
+(LINE_LIMIT bytes, and its text, at most 4 times as long when every byte is escaped),
+the bytes held back by masking (fewer than the longest secret value) and the tail kept
+for the journal (TAIL_BYTES plus at most one piece). A piece is logged
 and dropped before the next one is read; a task writing faster than runner logs waits
 on the full pipe. Measured: 1 GiB of output, or one line of 100 MiB, raise runner's peak
 RSS by less than 1 MiB (tests/faults/test_process_faults.py).
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import permissions, reaper
+from .masking import Masker
 from .signals import SignalState, SignalView
 
 LINE_LIMIT = 64 * 1024  # longer lines are passed on in pieces of this size
@@ -80,10 +84,14 @@ def run_process(
     limits: Limits,
     signals: SignalState | SignalView,
     on_line: OnLine,
+    masker: Masker,
     label: str | None = None,
     trust: permissions.Trust | None = None,
 ) -> ProcessResult:
     """Run argv in a new session with stdin from /dev/null and wait for it.
+
+    Its output reaches `on_line` and the result's output_tail masked by `masker`
+    (required: every process runner starts can print a secret it was given).
 
     `label` names the run in warnings about processes it left behind (default: the
     task named by RUNNER_TASK in env, else the program's file name). With `trust`
@@ -111,7 +119,7 @@ def run_process(
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         return ProcessResult(error=_start_error(exc, argv, cwd), duration_s=0.0)
-    reader = _OutputReader(proc.stdout, on_line)
+    reader = _OutputReader(proc.stdout, on_line, masker)
     reader.start()
     label = label or env.get("RUNNER_TASK") or os.path.basename(argv[0])
     try:
@@ -289,12 +297,13 @@ def group_has_live_members(pgid: int) -> bool:
 
 
 class _OutputReader(threading.Thread):
-    """Reads a task's output and passes it on line by line; keeps the last bytes."""
+    """Reads a task's output, masks it and passes it on line by line; keeps the last bytes."""
 
-    def __init__(self, stream, on_line: OnLine) -> None:
+    def __init__(self, stream, on_line: OnLine, masker: Masker) -> None:
         super().__init__(daemon=True, name="output")
         self.stream = stream
         self.on_line = on_line
+        self.masked = masker.stream()
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
         self._lock = threading.Lock()
@@ -303,10 +312,19 @@ class _OutputReader(threading.Thread):
         try:
             with self.stream:
                 while chunk := self.stream.readline(LINE_LIMIT):
-                    self._keep(chunk)
-                    self.on_line(decode_line(chunk))
+                    # readline() returns a piece shorter than the limit without a newline
+                    # only at the end of the output: nothing can follow it to complete a
+                    # secret, so none of it is held back.
+                    end = len(chunk) < LINE_LIMIT and not chunk.endswith(b"\n")
+                    self._pass_on(self.masked.feed(chunk, final=end))
+                self._pass_on(self.masked.feed(b"", final=True))
         except (OSError, ValueError):
             pass
+
+    def _pass_on(self, piece: bytes) -> None:
+        if piece:  # empty when all of it is held back, or nothing was left at the end
+            self._keep(piece)
+            self.on_line(decode_line(piece))
 
     def _keep(self, chunk: bytes) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as config_mod
-from . import permissions
+from . import logs, permissions
 from .bootstate import BootState, Resume
 from .config import Config, TaskSettings
 from .controls import Controls
@@ -104,6 +104,7 @@ class Supervisor:
         signals: SignalState,
         listeners: tuple[Listener, ...] = (),
         identity: RunIdentity | None = None,
+        masker: Masker | None = None,
     ) -> None:
         self.identity = identity or RunIdentity.current()
         self.options = options
@@ -111,8 +112,10 @@ class Supervisor:
         self.signals = signals
         self.extra_listeners = listeners
         self.env = TaskEnvironment(config, self.identity.run_id)
-        self.masker = Masker.from_config(config)
-        self.dispatcher = Dispatcher(self._listeners())
+        # The one masker of the run: the recorders (status, metrics, forwarder) hold it too.
+        self.masker = masker or Masker.from_config(config)
+        logs.mask_logs(self.masker.text)
+        self.dispatcher = Dispatcher(self._listeners(), self.masker.text)
         self.rng = random.Random()
         self.failures: collections.deque[TaskRun] = collections.deque(maxlen=SUMMARY_LIMIT)
         self.failure_count = 0
@@ -141,8 +144,8 @@ class Supervisor:
                 cwd=self.config.runner["task_cwd"],
                 env_for=self.env.for_run,
                 signals=self.signals,
+                masker=self.masker,
                 run_id=self.identity.run_id,
-                mask=self.masker.text,
                 trust=self._trust(HOOK_TRUST),
                 on_refused=self._refuse,
             ))
@@ -632,7 +635,8 @@ class Supervisor:
             cwd=self.config.runner["task_cwd"],
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
-            on_line=lambda line: log.info("[%s %s] %s", task.name, what, self.masker.text(line)),
+            on_line=lambda line: log.info("[%s %s] %s", task.name, what, line),
+            masker=self.masker,
             label=f"{task.name} {what}",
             trust=self._trust(check_trust(task)),
         )
@@ -650,7 +654,8 @@ class Supervisor:
             cwd=self.config.runner["task_cwd"],
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
-            on_line=lambda line: log.info("[%s] %s", task.name, self.masker.text(line)),
+            on_line=lambda line: log.info("[%s] %s", task.name, line),
+            masker=self.masker,
             trust=self._trust(trust_of(task)),
         )
         execution = Execution(process)
@@ -665,7 +670,7 @@ class Supervisor:
             if refused is not None and refused.refused:
                 self._refuse(refused.error or "refused")
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
-        run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
+        run.duration_s, run.output_tail = result.duration_s, result.output_tail
         state = classify(result, reboot=bool(self.config.runner["reboot_task"]))
         if state is TaskState.OK and execution.recheck is not None and execution.recheck.stopped:
             state = TaskState.STOPPED  # stopped during the recheck: a stop, not a failure
@@ -768,7 +773,7 @@ class Supervisor:
         if result.refused:
             self._refuse(result.error or "refused")
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
-        run.duration_s, run.output_tail = result.duration_s, self.masker.data(result.output_tail)
+        run.duration_s, run.output_tail = result.duration_s, result.output_tail
         self.dispatcher.transition(run, classify(result))
         return run
 
@@ -843,10 +848,10 @@ class Supervisor:
                       "keeping the old configuration", exc.strerror or exc)
             return False
         self.config = new
-        self.masker = Masker.from_config(new)
+        self.masker.replace(Masker.from_config(new).values)
         self.plan = discover(new, task_dir_of(self.options, new))
         self.stamps = self._make_stamps()
-        self.dispatcher = Dispatcher(self._listeners())
+        self.dispatcher = Dispatcher(self._listeners(), self.masker.text)
         log.info("SIGHUP: configuration reloaded from %s", new.path or "(defaults)")
         return True
 

@@ -72,6 +72,15 @@ def test_files_are_where_they_belong(deb):
     assert files["/etc/runner/tasks.d/halt.sh"].startswith("-rwxr-xr-x")
 
 
+def test_the_config_file_is_readable_by_root_only(deb):
+    # runner.cfg is where journal_url and its password go (README: Safe defaults).
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    [line] = [entry for entry in listing if entry.endswith(" ./etc/runner/runner.cfg")]
+    mode, owner = line.split()[:2]
+    assert (mode, owner) == ("-rw-r-----", "root/root"), line
+
+
 def test_conffiles_dependencies_and_unit_enabling(deb, tmp_path):
     subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp_path / "ctl")], check=True)
     conffiles = (tmp_path / "ctl/conffiles").read_text().split()

@@ -62,6 +62,14 @@ def test_files_are_where_they_belong(package):
     assert not [f for f in files if f.startswith("/usr/local") or "direct_url" in f], files
 
 
+def test_the_config_file_is_readable_by_root_only(package):
+    # runner.cfg is where journal_url and its password go (README: Safe defaults).
+    listing = rpm_q(package, "-lv").splitlines()
+    [line] = [entry for entry in listing if entry.endswith(" /etc/runner/runner.cfg")]
+    mode, _links, owner, group = line.split()[:4]
+    assert (mode, owner, group) == ("-rw-r-----", "root", "root"), line
+
+
 def test_config_files_requires_and_scriptlets(package):
     assert sorted(rpm_q(package, "--configfiles").split()) == [
         "/etc/logrotate.d/runner", "/etc/runner/runner.cfg", "/etc/runner/tasks.d/halt.sh"]

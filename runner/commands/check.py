@@ -11,6 +11,7 @@ from typing import TextIO
 from .. import permissions, statedir
 from ..config import Config, load
 from ..getconf import format_value
+from ..masking import MaskedWriter, listing_output
 from ..spec import load_spec
 from ..supervisor import RunOptions, task_dir_of
 from ..tasks import NOT_EXECUTABLE, Plan, Task, discover
@@ -23,12 +24,13 @@ def _plan(options: RunOptions) -> tuple[Config, Plan]:
     return config, discover(config, task_dir_of(options, config))
 
 
-def check(options: RunOptions, out: TextIO = sys.stdout) -> int:
+def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = False) -> int:
     """Print the plan and every warning; exit 0 (ConfigError means 78, raised to the caller)."""
     config, plan = _plan(options)
     if permissions.applies(config.runner["strict_permissions"]):  # what `run` would refuse
         runner = config.runner
         permissions.check(statedir.trusted_paths(runner["state_dir"], runner["runtime_dir"]))
+    out = listing_output(out, config, show_secrets)
     print(f"config:    {', '.join(config.files) or '(none, defaults apply)'}", file=out)
     print(f"task dir:  {plan.task_dir}", file=out)
     halt = plan.halt.path if plan.halt else "MISSING"
@@ -42,8 +44,9 @@ def check(options: RunOptions, out: TextIO = sys.stdout) -> int:
         for name, reason in plan.skipped:
             print(f"  {name}: {reason}", file=out)
     warnings = list(_warnings(config, plan))
+    err = listing_output(sys.stderr, config, show_secrets)
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {warning}", file=err)
     print(f"OK ({len(warnings)} warning(s))", file=out)
     return 0
 
@@ -89,15 +92,20 @@ def _executable(command: str) -> bool:
     return shutil.which(command) is not None
 
 
-def list_tasks(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout) -> int:
-    """The tasks in run order with their effective settings."""
-    _config, plan = _plan(options)
+def list_tasks(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout,
+               show_secrets: bool = False) -> int:
+    """The tasks in run order with their effective settings (secret values masked)."""
+    config, plan = _plan(options)
+    out = listing_output(out, config, show_secrets)
     rows = [_row(task) for task in plan.tasks]
     if as_json:
         print(json.dumps(rows, indent=2), file=out)
         return 0
     columns = ["task", *SETTINGS, "interpreter", "depends_on"]
-    table = [[format_value(row[c]) if row[c] is not None else "-" for c in columns] for row in rows]
+    # Masked cell by cell before the widths are measured, so the columns stay aligned.
+    mask = out.mask if isinstance(out, MaskedWriter) else str
+    table = [[mask(format_value(row[c])) if row[c] is not None else "-" for c in columns]
+             for row in rows]
     print_table(columns, table, out)
     return 0
 

@@ -11,6 +11,7 @@ from typing import TextIO
 from .. import stamps as stamps_mod
 from ..config import load
 from ..identity import boot_id
+from ..masking import MaskedWriter, Masker
 from ..permissions import UntrustedPath
 from ..process import Limits, run_process
 from ..signals import SignalState
@@ -31,21 +32,24 @@ def dry_run(options: RunOptions, out: TextIO = sys.stdout) -> int:
         instance_id=functools.partial(stamps_mod.instance_id, config),
     )
     env = TaskEnvironment(config)
+    masker = Masker.from_config(config)
     signals = SignalState()
     signals.install()
     try:
-        rows = [_decide(task, stamps, env, config.runner["task_cwd"], signals)
+        rows = [_decide(task, stamps, env, config.runner["task_cwd"], signals, masker)
                 for task in plan.tasks]
     finally:
         signals.uninstall()
         env.close()
+    out = MaskedWriter(out, masker)  # a check's error can quote its command line
     print_table(["TASK", "WOULD", "WHY"], rows, out)
     would_run = sum(row[1] == "run" for row in rows)
     print(f"{would_run} of {len(rows)} task(s) would run", file=out)
     return 0
 
 
-def _decide(task: Task, stamps, env: TaskEnvironment, cwd: str, signals: SignalState) -> list:
+def _decide(task: Task, stamps, env: TaskEnvironment, cwd: str, signals: SignalState,
+            masker: Masker) -> list:
     if task.settings.frequency != "always":
         reason = stamps.skip_reason(task)
         if reason:
@@ -60,6 +64,7 @@ def _decide(task: Task, stamps, env: TaskEnvironment, cwd: str, signals: SignalS
         limits=Limits(task.settings.max_time, task.settings.kill_grace),
         signals=signals,
         on_line=lambda line: log.info("[%s check] %s", task.name, line),
+        masker=masker,
         trust=check_trust(task) if stamps.strict else None,
     )
     if result.refused:

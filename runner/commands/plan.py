@@ -12,6 +12,7 @@ from typing import TextIO
 from .. import identity
 from ..config import Config, load
 from ..graph import dependencies, markers, to_dot, waves
+from ..masking import Masker, listing_output
 from ..supervisor import RunOptions, task_dir_of
 from ..tasks import Plan, Task, byte_order, discover
 
@@ -50,9 +51,12 @@ def skip_reasons(config: Config, plan: Plan) -> dict[str, str]:
     return reasons
 
 
-def plan(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout) -> int:
-    """Print the execution plan: waves (or the sequence), skips, the halt and reboot tasks."""
+def plan(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout,
+         show_secrets: bool = False) -> int:
+    """Print the execution plan: waves (or the sequence), skips, the halt and reboot tasks.
+    Secret values (in a check command line, say) are masked unless `show_secrets`."""
     config, the_plan, needs = _load(options)
+    out = listing_output(out, config, show_secrets)
     max_parallel = config.runner["max_parallel"]
     reasons = skip_reasons(config, the_plan)
     scheduled = waves(the_plan.tasks, max_parallel, needs)
@@ -117,12 +121,15 @@ def _record(task: Task, needs: dict[str, set[str]], reasons: dict[str, str]) -> 
     }
 
 
-def graph(options: RunOptions, fmt: str = "dot", out: TextIO = sys.stdout) -> int:
+def graph(options: RunOptions, fmt: str = "dot", out: TextIO = sys.stdout,
+          show_secrets: bool = False) -> int:
     """Print the dependency graph as Graphviz DOT, or as SVG rendered by `dot -Tsvg`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown graph format {fmt!r}")
     config, the_plan, needs = _load(options)
     text = to_dot(the_plan, skip_reasons(config, the_plan), config.runner["max_parallel"], needs)
+    if not show_secrets:
+        text = Masker.from_config(config).text(text)
     data = text.encode("utf-8")
     if fmt == "svg":
         dot = shutil.which("dot")

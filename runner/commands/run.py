@@ -10,6 +10,7 @@ from ..cli import fail
 from ..config import Config, load
 from ..events import Listener
 from ..identity import RunIdentity
+from ..masking import Masker
 from ..notify import Heartbeat, Notifier
 from ..signals import SignalState
 from ..states import ExitStatus
@@ -74,16 +75,18 @@ def supervise(options: RunOptions, config: Config,
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
     # runner, not PID 1, so a timeout or a stop can find and kill them.
     enable_subreaper()
+    masker = Masker.from_config(config)
+    logs.mask_logs(masker.text)  # from the first line on
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
     notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
     identity = RunIdentity.current()
     lock_file = lock.path if lock is not None else None
-    listeners = (*recorders(options, config, identity, lock_file), notifier)
+    listeners = (*recorders(options, config, identity, masker, lock_file), notifier)
     signals.install()
     try:
         status = Supervisor(options, config, signals, listeners=listeners,
-                            identity=identity).run()
+                            identity=identity, masker=masker).run()
     finally:
         signals.uninstall()
     if status is not ExitStatus.DONE:
@@ -92,7 +95,7 @@ def supervise(options: RunOptions, config: Config,
 
 
 def recorders(options: RunOptions, config: Config, identity: RunIdentity,
-              lock_file: str | None = None) -> list[Listener]:
+              masker: Masker, lock_file: str | None = None) -> list[Listener]:
     """The listeners that remember a run: journal, fleet forwarder, live status, metrics.
 
     The live status names the lock file runner holds (None: running without one), so
@@ -118,7 +121,7 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
     if runner["journal_url"]:
         from ..pgjournal import Forwarder
 
-        forwarder = Forwarder(runner["journal_url"], db_path)
+        forwarder = Forwarder(runner["journal_url"], db_path, masker)
         journal.on_write = forwarder.wake
         listeners.append(forwarder)
 
@@ -129,7 +132,7 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
         }
 
     live = LiveStatus(runner["runtime_dir"], identity, run_info={**run_info, "lock": lock_file},
-                      health=health)
+                      health=health, mask=masker.text)
     listeners.append(live)
     if forwarder is not None:
         forwarder.on_change = live.refresh
@@ -137,7 +140,8 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
         from ..metrics import MetricsListener
 
         listeners.append(MetricsListener(runner["metrics_file"], identity,
-                                         seed=_metrics_seed(runner["state_dir"], identity)))
+                                         seed=_metrics_seed(runner["state_dir"], identity),
+                                         mask=masker.text))
     return listeners
 
 
