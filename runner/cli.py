@@ -99,6 +99,9 @@ def build_parser(command: str) -> Parser:
     parser.add_argument("--syslog", action="store_true", help="also log to syslog")
     parser.add_argument("-g", "--get", metavar="SECTION.KEY",
                         help="print one config value and exit (as runner-config -g)")
+    parser.add_argument("--strict", action="store_true",
+                        help="with -g: exit 1 when the key is not set "
+                        "(default: print nothing, warn and exit 0)")
     parser.add_argument("--daemon", action="store_true",
                         help="detach from the terminal (hosts without systemd)")
     parser.add_argument("--pidfile", default=DEFAULT_PIDFILE,
@@ -246,7 +249,8 @@ def _report_options(args: argparse.Namespace):
 def _get(args: argparse.Namespace) -> int:
     from .config import load
 
-    opts = {"get": args.get, "default": None, "json": False, "section": None}
+    opts = {"get": args.get, "default": None, "json": False, "section": None,
+            "strict": args.strict}
     try:
         getconf.split_key(args.get)
     except getconf.InputError as exc:

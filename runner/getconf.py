@@ -5,22 +5,33 @@ Tasks call `$RUNNER_CONFIG_CMD -g section.key` many times. That command is
 without importing anything and hands every other call to this module; so this module
 imports nothing but `json` and `sys` at the top. Only without a snapshot
 (`-c CONFIG`) is runner's config loader imported.
+
+The snapshot is two files: FILE, world-readable, with every private value (see
+runner.masking.private_keys) masked, for tasks that switched to another user; and
+FILE.private (runner.lookup.private_path), root's only, with everything. A lookup reads
+the private one when it can.
 """
 
 import json
 import sys
 
+from runner.lookup import private_path
+
 EX_OK, EX_MISSING, EX_CONFIG = 0, 1, 78
+STRICT_KEY = "config_get_strict"  # the [runner] key that makes --strict the default
 USAGE = (
     "usage: runner-config [-c CONFIG] [-D section.key=value]... "
-    "(-g section.key [--default VALUE] | -l [SECTION] [--show-secrets]) [--json]"
+    "(-g section.key [--default VALUE] [--strict] | -l [SECTION] [--show-secrets]) [--json]"
 )
 # The options as documented by --help and by runner-config(1).
 OPTIONS = (
     ("-c, --config CONFIG", "config file (default /etc/runner/runner.cfg)"),
     ("-D section.key=value", "override a value, validated like the file"),
-    ("-g, --get section.key", "print one value; exit 1 if it is not set"),
-    ("--default VALUE", "with -g: print VALUE when the key is not set (exit 0)"),
+    ("-g, --get section.key", "print one value; a key or section that is not set prints "
+     "nothing and a warning on stderr, and exits 0 (as the original runner did)"),
+    ("--default VALUE", "with -g: print VALUE when the key is not set (exit 0, no warning)"),
+    ("--strict", f"with -g: exit 1 when the key is not set (the default when [runner] "
+     f"{STRICT_KEY} = true)"),
     ("-l, --list [SECTION]", "print every `section.key = value`, or one section's"),
     ("--json", "print JSON instead of text"),
     ("--show-secrets", "with -l: show secret values instead of ******** (root only)"),
@@ -75,7 +86,7 @@ def parse_args(argv):
     """A small hand-written parser: argparse alone costs more than the whole lookup."""
     opts = {"config": None, "overrides": [], "get": None, "default": None,
             "list": False, "section": None, "json": False, "snapshot": None,
-            "show_secrets": False}
+            "show_secrets": False, "strict": False}
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -102,6 +113,8 @@ def parse_args(argv):
             opts["json"] = True
         elif arg == "--show-secrets":
             opts["show_secrets"] = True
+        elif arg == "--strict":
+            opts["strict"] = True
         elif arg in ("-h", "--help"):
             raise SystemExit(print(HELP) or EX_OK)
         else:
@@ -128,18 +141,18 @@ def split_key(name):
     return section, key
 
 
-def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config"):
-    """Print what opts ask for from {section: {key: value}}; return the exit status."""
+def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config",
+           hidden=frozenset()):
+    """Print what opts ask for from {section: {key: value}}; return the exit status.
+    `hidden`: (section, key) pairs whose values this user may not read (masked in
+    `sections`)."""
     if opts["get"]:
         section, key = split_key(opts["get"])
         values = sections.get(section)
         if values is None or key not in values:
-            if opts["default"] is not None:
-                print(opts["default"], file=out)
-                return EX_OK
-            where = (f"no section [{section}]" if values is None
-                     else f"no key {key!r} in [{section}]")
-            print(one_line(f"{prog}: {opts['get']}: {where}"), file=err)
+            return _missing(sections, opts, out, err, prog)
+        if (section, key) in hidden:
+            print(one_line(secret_refusal(prog, opts["get"])), file=err)
             return EX_MISSING
         value = values[key]
         print(json.dumps(value) if opts["json"] else format_value(value), file=out)
@@ -163,7 +176,47 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config")
     return EX_OK
 
 
-def snapshot_text(snapshot):
+def _missing(sections, opts, out, err, prog):
+    """A key or section that is not set: --default's value; else, as the original runner,
+    nothing and exit 0 (tasks under `set -e` read optional keys), with a warning that
+    lands in the task's log; exit 1 in strict mode."""
+    if opts["default"] is not None:
+        print(opts["default"], file=out)
+        return EX_OK
+    section, key = split_key(opts["get"])
+    where = (f"no section [{section}]" if section not in sections
+             else f"no key {key!r} in [{section}]")
+    if opts.get("strict") or sections.get("runner", {}).get(STRICT_KEY) is True:
+        print(one_line(f"{prog}: {opts['get']}: {where}"), file=err)
+        return EX_MISSING
+    print(one_line(f"{prog}: warning: {opts['get']}: {where}; printed nothing (--default "
+                   f"VALUE prints a value; --strict or [runner] {STRICT_KEY} = true "
+                   "make this an error)"), file=err)
+    return EX_OK
+
+
+def secret_refusal(prog, name):
+    """Why a user other than root does not get a secret value, and what to do instead."""
+    import os
+
+    return (f"{prog}: {name}: the value is secret (it matches [runner] secret_keys or holds "
+            f"a password) and only root may read it, not uid {os.geteuid()}; to give it to "
+            "this task, read it before dropping privileges, pass it in the environment "
+            "(an [env] key is exported to every task), or take the key out of secret_keys "
+            "if it is not secret")
+
+
+def snapshot_texts(snapshot):
+    """(public, private): the texts of the world-readable snapshot file and of the
+    root-only one (see snapshot_text)."""
+    from runner.masking import public_snapshot
+
+    public = public_snapshot(snapshot)
+    hidden = {tuple(pair) for pair in public["private"]}
+    return snapshot_text(public, exclude=hidden), snapshot_text(snapshot)
+
+
+def snapshot_text(snapshot, exclude=frozenset()):
     """The snapshot file lookup.py reads: the JSON of `snapshot` on the first line, then
     `section.key`, NUL, formatted value, NUL for every value that can go there. A NUL
     or an unencodable character leaves a value to the JSON, and so does a section name
@@ -171,6 +224,8 @@ def snapshot_text(snapshot):
     fields = []
     for section, values in snapshot["sections"].items():
         for key, value in values.items():
+            if (section, key) in exclude:
+                continue  # a masked value: the fast path must not print "********"
             pair = f"{section}.{key}\0{format_value(value)}\0"
             if "." in section or pair.count("\0") != 2:
                 continue
@@ -182,16 +237,27 @@ def snapshot_text(snapshot):
     return json.dumps(snapshot) + "\n" + "".join(fields)
 
 
+def _read_snapshot(path):
+    """The private snapshot when this user may read it (root), else the public one."""
+    try:
+        handle = open(private_path(path), encoding="utf-8")
+    except OSError:  # not root, or a copy of the public file alone
+        handle = open(path, encoding="utf-8")
+    with handle:
+        data = json.loads(handle.readline())
+    return data["sections"], {tuple(pair) for pair in data.get("private", ())}
+
+
 def _load_sections(opts):
+    """({section: {key: value}}, the (section, key) pairs withheld from this user)."""
     if opts["snapshot"]:
-        with open(opts["snapshot"], encoding="utf-8") as handle:
-            return json.loads(handle.readline())["sections"]
+        return _read_snapshot(opts["snapshot"])
     # Only operators' calls (no snapshot) pay for importing configobj.
     from runner.config import load
     from runner.errors import ConfigError
 
     try:
-        return load(opts["config"], opts["overrides"]).snapshot()["sections"]
+        return load(opts["config"], opts["overrides"]).snapshot()["sections"], set()
     except ConfigError as exc:
         raise InputError(str(exc)) from None
 
@@ -201,7 +267,7 @@ def main(argv=None):
         opts = parse_args(sys.argv[1:] if argv is None else argv)
         if opts["get"]:
             split_key(opts["get"])
-        sections = _load_sections(opts)
+        sections, hidden = _load_sections(opts)
     except InputError as exc:
         print(one_line(f"runner-config: {exc}"), file=sys.stderr)
         return EX_CONFIG
@@ -212,7 +278,7 @@ def main(argv=None):
         print(one_line(f"runner-config: {opts['snapshot']}: unreadable snapshot: {exc}"),
               file=sys.stderr)
         return EX_CONFIG
-    return answer(sections, opts)
+    return answer(sections, opts, hidden=hidden)
 
 
 def entry():

@@ -16,7 +16,9 @@ Channels and where they are masked:
   events.Dispatcher;
 - status.json and `runner status`: mask_url and Masker.text on the forwarder's health;
 - listings (`runner-config -l/--json`, `runner list/plan/check/graph`): display_sections
-  and MaskedWriter, unless root asks for --show-secrets.
+  and MaskedWriter, unless root asks for --show-secrets;
+- the world-readable config snapshot that RUNNER_CONFIG_CMD reads for a task that
+  switched to another user: public_snapshot (private keys go to a root-only file).
 
 This module imports only the standard library: runner-config loads it for -l.
 """
@@ -262,6 +264,25 @@ def display_sections(sections: Mapping[str, Mapping[str, Any]],
                   for key, value in keys.items()}
         for section, keys in sections.items()
     }
+
+
+def private_keys(sections: Mapping[str, Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """(section, key) of every value a user other than root may not read: the values that
+    a listing would not show as they are (a secret key's, journal_url with a password, a
+    value quoting a secret), so what is secret is decided in one place."""
+    shown = display_sections(sections)
+    return {(section, key) for section, keys in sections.items()
+            for key, value in keys.items() if shown[section][key] != value}
+
+
+def public_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """A config snapshot fit for a world-readable file: private values masked as listings
+    show them, and their names under "private", so that a lookup can tell "secret" from
+    "missing"."""
+    sections = snapshot["sections"]
+    hidden = private_keys(sections)
+    return {**snapshot, "sections": display_sections(sections),
+            "private": sorted([section, key] for section, key in hidden)}
 
 
 def _display(section: str, key: str, value: Any, patterns: list[str], masker: Masker) -> Any:

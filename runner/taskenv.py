@@ -1,12 +1,21 @@
 """The environment every task and hook gets (SPEC §3): runner's own environment, [env],
 and the RUNNER_* variables, including a RUNNER_CONFIG_CMD that answers from a snapshot
-of the effective configuration."""
+of the effective configuration.
+
+The snapshot must be readable by a task that switched to another user (`sudo -u builder`)
+and must not give that user a secret. So: a directory that only runner can write (mode
+0711: others may enter it, not list it or put anything in it), a world-readable snapshot
+with the private values masked (runner.masking.public_snapshot) and a root-only one
+beside it (runner.lookup.private_path), each created under a temporary name with
+O_EXCL | O_NOFOLLOW relative to the directory's descriptor and renamed over the old one.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +25,54 @@ from .config import Config
 from .states import TaskRun
 
 log = logging.getLogger("runner")
+DIRECTORY_MODE = 0o711  # tasks run as another user must reach the public file
+PUBLIC_MODE, PRIVATE_MODE = 0o644, 0o600
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _safe_parent(parent: str | None) -> bool:
+    """A parent another user could rename our directory in (writable by them, no sticky
+    bit) would let them swap in a snapshot of their own: use the next candidate."""
+    if parent is None:
+        return True  # the system's temporary directory: sticky, or private to us
+    info = os.stat(parent)
+    writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return info.st_uid in (0, os.geteuid()) and (
+        not writable_by_others or bool(info.st_mode & stat.S_ISVTX))
+
+
+def _open_directory(path: Path) -> int:
+    """mkdtemp's directory (0700) opened and made 0711; refuse anything that is not the
+    directory we made (the descriptor is what later writes go through)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        os.close(fd)
+        raise OSError(f"{path}: not owned by uid {os.geteuid()}")
+    os.fchmod(fd, DIRECTORY_MODE)
+    return fd
+
+
+def _write_atomically(dir_fd: int, name: str, text: str, mode: int) -> None:
+    """`name` in the directory replaced by a file holding `text`, mode `mode` from its
+    creation on (O_CREAT's mode, then fchmod only to undo the umask: never wider)."""
+    temporary = name + ".tmp"
+    try:
+        os.unlink(temporary, dir_fd=dir_fd)  # left by a crash mid-write
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(temporary, _CREATE, mode, dir_fd=dir_fd)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(text)
+        os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(temporary, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
 
 
 class TaskEnvironment:
@@ -26,9 +83,13 @@ class TaskEnvironment:
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         # The runtime directory first (tmpfs, private to the service); when it is full or
         # unwritable, the system's temporary directory rather than no snapshot at all.
+        self.dir_fd = -1
         for parent in dict.fromkeys([runtime, None]):
             try:
+                if not _safe_parent(parent):
+                    raise OSError(f"{parent} is writable by other users")
                 self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
+                self.dir_fd = _open_directory(self.directory)
                 self.snapshot = self.directory / "config.snapshot"
                 self.config_cmd = self._config_command()
                 self.update(config)
@@ -38,7 +99,7 @@ class TaskEnvironment:
                     raise
                 log.warning("%s: cannot write the configuration snapshot there (%s); "
                             "using %s", parent, exc.strerror or exc, tempfile.gettempdir())
-                shutil.rmtree(getattr(self, "directory", ""), ignore_errors=True)
+                self._discard()
 
     def _config_command(self) -> str:
         # -I -S: no site-packages, no user paths, so the lookup costs little more than
@@ -51,16 +112,13 @@ class TaskEnvironment:
         return " ".join(parts)
 
     def update(self, config: Config) -> None:
-        """Write the snapshot, then switch to `config`; on OSError nothing changes."""
-        temporary = self.snapshot.with_suffix(".tmp")
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(getconf.snapshot_text(config.snapshot()))
-            os.replace(temporary, self.snapshot)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        """Write the snapshot files, then switch to `config`; on OSError the config stays
+        (the private file may already be new: it is only read by root, who may see it)."""
+        public, private = getconf.snapshot_texts(config.snapshot())
+        name = self.snapshot.name
+        # Private first: a root lookup between the two writes sees the new values.
+        _write_atomically(self.dir_fd, lookup.private_path(name), private, PRIVATE_MODE)
+        _write_atomically(self.dir_fd, name, public, PUBLIC_MODE)
         self.config = config
         # Built once per config: copying os.environ decodes every variable again.
         self.base = {**os.environ, **config.env}
@@ -77,5 +135,11 @@ class TaskEnvironment:
         })
         return env
 
+    def _discard(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+        shutil.rmtree(getattr(self, "directory", ""), ignore_errors=True)
+
     def close(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self._discard()

@@ -43,25 +43,40 @@ def test_get_prints_one_value_and_exits_0(ws):
 def test_get_keeps_key_case_and_commas(ws):
     ws.config(HG)
     assert runner_config("-c", str(ws.cfg), "-g", "hg.Mixed_Case").stdout == "kept\n"
-    assert runner_config("-c", str(ws.cfg), "-g", "hg.mixed_case").returncode == 1
+    assert runner_config("-c", str(ws.cfg), "-g", "hg.mixed_case", "--strict").returncode == 1
     assert runner_config("-c", str(ws.cfg), "-g", "env.NO_PROXY").stdout == (
         "localhost,127.0.0.1\n"
     )
 
 
-def test_get_missing_key_is_a_clear_message_and_exit_1(ws):
+MISSING_HINT = ("; printed nothing (--default VALUE prints a value; --strict or [runner] "
+                "config_get_strict = true make this an error)")
+
+
+def test_get_missing_key_prints_nothing_warns_and_exits_0(ws):
     ws.config(HG)
     proc = runner_config("-c", str(ws.cfg), "-g", "hg.nokey")
-    assert proc.returncode == 1
-    assert proc.stdout == ""
-    assert proc.stderr.strip() == "runner-config: hg.nokey: no key 'nokey' in [hg]"
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == (
+        f"runner-config: warning: hg.nokey: no key 'nokey' in [hg]{MISSING_HINT}\n")
 
 
-def test_get_missing_section_is_a_clear_message_and_exit_1(ws):
+def test_get_missing_section_prints_nothing_warns_and_exits_0(ws):
     ws.config(HG)
     proc = runner_config("-c", str(ws.cfg), "-g", "nosection.key")
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert proc.stderr == (
+        f"runner-config: warning: nosection.key: no section [nosection]{MISSING_HINT}\n")
+
+
+@pytest.mark.parametrize("how", ["--strict", "-Drunner.config_get_strict=true", "cfg"])
+@pytest.mark.parametrize(("key", "where"), [("hg.nokey", "no key 'nokey' in [hg]"),
+                                            ("nosection.key", "no section [nosection]")])
+def test_strict_mode_makes_a_missing_key_exit_1(ws, how, key, where):
+    ws.config(HG, **({"config_get_strict": "true"} if how == "cfg" else {}))
+    proc = runner_config("-c", str(ws.cfg), *([how] if how != "cfg" else []), "-g", key)
     assert (proc.returncode, proc.stdout) == (1, "")
-    assert proc.stderr.strip() == "runner-config: nosection.key: no section [nosection]"
+    assert proc.stderr == f"runner-config: {key}: {where}\n"
 
 
 def test_default_is_printed_for_a_missing_key(ws):
@@ -102,7 +117,9 @@ def test_runner_values_are_printed_typed(ws):
 
 def test_unset_runner_key_without_default_counts_as_missing(ws):
     ws.config()
-    assert runner_config("-c", str(ws.cfg), "-g", "runner.task_hook").returncode == 1
+    proc = runner_config("-c", str(ws.cfg), "-g", "runner.task_hook")
+    assert (proc.returncode, proc.stdout) == (0, "")
+    assert "runner.task_hook: no key 'task_hook' in [runner]" in proc.stderr
     proc = runner_config("-c", str(ws.cfg), "-g", "runner.task_hook", "--default", "none")
     assert (proc.returncode, proc.stdout) == (0, "none\n")
 
@@ -231,16 +248,18 @@ def test_missing_config_file_exits_78(ws):
 
 # -- legacy runner -g ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("strict", [[], ["--strict"]])
 @pytest.mark.parametrize("key", ["hg.remote", "env.NO_PROXY", "runner.max_tries",
                                  "runner.backoff", "hg.nokey", "nosection.key"])
-def test_runner_get_answers_like_runner_config(ws, key):
+def test_runner_get_answers_like_runner_config(ws, key, strict):
     ws.config(HG)
-    legacy = ws.run("-g", key, tasks=False)
-    modern = runner_config("-c", str(ws.cfg), "-g", key)
+    legacy = ws.run("-g", key, *strict, tasks=False)
+    modern = runner_config("-c", str(ws.cfg), "-g", key, *strict)
     assert (legacy.returncode, legacy.stdout) == (modern.returncode, modern.stdout)
-    assert legacy.returncode in (0, 1)
-    if legacy.returncode:
-        assert legacy.stderr.startswith(f"runner: {key}: "), legacy.stderr
+    assert legacy.stderr.removeprefix("runner") == modern.stderr.removeprefix("runner-config")
+    missing = "nokey" in key or "nosection" in key
+    assert legacy.returncode == (1 if missing and strict else 0)
+    assert (legacy.stderr != "") == missing, legacy.stderr
 
 
 def test_runner_get_applies_define(ws):
@@ -259,6 +278,7 @@ def test_runner_config_cmd_in_a_task_returns_effective_values_with_defines(ws):
         echo "proxy=$($RUNNER_CONFIG_CMD -g env.NO_PROXY)"
         echo "own=$($RUNNER_CONFIG_CMD -g ask.timeout_hint)"
         $RUNNER_CONFIG_CMD -g hg.nokey 2>/dev/null; echo "missing=$?"
+        $RUNNER_CONFIG_CMD -g hg.nokey --strict 2>/dev/null; echo "strict=$?"
         echo "fallback=$($RUNNER_CONFIG_CMD -g hg.nokey --default dflt)"
         $RUNNER_CONFIG_CMD -g nodot 2>/dev/null; echo "nodot=$?"
     """)
@@ -271,7 +291,8 @@ def test_runner_config_cmd_in_a_task_returns_effective_values_with_defines(ws):
         "tries=4",
         "proxy=localhost,127.0.0.1",
         "own=7",
-        "missing=1",
+        "missing=0",
+        "strict=1",
         "fallback=dflt",
         "nodot=78",
     ]
@@ -360,6 +381,7 @@ ODD = HG + """
     ["-g", "runner.sleep_time"], ["-g", "types.flag"], ["-g", "types.count"],
     ["-g", "types.ratio"], ["-g", "types.empty"], ["-g", "types.spaced"], ["-g", "types.utf"],
     ["-g", "with.dot.inner"], ["-g", "hg.nokey"], ["-g", "nosection.key"], ["-g", "nodot"],
+    ["-g", "hg.nokey", "--strict"], ["-g", "nosection.key", "--strict"],
     ["-g", "hg.nokey", "--default", "d"], ["-g", "types.count", "--json"],
     ["-l"], ["-l", "types"], ["-l", "--json"], ["-g"], ["--bogus"],
 ])
@@ -397,7 +419,7 @@ def test_a_value_the_flat_part_cannot_hold_is_answered_from_the_json(tmp_path):
 
     snapshot = {"config": "x", "sections": {
         "s": {"nul": "a\0b", "plain": "p", "bad": "\udcff"}, "d.e": {"f": "g"}}}
-    text = getconf.snapshot_text(snapshot)
+    text = getconf.snapshot_text(snapshot)  # what both files hold, the public one masked
     assert text.split("\n", 1)[1] == "s.plain\0p\0"
     path = tmp_path / "config.snapshot"
     path.write_text(text, encoding="utf-8")
