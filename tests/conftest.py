@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -155,6 +156,34 @@ def run_in_mount_namespace(ws: Workspace, before: str, *args: str,
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)
+
+
+# -- another user on the machine (nobody, through runuser) ---------------------------
+
+@pytest.fixture
+def open_ws() -> Iterator[Workspace]:
+    """A workspace nobody can read (pytest's tmp_path is under a 0700 directory)."""
+    skip_unless(os.geteuid() == 0, "runs runner as root and the attacker as nobody")
+    skip_unless(shutil.which("runuser") is not None, "needs runuser (util-linux)")
+    root = Path(tempfile.mkdtemp(prefix="runner-nobody-"))
+    try:
+        root.chmod(0o755)
+        yield Workspace(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True,
+                          text=True, timeout=60)
+
+
+def nobody_python() -> str:
+    """A python nobody may run (a venv's may live under root's 0700 home)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        if as_nobody(python, "-c", "pass").returncode == 0:
+            return python
+    pytest.skip("no python interpreter that nobody may run")
 
 
 # -- a real systemd in a container (see ../shared/notes/real-systemd.md) ---------

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,9 @@ from conftest import (
     RUNNER_CONFIG,
     LogWatcher,
     Workspace,
+    as_nobody,
     assert_one_line_error,
+    nobody_python,
     skip_unless,
     wait_for_file,
 )
@@ -132,24 +132,6 @@ def test_journal_url_passwords_are_masked_in_output_warnings_and_status(ws, form
 
 # -- an attacker on the machine ----------------------------------------------------------
 
-@pytest.fixture
-def open_ws() -> Iterator[Workspace]:
-    """A workspace nobody can read (pytest's tmp_path is under a 0700 directory)."""
-    skip_unless(os.geteuid() == 0, "runs runner as root and the attacker as nobody")
-    skip_unless(shutil.which("runuser") is not None, "needs runuser (util-linux)")
-    root = Path(tempfile.mkdtemp(prefix="runner-secrets-"))
-    try:
-        root.chmod(0o755)
-        yield Workspace(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def as_nobody(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True,
-                          text=True, timeout=60)
-
-
 def test_nobody_reading_status_json_finds_no_password(open_ws):
     url = f"postgresql://runner:{SECRET}@127.0.0.1:{free_port()}/x?password={TOKEN}"
     open_ws.task("10-ok.sh")
@@ -160,14 +142,6 @@ def test_nobody_reading_status_json_finds_no_password(open_ws):
     assert SECRET not in proc.stdout and TOKEN not in proc.stdout
     forward = json.loads(proc.stdout)["forward"]
     assert forward["url"].count(MASK) == 2 and forward["ok"] is False
-
-
-def nobody_python() -> str:
-    """A python nobody may run (a venv's may live under root's 0700 home)."""
-    for python in (sys.executable, "/usr/bin/python3"):
-        if as_nobody(python, "-c", "pass").returncode == 0:
-            return python
-    pytest.skip("no python interpreter that nobody may run")
 
 
 def test_nobody_cannot_list_secrets_with_show_secrets(open_ws):
