@@ -177,7 +177,7 @@ def runner_config_1() -> str:
         ".SH SYNOPSIS",
         "\\fBrunner\\-config\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] [\\fB\\-D\\fR "
         "\\fIsection.key=value\\fR]... \\fB\\-g\\fR \\fIsection.key\\fR "
-        "[\\fB\\-\\-default\\fR \\fIVALUE\\fR] [\\fB\\-\\-json\\fR]",
+        "[\\fB\\-\\-default\\fR \\fIVALUE\\fR] [\\fB\\-\\-strict\\fR] [\\fB\\-\\-json\\fR]",
         ".br",
         "\\fBrunner\\-config\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] \\fB\\-l\\fR [\\fISECTION\\fR] "
         "[\\fB\\-\\-json\\fR] [\\fB\\-\\-show\\-secrets\\fR]",
@@ -190,14 +190,27 @@ def runner_config_1() -> str:
             "that matches secret_keys, for the passwords in journal_url and for a secret "
             "value quoted inside any other value; -g prints the value itself, to the task "
             "that asks for it by name. --show-secrets lists them in clear, for root only."),
+        esc("A key or section that is not set prints nothing and exits 0, as the original "
+            "runner did (tasks under set -e read optional keys), with one warning line on "
+            "stderr naming the key; --strict, or [runner] config_get_strict = true for "
+            "every call, makes it exit 1. --default VALUE prints VALUE, with no warning."),
+        esc("A task that switched to another user (sudo -E -u builder, runuser, setpriv) "
+            "still reads $RUNNER_CONFIG_CMD: the snapshot is a world-readable file without "
+            "the secret values and a root-only file with them. Such a user gets the other "
+            "values, ******** for secret ones in listings, and for -g of a secret key one "
+            "line on stderr and exit 1: read it before dropping privileges, pass it in the "
+            "environment ([env]), or change secret_keys if it is not secret."),
         ".SH OPTIONS",
     ]
     for flags, text in OPTIONS:
         lines += [".TP", f"\\fB{esc(flags)}\\fR", esc(text)]
     lines += [
         ".SH EXIT STATUS",
-        ".TP", "\\fB0\\fR", "the value was printed",
-        ".TP", "\\fB1\\fR", esc("the key or section is not set (a message goes to stderr)"),
+        ".TP", "\\fB0\\fR", esc("the value was printed; or the key or section is not set "
+                                "and strict mode is off (nothing printed, a warning on "
+                                "stderr)"),
+        ".TP", "\\fB1\\fR", esc("the key or section is not set in strict mode, or the key "
+                                "is secret and the user is not root (one line on stderr)"),
         ".TP", "\\fB78\\fR", esc("bad configuration or command line, or --show-secrets "
                                 "by a user other than root"),
         ".SH SEE ALSO", "\\fBrunner\\fR(8), \\fBrunner.cfg\\fR(5)",
