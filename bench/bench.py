@@ -343,7 +343,11 @@ def capture_config_cmd(root: Path) -> tuple[list[str], Path]:
     taskdir.mkdir()
     write_task(taskdir / "capture", f"""#!/bin/sh
 set -eu
-cp "${{RUNNER_CONFIG_CMD##*--snapshot }}" "{out}/config.snapshot"
+snapshot="${{RUNNER_CONFIG_CMD##*--snapshot }}"
+cp "$snapshot" "{out}/config.snapshot"
+# The root-only half (secret values; section.key is one: it matches *KEY*), which a
+# lookup by root opens first.
+if [ -e "$snapshot.private" ]; then cp -p "$snapshot.private" "{out}/config.snapshot.private"; fi
 printf '%s\\n' "$RUNNER_CONFIG_CMD" > "{out}/cmd"
 """)
     _, code, text = run_timed(runner_cmd(config, taskdir), clean_env(), root / "capture.log")

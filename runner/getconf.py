@@ -152,7 +152,8 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config",
         if values is None or key not in values:
             return _missing(sections, opts, out, err, prog)
         if (section, key) in hidden:
-            print(one_line(secret_refusal(prog, opts["get"])), file=err)
+            print(one_line(secret_refusal(prog, opts["get"], opts.get("unreadable"))),
+                  file=err)
             return EX_MISSING
         value = values[key]
         print(json.dumps(value) if opts["json"] else format_value(value), file=out)
@@ -195,10 +196,14 @@ def _missing(sections, opts, out, err, prog):
     return EX_OK
 
 
-def secret_refusal(prog, name):
-    """Why a user other than root does not get a secret value, and what to do instead."""
+def secret_refusal(prog, name, unreadable=None):
+    """Why a user other than root does not get a secret value, and what to do instead.
+    `unreadable`: why the root-only snapshot could not be read."""
     import os
 
+    if os.geteuid() == 0:  # a copy of the public file alone, or a damaged directory
+        return (f"{prog}: {name}: the value is secret and is not in the public snapshot; "
+                f"{unreadable}")
     return (f"{prog}: {name}: the value is secret (it matches [runner] secret_keys or holds "
             f"a password) and only root may read it, not uid {os.geteuid()}; to give it to "
             "this task, read it before dropping privileges, pass it in the environment "
@@ -237,11 +242,12 @@ def snapshot_text(snapshot, exclude=frozenset()):
     return json.dumps(snapshot) + "\n" + "".join(fields)
 
 
-def _read_snapshot(path):
+def _read_snapshot(path, opts):
     """The private snapshot when this user may read it (root), else the public one."""
     try:
         handle = open(private_path(path), encoding="utf-8")
-    except OSError:  # not root, or a copy of the public file alone
+    except OSError as exc:  # not root, or a copy of the public file alone
+        opts["unreadable"] = f"{exc.filename}: {exc.strerror}"
         handle = open(path, encoding="utf-8")
     with handle:
         data = json.loads(handle.readline())
@@ -251,7 +257,7 @@ def _read_snapshot(path):
 def _load_sections(opts):
     """({section: {key: value}}, the (section, key) pairs withheld from this user)."""
     if opts["snapshot"]:
-        return _read_snapshot(opts["snapshot"])
+        return _read_snapshot(opts["snapshot"], opts)
     # Only operators' calls (no snapshot) pay for importing configobj.
     from runner.config import load
     from runner.errors import ConfigError
