@@ -414,6 +414,23 @@ def test_config_cmd_answers_a_plain_get_without_importing_anything(ws):
     assert {"json", "runner", "runner.getconf"} <= imported("-g", "hg.nokey")
 
 
+@pytest.mark.parametrize(("strict", "status"), [("true", 1), ("false", 0)])
+def test_strict_mode_is_read_from_the_snapshot_without_configobj(ws, strict, status):
+    """A missing key leaves the fast path, but config_get_strict comes from the snapshot:
+    the config loader (configobj) is never imported by a task's lookup."""
+    cmd = captured_config_cmd(ws, ODD, "-D", f"runner.config_get_strict={strict}")
+    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:], "-g", "hg.nokey"],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ["PATH"]})
+    assert (proc.returncode, proc.stdout) == (status, "")
+    modules = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line}
+    assert "runner.getconf" in modules
+    assert not {"configobj", "validate", "runner.config"} & modules, modules
+    [message] = [line for line in proc.stderr.splitlines() if "hg.nokey" in line]
+    assert ("warning" in message) == (status == 0), message
+
+
 def test_a_value_the_flat_part_cannot_hold_is_answered_from_the_json(tmp_path):
     from runner import getconf
 
