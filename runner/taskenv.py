@@ -30,11 +30,10 @@ PUBLIC_MODE, PRIVATE_MODE = 0o644, 0o600
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _safe_parent(parent: str | None) -> bool:
+def _safe_parent(parent: str) -> bool:
     """A parent another user could rename our directory in (writable by them, no sticky
-    bit) would let them swap in a snapshot of their own: use the next candidate."""
-    if parent is None:
-        return True  # the system's temporary directory: sticky, or private to us
+    bit) would let them swap in a snapshot of their own, and root's tasks would read
+    their values."""
     info = os.stat(parent)
     writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     return info.st_uid in (0, os.geteuid()) and (
@@ -80,26 +79,33 @@ class TaskEnvironment:
 
     def __init__(self, config: Config, run_id: str = "") -> None:
         self.run_id = run_id
-        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-        # The runtime directory first (tmpfs, private to the service); when it is full or
-        # unwritable, the system's temporary directory rather than no snapshot at all.
         self.dir_fd = -1
-        for parent in dict.fromkeys([runtime, None]):
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+        # The runtime directory first (tmpfs, private to the service); when it is full,
+        # unwritable or unsafe, the system's temporary directory rather than no snapshot
+        # at all, and /tmp (sticky) when $TMPDIR is unsafe too.
+        candidates = list(dict.fromkeys(
+            p for p in (runtime, tempfile.gettempdir(), "/tmp") if p))
+        for index, parent in enumerate(candidates):
             try:
-                if not _safe_parent(parent):
-                    raise OSError(f"{parent} is writable by other users")
-                self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
-                self.dir_fd = _open_directory(self.directory)
-                self.snapshot = self.directory / "config.snapshot"
-                self.config_cmd = self._config_command()
-                self.update(config)
+                self._make(parent, config)
                 break
             except OSError as exc:
-                if parent is None:
+                if index == len(candidates) - 1:
                     raise
                 log.warning("%s: cannot write the configuration snapshot there (%s); "
-                            "using %s", parent, exc.strerror or exc, tempfile.gettempdir())
+                            "using %s", parent, exc.strerror or exc, candidates[index + 1])
                 self._discard()
+
+    def _make(self, parent: str, config: Config) -> None:
+        if not _safe_parent(parent):
+            raise OSError("writable by other users without the sticky bit, or owned by "
+                          "another user")
+        self.directory = Path(tempfile.mkdtemp(prefix="runner-", dir=parent))
+        self.dir_fd = _open_directory(self.directory)
+        self.snapshot = self.directory / "config.snapshot"
+        self.config_cmd = self._config_command()
+        self.update(config)
 
     def _config_command(self) -> str:
         # -I -S: no site-packages, no user paths, so the lookup costs little more than
@@ -116,7 +122,8 @@ class TaskEnvironment:
         (the private file may already be new: it is only read by root, who may see it)."""
         public, private = getconf.snapshot_texts(config.snapshot())
         name = self.snapshot.name
-        # Private first: a root lookup between the two writes sees the new values.
+        # Each file is replaced whole; a lookup reads one of them (root the private one),
+        # so it never mixes two configurations.
         _write_atomically(self.dir_fd, lookup.private_path(name), private, PRIVATE_MODE)
         _write_atomically(self.dir_fd, name, public, PUBLIC_MODE)
         self.config = config

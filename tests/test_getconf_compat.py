@@ -271,17 +271,21 @@ def test_root_lookups_of_secret_keys_keep_working(ws):
 
 # -- the snapshot's directory and files against another user ---------------------------------
 
-def test_a_runtime_directory_others_can_write_is_not_used(ws):
+@pytest.mark.parametrize("variables", [["RUNTIME_DIRECTORY"], ["TMPDIR"],
+                                       ["RUNTIME_DIRECTORY", "TMPDIR"]])
+def test_a_directory_others_can_write_is_not_used_for_the_snapshot(ws, variables):
     open_dir = ws.root / "shared"
     open_dir.mkdir()
     open_dir.chmod(0o777)  # no sticky bit: anyone could rename runner's directory away
     ws.task("10-where.sh", 'echo "in=${RUNNER_CONFIG_CMD##*--snapshot }"')
     ws.config(HG)
-    proc = ws.run("-n", "1", env={**os.environ, "RUNTIME_DIRECTORY": str(open_dir)})
+    env = {key: value for key, value in os.environ.items() if key != "RUNTIME_DIRECTORY"}
+    proc = ws.run("-n", "1", env={**env, **dict.fromkeys(variables, str(open_dir))})
     assert proc.returncode == 0, proc.stderr
     [where] = output_of(proc.stderr, "10-where.sh")
-    assert not where.startswith(f"in={open_dir}/"), where
-    assert f"{open_dir}: cannot write the configuration snapshot there" in proc.stderr
+    assert not where.startswith(f"in={open_dir}") and "/runner-" in where, where
+    assert proc.stderr.count(f"{open_dir}: cannot write the configuration snapshot there "
+                            "(writable by other users") == 1
     assert list(open_dir.iterdir()) == []
 
 
