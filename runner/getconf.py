@@ -204,8 +204,9 @@ def secret_refusal(prog, name, unreadable=None):
     if os.geteuid() == 0:  # a copy of the public file alone, or a damaged directory
         return (f"{prog}: {name}: the value is secret and is not in the public snapshot; "
                 f"{unreadable}")
-    return (f"{prog}: {name}: the value is secret (it matches [runner] secret_keys or holds "
-            f"a password) and only root may read it, not uid {os.geteuid()}; to give it to "
+    return (f"{prog}: {name}: the value is secret (the key matches [runner] secret_keys, "
+            "or the value holds a password or quotes a secret) and only root may read it, "
+            f"not uid {os.geteuid()}; to give it to "
             "this task, read it before dropping privileges, pass it in the environment "
             "(an [env] key is exported to every task), or take the key out of secret_keys "
             "if it is not secret")
