@@ -8,9 +8,10 @@ numbers and the origins stay right) and, in one linear scan:
 - rewrites `key: value` as `key = value` (the first `:` or `=` ends the key, as there);
 - cuts an inline comment from an unquoted value the way Python 2.7 did: at the first `;`
   when whitespace precedes it;
-- joins indented continuation lines into the value above them, as RawConfigParser did
-  (stripped, blank lines skipped, joined with newlines); such a value is kept exactly as
-  RawConfigParser reads it, so it is handed to configobj as a marker and put back after.
+- joins continuation lines (indented deeper than the key) into the value above them, as
+  RawConfigParser did (stripped, blank lines skipped, joined with newlines); such a value
+  is kept exactly as RawConfigParser reads it, so configobj gets a marker in its place,
+  and the value is put back after parsing.
 
 A line that reads differently in the two dialects is refused (DialectError) with what
 to change, rather than guessed at.
@@ -74,7 +75,7 @@ def translate(lines: list[str]) -> Translated:
         elif stripped[0] == "[":
             option = _finish(option, result)
             result.lines.append(text)
-        elif option is not None and text[0].isspace():
+        elif option is not None and _deeper(text, option):
             _continue(option, stripped, number)
             result.lines.append("")
         else:
@@ -104,6 +105,13 @@ def _is_rem(text: str, stripped: str, number: int) -> bool:
         raise DialectError(number, "a line starting with REM was a comment in the original "
                            "runner: start it with # to keep it a comment, or rename the key")
     return True
+
+
+def _deeper(text: str, option: _Option) -> bool:
+    """Indented more than the option line: a continuation (Python 3's rule, the same as
+    2.7's for a file 2.7 could read, whose keys start at column 0; a file indented as a
+    whole keeps its keys)."""
+    return len(text) - len(text.lstrip()) > len(option.indent)
 
 
 def _continue(option: _Option, stripped: str, number: int) -> None:
