@@ -175,6 +175,21 @@ def folded_key(section: str, key: str) -> str:
     return key.lower() if key.lower() in _known_keys(section) else key
 
 
+def _refuse_spellings(
+    section: str, key: str, other: str, origins: dict[tuple[str, str], Origin]
+) -> None:
+    """Two spellings of one key: name the later line, as configobj does for a duplicate."""
+    def line(name: str) -> int:
+        return origins.get((section, name), Origin("config")).line or 0
+
+    first, second = sorted((key, other), key=line)
+    origin = origins.get((section, second), Origin("config"))
+    raise ConfigError(
+        f"{origin.where()}: [{section}] {second}: duplicate key ({first} is the same key: "
+        "its case does not matter): remove one of them"
+    )
+
+
 def _fold_case(parsed: ConfigObj, origins: dict[tuple[str, str], Origin]) -> None:
     """Rename keys of one file to folded_key(), before files are merged (so a fragment's
     max_tries overrides the main file's Max_Tries); two spellings in one section of one
@@ -186,11 +201,7 @@ def _fold_case(parsed: ConfigObj, origins: dict[tuple[str, str], Origin]) -> Non
             if name == key:
                 continue
             if name in values:
-                origin = origins.get((section, key), Origin("config"))
-                raise ConfigError(
-                    f"{origin.where()}: [{section}] {key}: duplicate key ({name} is the same "
-                    "key: its case does not matter): remove one of them"
-                )
+                _refuse_spellings(section, key, name, origins)
             values.rename(key, name)
             if (section, key) in origins:
                 origins[(section, name)] = origins[(section, key)]
@@ -352,7 +363,7 @@ def _validate_runner(
                             f"({ignored[name].summary}); remove it")
         elif name not in keys:
             origin = origins.get((RUNNER, name), Origin("config"))
-            hint = difflib.get_close_matches(name, list(keys), n=1)
+            hint = difflib.get_close_matches(name.lower(), list(keys), n=1)
             suggestion = f" (did you mean {hint[0]}?)" if hint else ""
             raise ConfigError(f"{origin.where()}: [runner] {name}: unknown key{suggestion}")
     typed = {}
