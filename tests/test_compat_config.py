@@ -11,6 +11,7 @@ import configparser
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,16 @@ def test_the_refused_cases_are_in_the_readme_differences_table():
     for fragment in ("`;` comment", "`key: value`", "continuation", "REM", "duplicate",
                      "pre_task_hook"):
         assert fragment in table, fragment
+
+
+def test_long_and_many_continuation_lines_are_read_in_linear_time(ws):
+    """The pre-pass scans each line a few times at most (a quadratic scan was a past bug)."""
+    lines = ["[hg]", "k = " + "a ;" * 100_000, "j = first"]
+    lines += ["  " + "x" * 50 + ";" * 50 for _ in range(50_000)]
+    lines += ["REM" + " " * 200_000 + "x", "m:" + ":" * 200_000]
+    ws.config("\n".join(lines) + "\n")
+    started = time.monotonic()
+    value = get(ws, "hg.j")
+    assert time.monotonic() - started < 10
+    assert value.count("\n") == 50_000
+    assert get(ws, "hg.k") == "a"
