@@ -14,7 +14,7 @@ from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError, NestingError
 
-from . import permissions
+from . import dialect, permissions
 from .errors import ConfigError
 from .spec import CheckError, KeySpec, Spec, load_spec, unquote
 from .tasks import name_is_candidate
@@ -23,6 +23,8 @@ DEFAULT_CONFIG = "/etc/runner/runner.cfg"
 RUNNER, ENV = "runner", "env"
 # Keys of a per-task section that override [runner]; other keys belong to the task.
 TASK_SPEC = "task"
+# [runner] keys the original accepted and ignored: a warning, not an error.
+IGNORED_SPEC = "ignored"
 STRICT = "strict_permissions"
 
 
@@ -73,6 +75,7 @@ class Config:
     sections: dict[str, dict[str, str]]
     origins: dict[tuple[str, str], Origin]
     overrides: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     def task_settings(self, short_name: str) -> TaskSettings:
         """Effective settings of a task: its section's overrides on top of [runner]."""
@@ -118,7 +121,8 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     include = (runner_section.get("include_dir") if isinstance(runner_section, dict)
                else None)
     for override, section, key, value in parsed_overrides:
-        if (section, key) == (RUNNER, "include_dir"):  # -D decides which fragments are read
+        # -D decides which fragments are read
+        if (section, folded_key(section, key)) == (RUNNER, "include_dir"):
             include = value
             origins[(RUNNER, "include_dir")] = Origin(f"-D {override}")
     if include:
@@ -130,13 +134,15 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
             merged.merge(part)
             files.append(fragment)
     for override, section, key, value in parsed_overrides:
+        key = folded_key(section, key)
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
             raise ConfigError(f"-D {override}: {section!r} is a key, not a section")
         merged[section][key] = value
         origins[(section, key)] = Origin(f"-D {override}")
     sections = _plain_sections(merged, origins)
-    runner = _validate_runner(spec, sections.get(RUNNER, {}), origins)
+    warnings: list[str] = []
+    runner = _validate_runner(spec, sections.get(RUNNER, {}), origins, warnings)
     if permissions.applies(runner[STRICT]):
         trusted = [(f, "config file") for f in files]
         if include:
@@ -151,7 +157,54 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         sections=sections,
         origins=origins,
         overrides=tuple(overrides),
+        warnings=tuple(warnings),
     )
+
+
+def _known_keys(section: str) -> set[str]:
+    """The keys runner reads from `section` in any case (RawConfigParser lowercased every
+    key): [runner]'s own and the per-task overrides. [env] names keep their case."""
+    spec = load_spec()
+    if section == RUNNER:
+        return set(spec.sections[RUNNER]) | set(spec.sections[IGNORED_SPEC])
+    return set() if section == ENV else set(spec.sections[TASK_SPEC])
+
+
+def folded_key(section: str, key: str) -> str:
+    """`key` as runner reads it: a known key in another case becomes that key."""
+    return key.lower() if key.lower() in _known_keys(section) else key
+
+
+def _refuse_spellings(
+    section: str, key: str, other: str, origins: dict[tuple[str, str], Origin]
+) -> None:
+    """Two spellings of one key: name the later line, as configobj does for a duplicate."""
+    def line(name: str) -> int:
+        return origins.get((section, name), Origin("config")).line or 0
+
+    first, second = sorted((key, other), key=line)
+    origin = origins.get((section, second), Origin("config"))
+    raise ConfigError(
+        f"{origin.where()}: [{section}] {second}: duplicate key ({first} is the same key: "
+        "its case does not matter): remove one of them"
+    )
+
+
+def _fold_case(parsed: ConfigObj, origins: dict[tuple[str, str], Origin]) -> None:
+    """Rename keys of one file to folded_key(), before files are merged (so a fragment's
+    max_tries overrides the main file's Max_Tries); two spellings in one section of one
+    file are a duplicate, as configobj reports for one spelling."""
+    for section in parsed.sections:
+        values = parsed[section]
+        for key in list(values.scalars):
+            name = folded_key(section, key)
+            if name == key:
+                continue
+            if name in values:
+                _refuse_spellings(section, key, name, origins)
+            values.rename(key, name)
+            if (section, key) in origins:
+                origins[(section, name)] = origins[(section, key)]
 
 
 def _refuse_strictness_in(fragment: ConfigObj, origins: dict[tuple[str, str], Origin]) -> None:
@@ -198,12 +251,18 @@ def _read_file(path: str, origins: dict[tuple[str, str], Origin]) -> ConfigObj:
         ) from None
     lines = text.splitlines()
     try:
+        translated = dialect.translate(lines)
+    except dialect.DialectError as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc}: {lines[exc.line - 1].strip()!r}") from None
+    try:
         parsed = ConfigObj(
-            lines, list_values=False, interpolation=False, raise_errors=True,
+            translated.lines, list_values=False, interpolation=False, raise_errors=True,
         )
     except ConfigObjError as exc:
         raise ConfigError(_parse_error(path, lines, exc)) from None
-    _record_origins(path, lines, parsed, origins)
+    dialect.restore(parsed, translated)
+    _record_origins(path, translated.lines, parsed, origins)
+    _fold_case(parsed, origins)
     return parsed
 
 
@@ -293,13 +352,18 @@ def _plain_sections(
 
 
 def _validate_runner(
-    spec: Spec, values: dict[str, str], origins: dict[tuple[str, str], Origin]
+    spec: Spec, values: dict[str, str], origins: dict[tuple[str, str], Origin],
+    warnings: list[str],
 ) -> dict[str, Any]:
-    keys = spec.sections[RUNNER]
+    keys, ignored = spec.sections[RUNNER], spec.sections[IGNORED_SPEC]
     for name in values:
-        if name not in keys:
+        if name in ignored:
             origin = origins.get((RUNNER, name), Origin("config"))
-            hint = difflib.get_close_matches(name, list(keys), n=1)
+            warnings.append(f"{origin.where()}: [runner] {name}: ignored "
+                            f"({ignored[name].summary}); remove it")
+        elif name not in keys:
+            origin = origins.get((RUNNER, name), Origin("config"))
+            hint = difflib.get_close_matches(name.lower(), list(keys), n=1)
             suggestion = f" (did you mean {hint[0]}?)" if hint else ""
             raise ConfigError(f"{origin.where()}: [runner] {name}: unknown key{suggestion}")
     typed = {}

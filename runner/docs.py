@@ -95,6 +95,9 @@ def config_table(spec: Spec | None = None) -> str:
              "| key | type | meaning |", "| --- | --- | --- |"]
     for key in spec.sections["task"].values():
         rows.append(f"| `{key.name}` | {_cell(key.type_name)} | {_cell(' '.join(key.doc))} |")
+    ignored = ", ".join(f"`{name}`" for name in spec.sections["ignored"])
+    why = _cell(" ".join(spec.section_docs.get("ignored", ())))
+    rows += ["", f"Ignored `[runner]` keys: {ignored}. {why}"]
     return "\n".join(rows) + "\n"
 
 

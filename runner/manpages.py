@@ -226,12 +226,18 @@ def runner_cfg_5() -> str:
         ".SH DESCRIPTION",
         esc("An INI file parsed by configobj. Values are kept as written; one pair of quotes "
             "around a whole value is removed and # starts a comment. Errors name the file, "
-            "the line, the section and the key; runner then exits 78."),
+            "the line, the section and the key; runner then exits 78. The dialect of the "
+            "original runner's RawConfigParser is read too: ; and REM comment lines, "
+            "key: value, an inline comment after whitespace and ;, continuation lines "
+            "indented deeper than their key, and [runner] and per-task keys in any case."),
         ".SH [runner]",
         esc("runner's own settings. An unknown key is an error."),
     ]
     for key in spec.sections["runner"].values():
         lines += _key(key)
+    ignored = ", ".join(spec.sections["ignored"])
+    lines += [".SH IGNORED [runner] KEYS",
+              esc(f"{ignored}: {' '.join(spec.section_docs.get('ignored', ()))}")]
     lines += [".SH PER-TASK SECTIONS", esc(" ".join(spec.section_docs.get("task", ())))]
     for key in spec.sections["task"].values():
         lines += _key(key)

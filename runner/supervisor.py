@@ -204,6 +204,8 @@ class Supervisor:
             "runner: %d task(s) in %s, config %s",
             len(self.plan.tasks), self.plan.task_dir, self.config.path or "(defaults)",
         )
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
         if self.plan.halt is None:
             log.warning(
                 "halt task %s not found in %s: a halt will only be logged",

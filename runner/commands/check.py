@@ -52,6 +52,7 @@ def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = Fa
 
 
 def _warnings(config: Config, plan: Plan):
+    yield from config.warnings
     if plan.halt is None:
         yield f"halt task {plan.halt_name} not found in {plan.task_dir}: a halt will only be logged"
     reboot = config.runner["reboot_task"]

@@ -207,7 +207,11 @@ def key_line(draw, section: str, mode: str) -> tuple[list[str], str]:
 NOISE_LINE = st.one_of(
     st.sampled_from(["", "   ", "# comment", "; not a comment", "no equals sign", "=",
                      "= value", "[", "]", "[]", "[[]]", "[[x]]", "[ ]", "key =", '"k" = v',
-                     "'k' = v", '"unterminated = x', "\\", "\ufeff[runner]", "[runner"]),
+                     "'k' = v", '"unterminated = x', "\\", "\ufeff[runner]", "[runner",
+                     # the original's RawConfigParser dialect (README: differences)
+                     "; include_dir = frags", "  ; indented", "key: value", "k: a=b",
+                     "    continued", "\tcontinued = too", "REM old comment", "rem = 1",
+                     "Max_Tries = 2", "MAX_TIME: 5", "k:", "k = a ; b", "k = ;x"]),
     RANDOM_TEXT,
 )
 
