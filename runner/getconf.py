@@ -96,8 +96,8 @@ def parse_args(argv):
         if name in _WITH_VALUE:
             if eq:
                 value = inline
-            elif args:
-                value = args.pop(0)
+            elif args and not (name == "-D" and args[0].startswith("-")):
+                value = args.pop(0)  # a -D value is never an option: `-D -D x` is a slip
             else:
                 raise InputError(f"{name} needs a value")
             key = _WITH_VALUE[name]
