@@ -149,6 +149,7 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config",
     if opts["get"]:
         section, key = split_key(opts["get"])
         values = sections.get(section)
+        key = _key_in_any_case(values, key) if values is not None else key
         if values is None or key not in values:
             return _missing(sections, opts, out, err, prog)
         if (section, key) in hidden:
@@ -175,6 +176,16 @@ def answer(sections, opts, out=sys.stdout, err=sys.stderr, prog="runner-config",
         for key in sorted(selected[section]):
             print(f"{section}.{key} = {format_value(selected[section][key])}", file=out)
     return EX_OK
+
+
+def _key_in_any_case(values, key):
+    """`key` as written in the file: the original's RawConfigParser lowercased option
+    names, so `-g hg.remote` found `Remote = x`; an exact match wins, and a name that
+    several spellings share is not guessed."""
+    if key in values:
+        return key
+    matches = [name for name in values if name.lower() == key.lower()]
+    return matches[0] if len(matches) == 1 else key
 
 
 def _missing(sections, opts, out, err, prog):

@@ -314,3 +314,15 @@ def test_a_planted_symlink_does_not_redirect_the_snapshot(tmp_path, monkeypatch,
     finally:
         env.close()
 
+
+
+def test_a_key_is_found_in_any_case_as_the_original_found_it(ws):
+    """RawConfigParser lowercased option names: `-g hg.remote` found `Remote = x`."""
+    ws.task("10-ask.sh", 'echo "got=$($RUNNER_CONFIG_CMD -g hg.remote)"\n'
+                         'echo "upper=$($RUNNER_CONFIG_CMD -g hg.REMOTE)"')
+    ws.config("[hg]\nRemote = https://hg.example/x\n")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "got=https://hg.example/x" in proc.stderr
+    assert "upper=https://hg.example/x" in proc.stderr
+    assert "printed nothing" not in proc.stderr
