@@ -15,7 +15,7 @@ from typing import Any
 
 from .files import make_dir, write_atomic
 from .identity import iso, utc_now
-from .permissions import check_open_file
+from .statedir import open_file_problem
 
 log = logging.getLogger("runner")
 
@@ -36,12 +36,6 @@ class Resume:
     at: str = ""
 
 
-def untrusted_file(fd: int, path: str, strict: bool) -> str | None:
-    """Why an opened state file may not be trusted (strict_permissions), with the fix; its
-    directories were checked when runner started (runner.statedir)."""
-    return check_open_file(fd, path, "state file") if strict else None
-
-
 class BootState:
     """The durable files of one state_dir; every failure to write is a warning only."""
 
@@ -56,7 +50,7 @@ class BootState:
     def _read(self, name: str) -> dict[str, Any] | None:
         try:
             with open(self._path(name), "rb") as file:
-                untrusted = untrusted_file(file.fileno(), self._path(name), self.strict)
+                untrusted = open_file_problem(file.fileno(), self._path(name), self.strict)
                 if untrusted:
                     # Ignoring it is the safe side: the chain runs whole, no halt is forced.
                     log.error("%s; ignoring it", untrusted)

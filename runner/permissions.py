@@ -68,7 +68,12 @@ def check(paths: list[tuple[str, str]]) -> None:
 def check_open_file(fd: int, path: str, what: str) -> str | None:
     """The same rule for a file already opened (no swap between check and read); its
     directories are checked by the caller."""
-    return _entry_problem(os.fstat(fd), path, what, path)
+    return entry_problem(os.fstat(fd), path, what)
+
+
+def entry_problem(info: os.stat_result, path: str, what: str) -> str | None:
+    """The rule for one entry alone (owner, mode, the sticky exception), from its stat."""
+    return _entry_problem(info, path, what, path)
 
 
 def resolve(argv0: str, cwd: str, search_path: str | None) -> str | None:
@@ -96,7 +101,6 @@ def verify(argv: list[str], trust: Trust, *, cwd: str,
     for path, what in trust.paths:
         reason = reason or problem(path, what)
     return executable, reason
-
 
 
 def _walk(path: str, what: str, shown: str, hops: int) -> str | None:
@@ -131,7 +135,7 @@ def _entry_problem(info: os.stat_result, path: str, what: str, shown: str) -> st
     if info.st_uid not in (0, os.geteuid()):
         return (f"{subject} is owned by {_user(info.st_uid)}, not root "
                 f"(strict_permissions): run chown root {path}")
-    if stat.S_ISLNK(info.st_mode) or _sticky_root_dir(info):
+    if stat.S_ISLNK(info.st_mode) or _sticky_own_dir(info):
         return None
     writers = []
     if info.st_mode & stat.S_IWGRP:
@@ -157,8 +161,10 @@ def _subject(info: os.stat_result, path: str, what: str, shown: str) -> str:
     return f"{shown}: {what}: {kind} {path}"
 
 
-def _sticky_root_dir(info: os.stat_result) -> bool:
-    return stat.S_ISDIR(info.st_mode) and bool(info.st_mode & stat.S_ISVTX) and info.st_uid == 0
+def _sticky_own_dir(info: os.stat_result) -> bool:
+    """A sticky directory of root's (of runner's own user, when it is not root)."""
+    return (stat.S_ISDIR(info.st_mode) and bool(info.st_mode & stat.S_ISVTX)
+            and info.st_uid in (0, os.geteuid()))
 
 
 def _user(uid: int) -> str:

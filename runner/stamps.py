@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import permissions, reaper
-from .bootstate import untrusted_file
 from .files import make_dir, write_atomic
 from .identity import iso, utc_now
+from .statedir import open_file_problem
 from .tasks import INSTANCE_ID_TRUST, Task, short_name
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ class Stamps:
         try:
             path = self._path(name)
             with open(path, "rb") as file:
-                untrusted = untrusted_file(file.fileno(), path, self.strict)
+                untrusted = open_file_problem(file.fileno(), path, self.strict)
                 if untrusted:  # running the task again is the safe side
                     self._warn(f"read {name}", "%s; ignoring the stamp of %s", untrusted, name)
                     return None

@@ -29,10 +29,16 @@ def prepare(config: Config) -> None:
     can write. Runs before runner takes its lock or opens anything in them. A directory
     that cannot be made is reported where it is used (the lock, the journal, the control
     socket), each with its own consequence."""
-    runner = config.runner
     for key in ("state_dir", "runtime_dir"):
         with contextlib.suppress(OSError):
-            make_dir(runner[key], DIR_MODE)
+            make_dir(config.runner[key], DIR_MODE)
+    check(config)
+
+
+def check(config: Config) -> None:
+    """With strict_permissions, raise UntrustedPath for the first of state_dir, runtime_dir
+    and the state files that another user owns or can write (`run` and `runner check`)."""
+    runner = config.runner
     if permissions.applies(runner["strict_permissions"]):
         permissions.check(trusted_paths(runner["state_dir"], runner["runtime_dir"]))
 
@@ -50,3 +56,8 @@ def trusted_paths(state_dir: str, runtime_dir: str) -> list[tuple[str, str]]:
     paths.extend((os.path.join(stamps, name), "stamp") for name in names)
     return paths
 
+
+def open_file_problem(fd: int, path: str, strict: bool) -> str | None:
+    """Why an opened state file may not be trusted (strict_permissions), with the fix; its
+    directories were checked when runner started (prepare)."""
+    return permissions.check_open_file(fd, path, "state file") if strict else None

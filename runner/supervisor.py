@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as config_mod
-from . import logs, permissions
+from . import permissions
 from .bootstate import BootState, Resume
 from .config import Config, TaskSettings
 from .controls import Controls
@@ -104,7 +104,8 @@ class Supervisor:
         signals: SignalState,
         listeners: tuple[Listener, ...] = (),
         identity: RunIdentity | None = None,
-        masker: Masker | None = None,
+        *,
+        masker: Masker,
     ) -> None:
         self.identity = identity or RunIdentity.current()
         self.options = options
@@ -112,9 +113,9 @@ class Supervisor:
         self.signals = signals
         self.extra_listeners = listeners
         self.env = TaskEnvironment(config, self.identity.run_id)
-        # The one masker of the run: the recorders (status, metrics, forwarder) hold it too.
-        self.masker = masker or Masker.from_config(config)
-        logs.mask_logs(self.masker.text)
+        # The one masker of the run: supervise() masks the log with it, and the recorders
+        # (status, metrics, forwarder) hold it too.
+        self.masker = masker
         self.dispatcher = Dispatcher(self._listeners(), self.masker.text)
         self.rng = random.Random()
         self.failures: collections.deque[TaskRun] = collections.deque(maxlen=SUMMARY_LIMIT)
@@ -163,6 +164,13 @@ class Supervisor:
         if self.refusal is None:
             self.refusal = reason
             log.error("%s", reason)
+
+    def _refused(self, result: ProcessResult | None) -> bool:
+        """True (and the refusal recorded) when run_process refused to start it."""
+        if result is None or not result.refused:
+            return False
+        self._refuse(result.error or "refused")
+        return True
 
     # -- the loop -------------------------------------------------------------
 
@@ -620,8 +628,7 @@ class Supervisor:
     def _check(self, run: TaskRun, what: str) -> bool | None:
         """Run the task's check; True when it exits 0, None when runner was stopped."""
         result = self._check_process(run, self.signals, what)
-        if result.refused:
-            self._refuse(result.error or what)
+        if self._refused(result):
             return None
         if result.stopped:
             return None
@@ -668,9 +675,8 @@ class Supervisor:
     def _conclude(self, run: TaskRun, execution: Execution) -> None:
         """Turn what ran into the run's result, and make the one transition to it."""
         result = execution.process
-        for refused in (result, execution.recheck):
-            if refused is not None and refused.refused:
-                self._refuse(refused.error or "refused")
+        self._refused(result)
+        self._refused(execution.recheck)
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
         run.duration_s, run.output_tail = result.duration_s, result.output_tail
         state = classify(result, reboot=bool(self.config.runner["reboot_task"]))
@@ -772,8 +778,7 @@ class Supervisor:
         self._begin(run)
         execution = self._execute(dataclasses.replace(run), self.signals)
         result = execution.process
-        if result.refused:
-            self._refuse(result.error or "refused")
+        self._refused(result)
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
         run.duration_s, run.output_tail = result.duration_s, result.output_tail
         self.dispatcher.transition(run, classify(result))

@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import stat
 import sys
 import tempfile
 from pathlib import Path
 
-from . import getconf, lookup
+from . import getconf, lookup, permissions
 from .config import Config
 from .states import TaskRun
 
@@ -33,11 +32,8 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 def _safe_parent(parent: str) -> bool:
     """A parent another user could rename our directory in (writable by them, no sticky
     bit) would let them swap in a snapshot of their own, and root's tasks would read
-    their values."""
-    info = os.stat(parent)
-    writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    return info.st_uid in (0, os.geteuid()) and (
-        not writable_by_others or bool(info.st_mode & stat.S_ISVTX))
+    their values: strict_permissions' rule for one entry decides."""
+    return permissions.entry_problem(os.stat(parent), parent, "snapshot directory") is None
 
 
 def _open_directory(path: Path) -> int:

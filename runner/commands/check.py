@@ -8,7 +8,7 @@ import shutil
 import sys
 from typing import TextIO
 
-from .. import permissions, statedir
+from .. import statedir
 from ..config import Config, load
 from ..getconf import format_value
 from ..masking import MaskedWriter, listing_output
@@ -27,9 +27,7 @@ def _plan(options: RunOptions) -> tuple[Config, Plan]:
 def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = False) -> int:
     """Print the plan and every warning; exit 0 (ConfigError means 78, raised to the caller)."""
     config, plan = _plan(options)
-    if permissions.applies(config.runner["strict_permissions"]):  # what `run` would refuse
-        runner = config.runner
-        permissions.check(statedir.trusted_paths(runner["state_dir"], runner["runtime_dir"]))
+    statedir.check(config)  # what `run` would refuse
     out = listing_output(out, config, show_secrets)
     print(f"config:    {', '.join(config.files) or '(none, defaults apply)'}", file=out)
     print(f"task dir:  {plan.task_dir}", file=out)
