@@ -69,6 +69,39 @@ def assert_never_ran(marker: Path) -> None:
     assert not marker.exists(), f"the attacker's code ran as uid {marker.read_text().strip()}"
 
 
+def root_script(path: Path) -> Path:
+    """A harmless script of root's, in a directory of root's (for now)."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def slow_first_task(ws: Workspace) -> None:
+    """10-slow.sh: runs until swap_while_the_first_task_runs lets it end."""
+    ws.task("10-slow.sh", f"touch {ws.root}/started\n"
+                          f"while [ ! -e {ws.root}/go ]; do sleep 0.05; done")
+
+
+def swap_while_the_first_task_runs(ws: Workspace, script: Path, marker: Path
+                                   ) -> tuple[int, str]:
+    """Start runner (its config written, slow_first_task among its tasks); while 10-slow.sh
+    runs, a careless operator gives `script`'s directory away, and the attacker swaps
+    `script` for the payload. runner's exit status and stderr."""
+    proc = ws.start("-n", "1")
+    try:
+        wait_for_file(ws.root / "started")
+        os.chown(script.parent, NOBODY, NOBODY)
+        as_nobody(f"mv {script} {script.parent}/old.sh")
+        plant(script, marker)
+        (ws.root / "go").touch()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, err
+
+
 def refusal_lines(stderr: str) -> list[str]:
     """The error lines that say what was refused (the task's record repeats it at INFO)."""
     return [line for line in stderr.splitlines()
@@ -168,28 +201,14 @@ def test_a_task_swapped_after_planning_is_refused_right_before_its_exec(open_ws,
     halt and ends with 78."""
     ws = open_ws
     marker, halted = ws.root / "pwned", ws.root / "halted"
-    go, started = ws.root / "go", ws.root / "started"
-    lib = ws.root / "lib"
-    lib.mkdir()
-    script = lib / "firewall.sh"
-    script.write_text("#!/bin/sh\nexit 0\n")
-    script.chmod(0o755)
-    ws.task("10-slow.sh", f"touch {started}\nwhile [ ! -e {go} ]; do sleep 0.05; done")
+    script = root_script(ws.root / "lib" / "firewall.sh")
+    lib = script.parent
+    slow_first_task(ws)
     (ws.tasks / "20-firewall.sh").symlink_to(script)
     ws.task("halt.sh", f"touch {halted}")
     strict(ws, "[firewall]\ndepends_on = 10-slow.sh\n", max_parallel=parallel)
-    proc = ws.start("-n", "1")
-    try:
-        wait_for_file(started)
-        os.chown(lib, NOBODY, NOBODY)
-        as_nobody(f"mv {script} {lib}/old.sh")
-        plant(script, marker)
-        go.touch()
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 78, err
+    status, err = swap_while_the_first_task_runs(ws, script, marker)
+    assert status == 78, err
     assert len(refusal_lines(err)) == 1, err
     [line] = refusal_lines(err)
     assert f"directory {lib} is owned by user nobody" in line and f"chown root {lib}" in line
@@ -326,27 +345,13 @@ def test_a_trusted_setup_in_a_sticky_tmp_directory_runs(open_ws):
 
 def test_a_hook_swapped_while_a_task_runs_is_refused_before_its_next_call(open_ws):
     ws = open_ws
-    marker, go, started = ws.root / "pwned", ws.root / "go", ws.root / "started"
-    hooks = ws.root / "hooks"
-    hooks.mkdir()
-    hook = hooks / "notify.sh"
-    hook.write_text("#!/bin/sh\nexit 0\n")
-    hook.chmod(0o755)
-    ws.task("10-slow.sh", f"touch {started}\nwhile [ ! -e {go} ]; do sleep 0.05; done")
+    marker = ws.root / "pwned"
+    hook = root_script(ws.root / "hooks" / "notify.sh")
+    slow_first_task(ws)
     ws.task("20-next.sh")
     strict(ws, task_hook=str(hook))
-    proc = ws.start("-n", "1")
-    try:
-        wait_for_file(started)
-        os.chown(hooks, NOBODY, NOBODY)  # the careless operator
-        as_nobody(f"mv {hook} {hooks}/old.sh")
-        plant(hook, marker)
-        go.touch()
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 78, err
+    status, err = swap_while_the_first_task_runs(ws, hook, marker)
+    assert status == 78, err
     assert len(refusal_lines(err)) == 1 and "task_hook" in refusal_lines(err)[0], err
     assert_never_ran(marker)
     assert "20-next.sh: starting" not in err
