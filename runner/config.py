@@ -9,13 +9,14 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError, NestingError
 
 from . import dialect, permissions
 from .errors import ConfigError
+from .settings import RunnerSettings, TaskSettings
 from .spec import CheckError, KeySpec, Spec, load_spec, unquote
 from .tasks import name_is_candidate
 
@@ -46,31 +47,16 @@ class Origin:
 
 
 @dataclass(frozen=True)
-class TaskSettings:
-    """The effective, typed settings of one task."""
-
-    max_time: float
-    max_tries: int
-    sleep_time: float
-    retry_jitter: float
-    interpreter: list[str] | None
-    kill_grace: float
-    depends_on: list[str] = field(default_factory=list)
-    check: list[str] | None = None
-    frequency: str = "always"
-
-
-@dataclass(frozen=True)
 class Config:
     """A validated configuration.
 
-    `runner` holds the typed [runner] values (defaults filled in), `env` the
+    `runner` holds the typed [runner] settings (defaults filled in), `env` the
     [env] exports, `sections` every section's values as written (unquoted).
     """
 
     path: str | None
     files: tuple[str, ...]
-    runner: dict[str, Any]
+    runner: RunnerSettings
     env: dict[str, str]
     sections: dict[str, dict[str, str]]
     origins: dict[tuple[str, str], Origin]
@@ -85,17 +71,17 @@ class Config:
         for name, key in spec.sections[TASK_SPEC].items():
             if name in section:
                 values[name] = _check(spec, key, section[name], self.origins, short_name)
-            elif name in self.runner:
-                values[name] = self.runner[name]
+            elif hasattr(self.runner, name):
+                values[name] = getattr(self.runner, name)
             else:  # a key only tasks have (depends_on, check, frequency)
                 default = key.default
                 values[name] = list(default) if isinstance(default, list) else default
-        return TaskSettings(**values)
+        return TaskSettings.from_values(values)
 
     def snapshot(self) -> dict[str, Any]:
         """The effective config as JSON-able data, for runner-config in tasks."""
         sections = {name: dict(values) for name, values in self.sections.items()}
-        sections[RUNNER] = {k: v for k, v in self.runner.items() if v is not None}
+        sections[RUNNER] = {k: v for k, v in self.runner.values().items() if v is not None}
         return {"config": self.path, "sections": sections}
 
 
@@ -143,7 +129,7 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     sections = _plain_sections(merged, origins)
     warnings: list[str] = []
     runner = _validate_runner(spec, sections.get(RUNNER, {}), origins, warnings)
-    if permissions.applies(runner[STRICT]):
+    if permissions.applies(runner.strict_permissions):
         trusted = [(f, "config file") for f in files]
         if include:
             trusted.insert(1, (include_dir, "include_dir"))
@@ -354,7 +340,7 @@ def _plain_sections(
 def _validate_runner(
     spec: Spec, values: dict[str, str], origins: dict[tuple[str, str], Origin],
     warnings: list[str],
-) -> dict[str, Any]:
+) -> RunnerSettings:
     keys, ignored = spec.sections[RUNNER], spec.sections[IGNORED_SPEC]
     for name in values:
         if name in ignored:
@@ -366,13 +352,13 @@ def _validate_runner(
             hint = difflib.get_close_matches(name.lower(), list(keys), n=1)
             suggestion = f" (did you mean {hint[0]}?)" if hint else ""
             raise ConfigError(f"{origin.where()}: [runner] {name}: unknown key{suggestion}")
-    typed = {}
+    typed: dict[str, Any] = {}
     for name, key in keys.items():
         if name in values:
             typed[name] = _check(spec, key, values[name], origins, RUNNER)
         else:
             typed[name] = key.default
-    return typed
+    return RunnerSettings.from_values(typed)
 
 
 def _check(

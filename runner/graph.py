@@ -12,12 +12,11 @@ import unicodedata
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from .settings import Frequency
 from .tasks import byte_order, needs_of
 
 if TYPE_CHECKING:
     from .tasks import Plan, Task
-
-ALWAYS = "always"
 
 
 def dependencies(tasks: list[Task]) -> dict[str, set[str]]:
@@ -149,8 +148,8 @@ def to_dot(plan: Plan, skipped_reasons: dict[str, str], max_parallel: int = 1,
 def markers(task: Task) -> list[str]:
     """What the label shows besides the name: a frequency other than always, `check`."""
     found = []
-    if task.settings.frequency != ALWAYS:
-        found.append(task.settings.frequency)
+    if task.settings.frequency is not Frequency.ALWAYS:
+        found.append(task.settings.frequency.value)
     if task.settings.check:
         found.append("check")
     return found

@@ -12,18 +12,12 @@ from collections.abc import Callable
 import sdnotify
 
 from .events import Listener
+from .settings import NotifyReady, ReadyWhen
 from .states import Kind, TaskRun, TaskState
 
 log = logging.getLogger("runner")
 # Slack on top of a task's own limits when asking systemd for more start-up time.
 EXTEND_MARGIN_S = 30.0
-
-
-def ready_condition(setting: str) -> tuple[str, str | None]:
-    """`start`, `pass` or `task:NAME` -> (kind, NAME)."""
-    if setting.startswith("task:"):
-        return "task", setting[5:].strip()
-    return setting, None
 
 
 def _ascii(text: str) -> str:
@@ -62,13 +56,13 @@ class Notifier(Listener):
 
     def __init__(
         self,
-        ready: str,
+        ready: NotifyReady | str,
         environ: dict[str, str] | os._Environ = os.environ,
         heartbeat: Heartbeat | None = None,
         send: Callable[[str], None] | None = None,
     ) -> None:
         self.enabled = bool(environ.get("NOTIFY_SOCKET"))
-        self.ready_kind, self.ready_task = ready_condition(ready)
+        self.ready = ready if isinstance(ready, NotifyReady) else NotifyReady.parse(ready)
         self.is_ready = False
         self.heartbeat = heartbeat or Heartbeat()
         self._send = send
@@ -102,7 +96,7 @@ class Notifier(Listener):
         if self.watchdog_interval and self.enabled:
             self._pinger = threading.Thread(target=self._ping, name="watchdog", daemon=True)
             self._pinger.start()
-        if self.ready_kind == "start":
+        if self.ready.when is ReadyWhen.START:
             self._ready("configuration loaded")
 
     def _ready(self, why: str) -> None:
@@ -138,8 +132,8 @@ class Notifier(Listener):
             return
         if (
             run.state is TaskState.OK
-            and self.ready_kind == "task"
-            and self.ready_task in (run.task.name, run.task.short_name)
+            and self.ready.when is ReadyWhen.TASK
+            and self.ready.task in (run.task.name, run.task.short_name)
         ):
             self._ready(f"{run.task.name} succeeded")
 
@@ -148,7 +142,7 @@ class Notifier(Listener):
                   f"retrying in {seconds:.0f}s (try {self.try_num + 1} next)")
 
     def iteration_done(self, iteration: int) -> None:
-        if self.ready_kind == "pass":
+        if self.ready.when is ReadyWhen.PASS:
             self._ready("first pass of the chain done")
         self.send(f"STATUS=iteration {iteration} done")
 

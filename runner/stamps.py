@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import permissions, reaper
 from .files import make_dir, write_atomic
 from .identity import iso, utc_now
+from .settings import Frequency
 from .statedir import open_file_problem
 from .tasks import INSTANCE_ID_TRUST, Task, short_name
 
@@ -29,7 +30,6 @@ from .config import Config
 
 log = logging.getLogger("runner.stamps")
 
-ALWAYS, ONCE, PER_BOOT, PER_INSTANCE = "always", "once", "per-boot", "per-instance"
 STAMP_DIR = "stamps"
 SUFFIX = ".json"
 CLOUD_INSTANCE_ID = "/var/lib/cloud/data/instance-id"
@@ -46,10 +46,10 @@ class InstanceIdUnknown(Exception):
 def instance_id(config: Config) -> str:
     """This machine's instance id: [runner] instance_id_command, else cloud-init's, else
     /etc/machine-id. Raises InstanceIdUnknown with the reason."""
-    command = config.runner.get("instance_id_command")
+    command = config.runner.instance_id_command
     if command:
         return _instance_id_from_command(
-            command, permissions.applies(config.runner["strict_permissions"]))
+            command, permissions.applies(config.runner.strict_permissions))
     for path in (CLOUD_INSTANCE_ID, MACHINE_ID):
         value = _read_id_file(path)
         if value:
@@ -124,7 +124,7 @@ class Stamps:
                  instance_id: Callable[[], str | None]) -> None:
         self.dir = os.path.join(state_dir, STAMP_DIR)
         self.config = config
-        self.strict = permissions.applies(config.runner["strict_permissions"])
+        self.strict = permissions.applies(config.runner.strict_permissions)
         self.boot_id = boot_id
         self._instance_id_source = instance_id
         self._instance_id: str | None = None
@@ -157,7 +157,7 @@ class Stamps:
     def skip_reason(self, task: Task) -> str | None:
         """Why the task need not run now, or None when it must run."""
         frequency = task.settings.frequency
-        if frequency == ALWAYS:
+        if frequency is Frequency.ALWAYS:
             return None
         stamp = self._read(task.name)
         if stamp is None:
@@ -169,13 +169,13 @@ class Stamps:
         if stamp.get("fingerprint") != current or stamp.get("frequency") != frequency:
             return None
         at = stamp.get("at") or "an unknown time"
-        if frequency == ONCE:
+        if frequency is Frequency.ONCE:
             return f"once: succeeded at {at}"
-        if frequency == PER_BOOT:
+        if frequency is Frequency.PER_BOOT:
             if not self._boot_known() or stamp.get("boot_id") != self.boot_id:
                 return None
             return f"per-boot: succeeded in this boot at {at}"
-        if frequency == PER_INSTANCE:
+        if frequency is Frequency.PER_INSTANCE:
             current_instance = self.current_instance_id()
             if current_instance is None or stamp.get("instance_id") != current_instance:
                 return None
@@ -186,17 +186,17 @@ class Stamps:
         """Remember that the task succeeded; a failure is a warning, never an exception,
         because a lost stamp only means the task runs once more."""
         frequency = task.settings.frequency
-        if frequency == ALWAYS:
+        if frequency is Frequency.ALWAYS:
             return
         try:
             path = self._path(task.name)
             stamp = {
                 "task": task.name,
-                "frequency": frequency,
+                "frequency": frequency.value,
                 "fingerprint": self.fingerprint(task),
                 "boot_id": self.boot_id or None,
                 # Only per-instance tasks need it; others do not run the command for it.
-                "instance_id": self.current_instance_id() if frequency == PER_INSTANCE
+                "instance_id": self.current_instance_id() if frequency is Frequency.PER_INSTANCE
                 else None,
                 "at": iso(utc_now()),
             }

@@ -29,9 +29,9 @@ def prepare(config: Config) -> None:
     can write. Runs before runner takes its lock or opens anything in them. A directory
     that cannot be made is reported where it is used (the lock, the journal, the control
     socket), each with its own consequence."""
-    for key in ("state_dir", "runtime_dir"):
+    for directory in (config.runner.state_dir, config.runner.runtime_dir):
         with contextlib.suppress(OSError):
-            make_dir(config.runner[key], DIR_MODE)
+            make_dir(directory, DIR_MODE)
     check(config)
 
 
@@ -39,8 +39,8 @@ def check(config: Config) -> None:
     """With strict_permissions, raise UntrustedPath for the first of state_dir, runtime_dir
     and the state files that another user owns or can write (`run` and `runner check`)."""
     runner = config.runner
-    if permissions.applies(runner["strict_permissions"]):
-        permissions.check(trusted_paths(runner["state_dir"], runner["runtime_dir"]))
+    if permissions.applies(runner.strict_permissions):
+        permissions.check(trusted_paths(runner.state_dir, runner.runtime_dir))
 
 
 def trusted_paths(state_dir: str, runtime_dir: str) -> list[tuple[str, str]]:

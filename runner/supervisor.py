@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import config as config_mod
 from . import permissions
 from .bootstate import BootState, Resume
-from .config import Config, TaskSettings
+from .config import Config
 from .controls import Controls
 from .errors import ConfigError
 from .events import Dispatcher, Listener, describe_end
@@ -27,6 +27,7 @@ from .hooks import HookListener
 from .identity import RunIdentity, iso, utc_now
 from .masking import Masker
 from .process import Limits, ProcessResult, run_process
+from .settings import Frequency, OnFailure, RetryFrom, TaskSettings
 from .signals import SignalState, SignalView
 from .states import EXIT_CODE_RESULTS, ExitStatus, Kind, TaskRun, TaskState
 from .taskenv import TaskEnvironment
@@ -91,7 +92,7 @@ class Execution:
 
 
 def task_dir_of(options: RunOptions, config: Config) -> str:
-    return os.path.abspath(options.task_dir or config.runner["task_dir"])
+    return os.path.abspath(options.task_dir or config.runner.task_dir)
 
 
 class Supervisor:
@@ -122,7 +123,7 @@ class Supervisor:
         self.failure_count = 0
         self.plan: Plan | None = None
         self.controls = Controls()
-        self.boot = BootState(config.runner["state_dir"], strict=self._strict())
+        self.boot = BootState(config.runner.state_dir, strict=self._strict())
         # strict_permissions refused to exec something: runner ends with 78 at the next
         # decision, never running, skipping or halting anything because of it.
         self.refusal: str | None = None
@@ -136,13 +137,13 @@ class Supervisor:
 
     def _listeners(self) -> list[Listener]:
         listeners = list(self.extra_listeners)
-        hook = self.config.runner["task_hook"]
+        hook = self.config.runner.task_hook
         if hook:
             listeners.append(HookListener(
                 hook,
-                timeout=self.config.runner["hook_timeout"],
-                kill_grace=self.config.runner["kill_grace"],
-                cwd=self.config.runner["task_cwd"],
+                timeout=self.config.runner.hook_timeout,
+                kill_grace=self.config.runner.kill_grace,
+                cwd=self.config.runner.task_cwd,
                 env_for=self.env.for_run,
                 signals=self.signals,
                 masker=self.masker,
@@ -153,7 +154,7 @@ class Supervisor:
         return listeners
 
     def _strict(self) -> bool:
-        return permissions.applies(self.config.runner["strict_permissions"])
+        return permissions.applies(self.config.runner.strict_permissions)
 
     def _trust(self, trust: permissions.Trust) -> permissions.Trust | None:
         """What run_process must check right before the exec (strict_permissions)."""
@@ -195,7 +196,7 @@ class Supervisor:
     def _start_control(self):
         from .control import ControlServer, socket_path
 
-        runtime_dir = self.config.runner["runtime_dir"]
+        runtime_dir = self.config.runner.runtime_dir
         try:
             make_dir(runtime_dir, 0o755)
         except OSError as exc:
@@ -234,13 +235,13 @@ class Supervisor:
         self.stamps = self._make_stamps()
 
     def _make_stamps(self):
-        if all(t.settings.frequency == "always" for t in self.plan.tasks):
+        if all(t.settings.frequency is Frequency.ALWAYS for t in self.plan.tasks):
             return None  # frequency is opt-in: nothing to read or write without it
         from . import stamps
         from .identity import boot_id
 
         return stamps.Stamps(
-            self.config.runner["state_dir"], self.config, boot_id=boot_id(),
+            self.config.runner.state_dir, self.config, boot_id=boot_id(),
             instance_id=functools.partial(stamps.instance_id, self.config),
         )
 
@@ -248,7 +249,7 @@ class Supervisor:
         return task_dir_of(self.options, self.config)
 
     def times(self) -> int:
-        return self.options.times if self.options.times is not None else self.config.runner["times"]
+        return self.options.times if self.options.times is not None else self.config.runner.times
 
     def _iterations(self) -> ExitStatus:
         iteration = 0
@@ -265,7 +266,7 @@ class Supervisor:
                 break
             # Iterations start at least sleep_time apart, so a chain that finishes at
             # once does not spin the CPU when runner loops forever.
-            pause = self.config.runner["sleep_time"] - (time.monotonic() - started)
+            pause = self.config.runner.sleep_time - (time.monotonic() - started)
             if pause > 0 and not self.signals.sleep(pause):
                 return self._stop_status()
         if self.options.halt_after:
@@ -299,7 +300,7 @@ class Supervisor:
             if status is not None:
                 return status
             self.dispatcher.chain_started(iteration, try_num)
-            if self.config.runner["max_parallel"] > 1:
+            if self.config.runner.max_parallel > 1:
                 chain = self._parallel_chain(iteration, try_num, done)
             else:
                 chain = self._sequential_chain(iteration, try_num, done)
@@ -314,7 +315,7 @@ class Supervisor:
                 failed = chain.reboot  # no reboot happened: retried like a failure
                 chain.done.discard(failed.task.name)
             if failed is None:
-                if self.config.runner["max_boot_tries"]:
+                if self.config.runner.max_boot_tries:
                     self.boot.reset_tries()
                 return None
             if try_num >= failed.max_tries:
@@ -329,7 +330,8 @@ class Supervisor:
             if self.controls.halt:
                 return self._operator_halt(iteration, try_num)
             try_num += 1
-            done = (done | chain.done) if self.config.runner["retry_from"] == "failed" else set()
+            from_failed = self.config.runner.retry_from is RetryFrom.FAILED
+            done = (done | chain.done) if from_failed else set()
 
     def _unplannable(self, iteration: int, try_num: int) -> ExitStatus | None:
         """A try that could not even be planned: give up after max_tries, else pause."""
@@ -345,7 +347,7 @@ class Supervisor:
     def _settle_boot_tries(self, status: ExitStatus) -> None:
         """A try ended by a stop or on a task's request did not fail: take it back; after a
         halt the machine is repaired or gone, so start afresh."""
-        if not self.config.runner["max_boot_tries"]:
+        if not self.config.runner.max_boot_tries:
             return
         if status in (ExitStatus.SIGTERM, ExitStatus.SIGINT, ExitStatus.EXIT,
                       ExitStatus.CONFIG):
@@ -355,7 +357,7 @@ class Supervisor:
 
     def _boot_loop_guard(self, iteration: int, try_num: int) -> ExitStatus | None:
         """max_boot_tries: count this try durably; halt when too many failed before."""
-        limit = self.config.runner["max_boot_tries"]
+        limit = self.config.runner.max_boot_tries
         if not limit:
             return None
         failed = self.boot.boot_tries()
@@ -474,7 +476,7 @@ class Supervisor:
                     self._conclude(run, execution)
                     if self._settle_parallel(run, chain, failures):
                         stop_new = True
-                        if (self.config.runner["on_failure"] == "stop"
+                        if (self.config.runner.on_failure is OnFailure.STOP
                                 or self.refusal is not None):
                             for _run, other, _thread in workers.values():
                                 other.cancel()
@@ -485,7 +487,7 @@ class Supervisor:
 
     def _start_ready(self, pending, workers, chain, iteration, try_num, finished, wake_w) -> bool:
         """Start what can start; True when nothing more may start (stop, pause, halt)."""
-        while len(workers) < self.config.runner["max_parallel"]:
+        while len(workers) < self.config.runner.max_parallel:
             if (self.signals.stop_signal is not None or self.controls.halt
                     or self.refusal is not None):
                 return True
@@ -617,7 +619,7 @@ class Supervisor:
         task = run.task
         if self.controls.take_skip(task.name):
             return "skipped by runner ctl"
-        if self.stamps is not None and task.settings.frequency != "always":
+        if self.stamps is not None and task.settings.frequency is not Frequency.ALWAYS:
             reason = self.stamps.skip_reason(task)
             if reason:
                 return reason
@@ -641,7 +643,7 @@ class Supervisor:
         return run_process(
             task.settings.check,
             env=self.env.for_run(run),
-            cwd=self.config.runner["task_cwd"],
+            cwd=self.config.runner.task_cwd,
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
             on_line=lambda line: log.info("[%s %s] %s", task.name, what, line),
@@ -660,7 +662,7 @@ class Supervisor:
         process = run_process(
             task.argv,
             env=self.env.for_run(run),
-            cwd=self.config.runner["task_cwd"],
+            cwd=self.config.runner.task_cwd,
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
             on_line=lambda line: log.info("[%s] %s", task.name, line),
@@ -679,7 +681,7 @@ class Supervisor:
         self._refused(execution.recheck)
         run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
         run.duration_s, run.output_tail = result.duration_s, result.output_tail
-        state = classify(result, reboot=bool(self.config.runner["reboot_task"]))
+        state = classify(result, reboot=bool(self.config.runner.reboot_task))
         if state is TaskState.OK and execution.recheck is not None and execution.recheck.stopped:
             state = TaskState.STOPPED  # stopped during the recheck: a stop, not a failure
         skip_asked = self.controls.take_skip(run.task.name)
@@ -692,7 +694,7 @@ class Supervisor:
                                     else f"exit {recheck.exit_code}")
             run.error = f"check still fails after the run ({how})"
         if state is TaskState.OK and self.stamps is not None:
-            if run.task.settings.frequency != "always":
+            if run.task.settings.frequency is not Frequency.ALWAYS:
                 self.stamps.record(run.task)
         if run.duration_s is not None and recheck is not None:
             run.duration_s += recheck.duration_s
@@ -713,7 +715,7 @@ class Supervisor:
         """Backoff before the next try (the failing task's settings); False if runner
         was stopped meanwhile."""
         try:
-            pause = settings.sleep_time * self.config.runner["backoff"] ** try_num
+            pause = settings.sleep_time * self.config.runner.backoff ** try_num
         except OverflowError:
             pause = MAX_PAUSE
         if settings.retry_jitter > 0:
@@ -791,7 +793,7 @@ class Supervisor:
         reboot = self.plan.reboot
         if reboot is None:
             log.error("%s asked for a reboot but reboot_task %s is not in %s: retrying",
-                      asking.task.name, self.config.runner["reboot_task"], self.plan.task_dir)
+                      asking.task.name, self.config.runner.reboot_task, self.plan.task_dir)
             return None
         resume = Resume(
             iteration=iteration, try_num=try_num, after=asking.task.name,

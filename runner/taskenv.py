@@ -133,7 +133,7 @@ class TaskEnvironment:
             "RUNNER_TASK": run.task.name,
             "RUNNER_TRY": str(run.try_num),
             "RUNNER_ITERATION": str(run.iteration),
-            "RUNNER_STATE_DIR": self.config.runner["state_dir"],
+            "RUNNER_STATE_DIR": self.config.runner.state_dir,
             "RUNNER_RUN_ID": self.run_id,
         })
         return env

@@ -13,7 +13,8 @@ from . import permissions
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # config imports this module for the name filter
-    from .config import Config, TaskSettings
+    from .config import Config
+    from .settings import TaskSettings
 
 # Suffixes of files that package managers and editors leave behind.
 LEFTOVER_SUFFIXES = {
@@ -102,10 +103,10 @@ def discover(config: Config, task_dir: str) -> Plan:
         raise ConfigError(f"{task_dir}: task directory is not a directory") from None
     except OSError as exc:
         raise ConfigError(f"{task_dir}: cannot read task directory: {exc.strerror}") from None
-    halt_name = config.runner["halt_task"]
+    halt_name = config.runner.halt_task
     set_aside = {_resolve(task_dir, halt_name)}
-    if config.runner["reboot_task"]:
-        set_aside.add(_resolve(task_dir, config.runner["reboot_task"]))
+    if config.runner.reboot_task:
+        set_aside.add(_resolve(task_dir, config.runner.reboot_task))
     tasks, skipped = [], []
     for name in sorted(names, key=byte_order):
         path = os.path.join(task_dir, name)
@@ -121,13 +122,13 @@ def discover(config: Config, task_dir: str) -> Plan:
         if reason:
             skipped.append((name, reason))
     ordered = order(tasks, config, skipped)
-    reboot_name = config.runner["reboot_task"]
+    reboot_name = config.runner.reboot_task
     plan = Plan(
         task_dir, ordered, _special(config, task_dir, halt_name), halt_name, skipped,
         needs_of(ordered, config, skipped),
         _special(config, task_dir, reboot_name) if reboot_name else None,
     )
-    if permissions.applies(config.runner["strict_permissions"]):
+    if permissions.applies(config.runner.strict_permissions):
         reason = _plan_problem(config, plan)
         if reason:
             raise permissions.UntrustedPath(reason)
@@ -157,15 +158,15 @@ def task_search_path(config: Config) -> str | None:
 def _plan_problem(config: Config, plan: Plan) -> str | None:
     """Why something the plan would execute as root may not be trusted (strict_permissions),
     resolved the way it is executed: in task_cwd, with the tasks' PATH."""
-    cwd, path = config.runner["task_cwd"], task_search_path(config)
+    cwd, path = config.runner.task_cwd, task_search_path(config)
     commands: list[tuple[list[str] | None, permissions.Trust, str, str | None]] = []
     for task in [*plan.tasks, plan.halt, plan.reboot]:
         if task is not None:
             commands.append((task.argv, trust_of(task), cwd, path))
             commands.append((task.settings.check, check_trust(task), cwd, path))
-    commands.append((config.runner["task_hook"], HOOK_TRUST, cwd, path))
+    commands.append((config.runner.task_hook, HOOK_TRUST, cwd, path))
     # instance_id_command runs as runner's own child: runner's cwd and PATH.
-    commands.append((config.runner["instance_id_command"], INSTANCE_ID_TRUST, os.getcwd(),
+    commands.append((config.runner.instance_id_command, INSTANCE_ID_TRUST, os.getcwd(),
                      os.environ.get("PATH")))
     reason = permissions.problem(plan.task_dir, "task directory")
     for argv, trust, where, search in commands:

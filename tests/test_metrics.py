@@ -14,9 +14,9 @@ from conftest import run_in_mount_namespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from runner import metrics
-from runner.config import TaskSettings
 from runner.identity import RunIdentity
 from runner.metrics import RESULT_VALUES, MetricsListener
+from runner.settings import TaskSettings
 from runner.states import Kind, TaskRun, TaskState, check_transition
 from runner.tasks import Task, short_name
 

@@ -12,8 +12,9 @@ from itertools import pairwise
 import pytest
 from conftest import RUNNER, assert_one_line_error, skip_unless
 
-from runner.config import TaskSettings, load
+from runner.config import load
 from runner.graph import critical_path, dependencies, to_dot, waves
+from runner.settings import Frequency, TaskSettings
 from runner.tasks import Plan, Task, discover, short_name
 
 NEEDS_DOT = "runner graph --format svg needs Graphviz's dot (apt-get install graphviz)"
@@ -23,7 +24,7 @@ def task(name: str, *depends_on: str, frequency: str = "always",
          check: list[str] | None = None) -> Task:
     settings = TaskSettings(max_time=0, max_tries=1, sleep_time=0, retry_jitter=0,
                             interpreter=None, kill_grace=1, depends_on=list(depends_on),
-                            check=check, frequency=frequency)
+                            check=check, frequency=Frequency(frequency))
     return Task(name, f"/tasks/{name}", short_name(name), settings)
 
 
@@ -309,7 +310,7 @@ def record_success(ws, name: str) -> None:
     config = load(str(ws.cfg))
     plan = discover(config, str(ws.tasks))
     (the_task,) = [t for t in plan.tasks if t.name == name]
-    recorder = stamps.Stamps(config.runner["state_dir"], config, boot_id="boot",
+    recorder = stamps.Stamps(config.runner.state_dir, config, boot_id="boot",
                              instance_id=lambda: None)
     recorder.record(the_task)
     assert recorder.skip_reason(the_task), "the stamp was not written"

@@ -66,7 +66,7 @@ def open_stamps(ws: Workspace, boot_id: str = "boot-1",
     config = load(str(ws.cfg))
     plan = discover(config, str(ws.tasks))
     [found] = [t for t in plan.tasks if t.name == task]
-    return Stamps(config.runner["state_dir"], config, boot_id=boot_id,
+    return Stamps(config.runner.state_dir, config, boot_id=boot_id,
                   instance_id=instance_id), found
 
 

@@ -53,20 +53,20 @@ def _warnings(config: Config, plan: Plan):
     yield from config.warnings
     if plan.halt is None:
         yield f"halt task {plan.halt_name} not found in {plan.task_dir}: a halt will only be logged"
-    reboot = config.runner["reboot_task"]
+    reboot = config.runner.reboot_task
     if reboot and plan.reboot is None:
         yield (f"reboot_task {reboot} not found in {plan.task_dir}: a task exiting 4 "
                "will be retried instead")
     for name, reason in plan.skipped:
         if reason == NOT_EXECUTABLE:
             yield f"{name}: {reason}"
-    hook = config.runner["task_hook"]
+    hook = config.runner.task_hook
     if hook and not _executable(hook[0]):
         yield f"[runner] task_hook: {hook[0]} is not an executable command"
-    interpreter = config.runner["interpreter"]
+    interpreter = config.runner.interpreter
     if interpreter and not _executable(interpreter[0]):
         yield f"[runner] interpreter: {interpreter[0]} is not an executable command"
-    if config.runner["journal_url"]:
+    if config.runner.journal_url:
         try:
             import psycopg  # noqa: F401
         except ImportError:

@@ -28,7 +28,7 @@ def ctl(options: RunOptions, words: list[str], out: TextIO = sys.stdout) -> int:
     except ControlError as exc:
         raise ConfigError(f"ctl: {exc}") from None
     config = load(options.config_path, options.overrides)
-    path = socket_path(config.runner["runtime_dir"])
+    path = socket_path(config.runner.runtime_dir)
     try:
         ok, reply = send(path, words)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):

@@ -28,7 +28,7 @@ def dry_run(options: RunOptions, out: TextIO = sys.stdout) -> int:
     config = load(options.config_path, options.overrides)
     plan = discover(config, task_dir_of(options, config))
     stamps = stamps_mod.Stamps(
-        config.runner["state_dir"], config, boot_id=boot_id(),
+        config.runner.state_dir, config, boot_id=boot_id(),
         instance_id=functools.partial(stamps_mod.instance_id, config),
     )
     env = TaskEnvironment(config)
@@ -36,7 +36,7 @@ def dry_run(options: RunOptions, out: TextIO = sys.stdout) -> int:
     signals = SignalState()
     signals.install()
     try:
-        rows = [_decide(task, stamps, env, config.runner["task_cwd"], signals, masker)
+        rows = [_decide(task, stamps, env, config.runner.task_cwd, signals, masker)
                 for task in plan.tasks]
     finally:
         signals.uninstall()

@@ -38,7 +38,7 @@ def skip_reasons(config: Config, plan: Plan) -> dict[str, str]:
     except ImportError:
         def instance_id(_config: Config) -> str | None:
             return None
-    stamps = Stamps(config.runner["state_dir"], config, boot_id=identity.boot_id(),
+    stamps = Stamps(config.runner.state_dir, config, boot_id=identity.boot_id(),
                     instance_id=lambda: instance_id(config))
     reasons = {}
     for task in plan.tasks:
@@ -57,11 +57,11 @@ def plan(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout,
     Secret values (in a check command line, say) are masked unless `show_secrets`."""
     config, the_plan, needs = _load(options)
     out = listing_output(out, config, show_secrets)
-    max_parallel = config.runner["max_parallel"]
+    max_parallel = config.runner.max_parallel
     reasons = skip_reasons(config, the_plan)
     scheduled = waves(the_plan.tasks, max_parallel, needs)
     halt = the_plan.halt.name if the_plan.halt else None
-    reboot = config.runner["reboot_task"] or None
+    reboot = config.runner.reboot_task or None
     if as_json:
         document = {
             "task_dir": the_plan.task_dir,
@@ -127,7 +127,7 @@ def graph(options: RunOptions, fmt: str = "dot", out: TextIO = sys.stdout,
     if fmt not in FORMATS:
         raise ValueError(f"unknown graph format {fmt!r}")
     config, the_plan, needs = _load(options)
-    text = to_dot(the_plan, skip_reasons(config, the_plan), config.runner["max_parallel"], needs)
+    text = to_dot(the_plan, skip_reasons(config, the_plan), config.runner.max_parallel, needs)
     if not show_secrets:
         text = Masker.from_config(config).text(text)
     data = text.encode("utf-8")

@@ -51,10 +51,10 @@ def _since(text: str | None) -> datetime | None:
 
 
 def _open(config: Config, local: bool) -> Reader:
-    url = config.runner["journal_url"]
+    url = config.runner.journal_url
     if url and not local:
         return history.open_postgres(url)
-    return history.open_local(config.runner["state_dir"])
+    return history.open_local(config.runner.state_dir)
 
 
 def _fail(message: str) -> int:
@@ -171,7 +171,7 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
     tasks: list[dict[str, Any]] = []
     last_run, problem = None, None
     try:
-        reader = history.open_local(config.runner["state_dir"])
+        reader = history.open_local(config.runner.state_dir)
     except JournalUnavailable as exc:
         problem = str(exc)
     else:
@@ -216,10 +216,10 @@ def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
     apart. It is trusted only when the lock cannot be asked (no lock file to read) or
     when that runner says it runs without one (its state_dir was not writable).
     """
-    live = read_status(config.runner["runtime_dir"])
+    live = read_status(config.runner.runtime_dir)
     live_alive = bool(live) and still_running(live.get("pid"), live.get("pid_start"),
                                               live.get("boot_id"))
-    lock = instance.probe(config.runner["state_dir"])
+    lock = instance.probe(config.runner.state_dir)
     if lock.held:
         # No pid in the lock file (a full state_dir): a live status file is the holder's.
         mine = live_alive and lock.pid in (None, live.get("pid"))
@@ -246,7 +246,7 @@ def _print_status(doc: dict[str, Any], config: Config, out: TextIO) -> None:
         print(f"  now: {_now_line(live)}", file=out)
     elif doc["running"]:
         print(f"runner on {doc['host']}: running (pid {doc['pid'] or 'unknown'}); its live "
-              f"status is not in {status_path(config.runner['runtime_dir'])}", file=out)
+              f"status is not in {status_path(config.runner.runtime_dir)}", file=out)
     elif doc["last_run"]:
         run = doc["last_run"]
         ended = f" at {_local(run['ended_at'])}" if run.get("ended_at") else ""

@@ -15,7 +15,7 @@ from ..tasks import discover
 def reset(options: RunOptions, task: str | None, out: TextIO = sys.stdout) -> int:
     """Remove the stamps (all, or TASK's): 0 when done, 1 when TASK names nothing."""
     config = load(options.config_path, options.overrides)
-    state_dir = config.runner["state_dir"]
+    state_dir = config.runner.state_dir
     # Read before removing: the line printed for each stamp names its frequency.
     frequencies = stamps.stamps(state_dir)
     try:

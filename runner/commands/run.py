@@ -37,7 +37,7 @@ def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int
     # One runner per state_dir, for runner's whole life; taken before detaching, so a
     # refusal reaches the terminal.
     try:
-        lock = instance.acquire(config.runner["state_dir"])
+        lock = instance.acquire(config.runner.state_dir)
     except instance.AlreadyRunning as exc:
         return fail(str(exc), instance.EX_TEMPFAIL)
     try:
@@ -79,7 +79,7 @@ def supervise(options: RunOptions, config: Config,
     logs.mask_logs(masker.text)  # from the first line on
     heartbeat = Heartbeat()
     signals = SignalState(heartbeat=heartbeat)
-    notifier = Notifier(config.runner["notify_ready"], heartbeat=heartbeat)
+    notifier = Notifier(config.runner.notify_ready, heartbeat=heartbeat)
     identity = RunIdentity.current()
     lock_file = lock.path if lock is not None else None
     listeners = (*recorders(options, config, identity, masker, lock_file), notifier)
@@ -111,17 +111,17 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
     run_info = {
         "version": __version__, "config": config.path, "task_dir": task_dir_of(options, config),
     }
-    db_path = journal_path(runner["state_dir"])
+    db_path = journal_path(runner.state_dir)
     journal = JournalListener(
-        db_path, identity, run_info=run_info, keep_days=runner["journal_keep_days"],
-        forwarding=bool(runner["journal_url"]),
+        db_path, identity, run_info=run_info, keep_days=runner.journal_keep_days,
+        forwarding=bool(runner.journal_url),
     )
     listeners: list[Listener] = [journal]
     forwarder = None
-    if runner["journal_url"]:
+    if runner.journal_url:
         from ..pgjournal import Forwarder
 
-        forwarder = Forwarder(runner["journal_url"], db_path, masker)
+        forwarder = Forwarder(runner.journal_url, db_path, masker)
         journal.on_write = forwarder.wake
         listeners.append(forwarder)
 
@@ -131,16 +131,16 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
             "forward": forwarder.health.snapshot() if forwarder else None,
         }
 
-    live = LiveStatus(runner["runtime_dir"], identity, run_info={**run_info, "lock": lock_file},
+    live = LiveStatus(runner.runtime_dir, identity, run_info={**run_info, "lock": lock_file},
                       health=health, mask=masker.text)
     listeners.append(live)
     if forwarder is not None:
         forwarder.on_change = live.refresh
-    if runner["metrics_file"]:
+    if runner.metrics_file:
         from ..metrics import MetricsListener
 
-        listeners.append(MetricsListener(runner["metrics_file"], identity,
-                                         seed=_metrics_seed(runner["state_dir"], identity),
+        listeners.append(MetricsListener(runner.metrics_file, identity,
+                                         seed=_metrics_seed(runner.state_dir, identity),
                                          mask=masker.text))
     return listeners
 

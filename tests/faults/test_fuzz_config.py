@@ -438,7 +438,7 @@ def assert_usable(scratch: Scratch, defines: list[str]) -> None:
     (time.sleep(nan) and deadlines of inf crash the supervisor)."""
     with contextlib.chdir(scratch.root):
         config = load(str(scratch.cfg), defines)
-    values = list(config.runner.items())
+    values = list(dataclasses.asdict(config.runner).items())
     for name in TASK_NAMES:
         values += dataclasses.asdict(config.task_settings(name)).items()
     for key, value in values:
