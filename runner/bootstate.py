@@ -16,6 +16,7 @@ from typing import Any
 from .files import make_dir, write_atomic
 from .identity import iso, utc_now
 from .statedir import open_file_problem
+from .states import ExitStatus
 
 log = logging.getLogger("runner")
 
@@ -131,3 +132,26 @@ class BootState:
 
     def reset_tries(self) -> None:
         self._remove(BOOT_TRIES_FILE)
+
+    def begin_try(self, limit: int) -> int | None:
+        """max_boot_tries = `limit`: None when this try may run (it is counted now, so a
+        crash or reboot in the middle of it counts as failed); else how many tries
+        failed before it (the caller halts)."""
+        if not limit:
+            return None
+        failed = self.boot_tries()
+        if failed >= limit:
+            return failed
+        self.count_try()
+        return None
+
+    def settle_try(self, status: ExitStatus | None, limit: int) -> None:
+        """The try ended: passed (None) or halted starts afresh; a try ended by a stop, on
+        a task's request or by a refusal did not fail, so it is taken back."""
+        if not limit:
+            return
+        if status is None or status is ExitStatus.HALTED:
+            self.reset_tries()
+        elif status in (ExitStatus.SIGTERM, ExitStatus.SIGINT, ExitStatus.EXIT,
+                        ExitStatus.CONFIG):
+            self.uncount_try()

@@ -10,8 +10,8 @@ from typing import NoReturn
 
 from . import __version__, getconf, logs
 from .errors import ConfigError
+from .settings import RunOptions
 from .states import ExitStatus
-from .supervisor import RunOptions
 
 log = logging.getLogger("runner")
 EX_SOFTWARE = 70  # sysexits(3): an internal error

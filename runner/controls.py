@@ -4,7 +4,10 @@ thread, which records requests, and the main loop, which acts on them."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from .control import ControlError
 
 
 @dataclass
@@ -14,6 +17,7 @@ class Controls:
     paused: bool = False
     halt: bool = False
     retry_now: bool = False
+    in_backoff: bool = False  # set by the main loop while it pauses between tries
     skip: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -39,3 +43,28 @@ class Controls:
                 self.skip.discard(name)
                 return True
             return False
+
+    def handle(self, words: list[str], *, find: Callable[[str], str | None],
+               cancel: Callable[[str], bool]) -> str:
+        """Record one checked `runner ctl` request (in the socket's thread) and say what
+        it does. `find` gives the task file name for a name or short name, `cancel`
+        stops that task's run if one is in progress. ControlError when it cannot apply."""
+        action = words[0]
+        if action == "retry-now":
+            if not self.in_backoff:
+                raise ControlError("runner is not pausing between tries")
+            self.set(retry_now=True)
+            return "the pause ends now; the next try starts"
+        if action == "skip":
+            name = find(words[1])
+            if name is None:
+                raise ControlError(f"no task {words[1]!r} in the chain")
+            self.request_skip(name)
+            if cancel(name):
+                return f"{name} is being stopped; it counts as SKIPPED"
+            return f"{name} will be skipped when its turn comes (once)"
+        if action in ("pause", "resume"):
+            self.set(paused=action == "pause")
+            return "pausing after the current task" if action == "pause" else "resuming"
+        self.set(halt=True)  # halt
+        return "halting after the current task"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from .process import ended_by
 from .states import Kind, TaskRun, TaskState, check_transition
 
 log = logging.getLogger("runner")
@@ -23,8 +24,17 @@ class Listener:
     def chain_started(self, iteration: int, try_num: int) -> None:
         """A try of the chain begins."""
 
-    def waiting(self, seconds: float, reason: str) -> None:
-        """runner pauses (backoff before a retry)."""
+    def backoff(self, seconds: float, cause: str) -> None:
+        """runner waits `seconds` before the next try, because of `cause` (a task)."""
+
+    def paused(self) -> None:
+        """`runner ctl pause` holds the chain before its next task."""
+
+    def resumed(self) -> None:
+        """`runner ctl resume` let the chain go on."""
+
+    def rebooting(self, after: str) -> None:
+        """The reboot task ran; runner waits for the shutdown (resuming after `after`)."""
 
     def iteration_done(self, iteration: int) -> None:
         """Every task of the chain was OK in this iteration."""
@@ -60,8 +70,17 @@ class Dispatcher:
     def iteration_done(self, iteration: int) -> None:
         self._emit("iteration_done", iteration)
 
-    def waiting(self, seconds: float, reason: str) -> None:
-        self._emit("waiting", seconds, reason)
+    def backoff(self, seconds: float, cause: str) -> None:
+        self._emit("backoff", seconds, cause)
+
+    def paused(self) -> None:
+        self._emit("paused")
+
+    def resumed(self) -> None:
+        self._emit("resumed")
+
+    def rebooting(self, after: str) -> None:
+        self._emit("rebooting", after)
 
     def finished(self, status: int) -> None:
         self._emit("finished", status)
@@ -76,14 +95,10 @@ class Dispatcher:
 
 def describe_end(run: TaskRun) -> str:
     """`RETRY (exit 1) after 0.20s`: the result line of a task run."""
-    detail = []
-    if run.error:
-        detail.append(run.error)
-    elif run.signal is not None:
-        detail.append(f"signal {run.signal}")
-    elif run.exit_code is not None and run.state is not TaskState.OK:
-        detail.append(f"exit {run.exit_code}")
-    text = run.state.value + (f" ({', '.join(detail)})" if detail else "")
+    text = run.state.value
+    if run.error or run.signal is not None or (
+            run.exit_code is not None and run.state is not TaskState.OK):
+        text += f" ({ended_by(run.error, run.signal, run.exit_code)})"
     if run.duration_s is not None:
         text += f" after {run.duration_s:.2f}s"
     return text

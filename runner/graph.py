@@ -12,6 +12,7 @@ import unicodedata
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from .scheduler import ready
 from .settings import Frequency
 from .tasks import byte_order, needs_of
 
@@ -27,29 +28,27 @@ def dependencies(tasks: list[Task]) -> dict[str, set[str]]:
 
 def waves(tasks: list[Task], max_parallel: int,
           needs: dict[str, set[str]] | None = None) -> list[list[Task]]:
-    """The schedule when every task takes the same time.
-
-    max_parallel 1: one task per wave, in plan order (`tasks` as tasks.order returned them).
-    Otherwise each wave takes, in byte order, at most max_parallel of the tasks whose
-    dependencies are all in earlier waves: what the scheduler does when the tasks running
-    together also end together. `needs` (file name -> file names it waits for) defaults
-    to the tasks' resolved depends_on. A cycle is a ValueError.
+    """The schedule when every task takes the same time: each wave takes at most
+    max_parallel of the tasks that may start once the earlier waves are through, chosen
+    by the scheduler's own rule (scheduler.ready), which is what the run does when the
+    tasks running together also end together. With max_parallel 1 that is plan order.
+    `needs` (file name -> file names it waits for) defaults to the tasks' resolved
+    depends_on. A cycle is a ValueError.
     """
     if max_parallel < 1:
         raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
-    if max_parallel == 1:
-        return [[task] for task in tasks]
     needs = dependencies(tasks) if needs is None else needs
-    waiting = sorted(tasks, key=lambda t: byte_order(t.name))
     present = {t.name for t in tasks}
+    within = {t.name: needs.get(t.name, set()) & present for t in tasks}
+    waiting = list(tasks)
     done: set[str] = set()
     result: list[list[Task]] = []
     while waiting:
-        ready = [t for t in waiting if needs.get(t.name, set()) & present <= done]
-        if not ready:
-            names = ", ".join(t.name for t in waiting)
+        candidates = ready(waiting, within, done)
+        if not candidates:
+            names = ", ".join(t.name for t in sorted(waiting, key=lambda t: byte_order(t.name)))
             raise ValueError(f"dependency cycle among: {names}")
-        wave = ready[:max_parallel]
+        wave = candidates[:max_parallel]
         result.append(wave)
         done.update(t.name for t in wave)
         waiting = [t for t in waiting if t.name not in done]

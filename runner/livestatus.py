@@ -103,10 +103,21 @@ class LiveStatus(Listener):
             self._set(state="between tasks", task=None, since=iso(utc_now()),
                       tasks_running=[], defer=True)
 
-    def waiting(self, seconds: float, reason: str) -> None:
+    def backoff(self, seconds: float, cause: str) -> None:
         now = utc_now()
-        self._set(state="waiting", task=None, since=iso(now), reason=reason,
+        self._set(state="waiting", task=None, since=iso(now), reason=f"backoff after {cause}",
                   waiting_until=iso(now + timedelta(seconds=seconds)))
+
+    def paused(self) -> None:
+        self._set(state="paused", task=None, since=iso(utc_now()), waiting_until=None,
+                  reason="paused by runner ctl")
+
+    def resumed(self) -> None:
+        self._set(state="between tasks", task=None, since=iso(utc_now()), reason=None)
+
+    def rebooting(self, after: str) -> None:
+        self._set(state="rebooting", task=None, since=iso(utc_now()), waiting_until=None,
+                  reason=f"waiting for the reboot; the next start resumes after {after}")
 
     def iteration_done(self, iteration: int) -> None:
         self._set(state="between iterations", task=None, since=iso(utc_now()))

@@ -137,9 +137,19 @@ class Notifier(Listener):
         ):
             self._ready(f"{run.task.name} succeeded")
 
-    def waiting(self, seconds: float, reason: str) -> None:
-        self.send(f"STATUS=iteration {self.iteration}: {reason}, "
+    def backoff(self, seconds: float, cause: str) -> None:
+        self.send(f"STATUS=iteration {self.iteration}: backoff after {cause}, "
                   f"retrying in {seconds:.0f}s (try {self.try_num + 1} next)")
+
+    def paused(self) -> None:
+        self.send(f"STATUS=iteration {self.iteration}: paused by runner ctl "
+                  "(runner ctl resume goes on)")
+
+    def resumed(self) -> None:
+        self.send(f"STATUS=iteration {self.iteration}: resumed by runner ctl")
+
+    def rebooting(self, after: str) -> None:
+        self.send(f"STATUS=waiting for the reboot asked for by {after}")
 
     def iteration_done(self, iteration: int) -> None:
         if self.ready.when is ReadyWhen.PASS:

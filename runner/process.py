@@ -64,6 +64,20 @@ class ProcessResult:
     leftovers: list[str] = field(default_factory=list)
 
 
+def describe_exit(result: ProcessResult) -> str:
+    """How a process ended, in a few words: its error, `signal N` or `exit N`."""
+    return ended_by(result.error, result.signal, result.exit_code)
+
+
+def ended_by(error: str | None, signal: int | None, exit_code: int | None) -> str:
+    """The error that kept it from ending normally, else `signal N`, else `exit N`."""
+    if error:
+        return error
+    if signal is not None:
+        return f"signal {signal}"
+    return f"exit {exit_code}"
+
+
 @dataclass(frozen=True)
 class Limits:
     """Time limits of one run; stop_after is how many stop signals interrupt it."""

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 class Frequency(enum.StrEnum):
@@ -148,3 +152,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     return value
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line says about a run."""
+
+    config_path: str | None = None
+    overrides: tuple[str, ...] = ()
+    task_dir: str | None = None
+    times: int | None = None
+    halt_after: bool = False
+
+
+def task_dir_of(options: RunOptions, config: Config) -> str:
+    """The task directory: the command line's, else [runner] task_dir."""
+    return os.path.abspath(options.task_dir or config.runner.task_dir)

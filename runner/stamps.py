@@ -8,6 +8,7 @@ its section makes the task run again (cloud-init stamps by name only, which hide
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import permissions, reaper
 from .files import make_dir, write_atomic
-from .identity import iso, utc_now
+from .identity import boot_id, iso, utc_now
 from .settings import Frequency
 from .statedir import open_file_problem
 from .tasks import INSTANCE_ID_TRUST, Task, short_name
@@ -115,6 +116,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
     for stream in (proc.stdout, proc.stderr):
         if stream:
             stream.close()
+
+
+def for_config(config: Config) -> Stamps:
+    """The stamps of state_dir, scoped by this boot and this machine's instance id (the
+    one wiring used by the run, the dry run and `runner plan`)."""
+    return Stamps(config.runner.state_dir, config, boot_id=boot_id(),
+                  instance_id=functools.partial(instance_id, config))
 
 
 class Stamps:

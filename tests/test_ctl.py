@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from conftest import Workspace, started, wait_for
+from test_notify import NotifySocket
 
 
 def ctl(ws: Workspace, *words: str):
@@ -95,11 +97,12 @@ def test_pause_holds_the_next_task_until_resume(ws):
         assert ctl(ws, "pause").returncode == 0
         (ws.state / "go").touch()
         wait_for(lambda: json.loads((ws.root / "run" / "status.json").read_text())["state"]
-                 == "waiting", what="runner to pause")
+                 == "paused", what="runner to pause")
         time.sleep(0.5)
         assert not (ws.state / "second-ran").exists()
         status = ws.run("status", tasks=False).stdout
-        assert "paused by runner ctl" in status
+        assert "paused by runner ctl (since " in status
+        assert "waiting until" not in status  # a pause has no end time to show
         assert ctl(ws, "resume").returncode == 0
         _out, err = proc.communicate(timeout=20)
     finally:
@@ -137,3 +140,26 @@ def test_halt_in_parallel_mode_waits_for_running_tasks(ws):
     assert proc.returncode == 2, err
     assert "a done" in err and "c ran" not in err and "halting now" in err
 
+
+def test_systemd_status_says_paused_not_retrying_while_paused(ws, tmp_path):
+    ws.task("10-first.sh", 'while [ ! -e "$RUNNER_STATE_DIR/go" ]; do sleep 0.05; done')
+    ws.task("20-second.sh")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = ws.start("-n", "1", env={**os.environ, "NOTIFY_SOCKET": notify.path})
+    try:
+        wait_for(lambda: socket_up(ws), what="control socket")
+        assert ctl(ws, "pause").returncode == 0
+        (ws.state / "go").touch()
+        wait_for(lambda: any("paused by runner ctl" in m for m in notify.messages),
+                 what="STATUS saying paused")
+        assert ctl(ws, "resume").returncode == 0
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        messages = notify.close()
+    assert proc.returncode == 0, err
+    paused = [m for m in messages if "paused by runner ctl" in m]
+    assert paused == ["STATUS=iteration 1: paused by runner ctl (runner ctl resume goes on)"]
+    assert not any("retrying in" in m for m in messages)
+    assert messages.index(paused[0]) < next(
+        n for n, m in enumerate(messages) if "running task 20-second.sh" in m)

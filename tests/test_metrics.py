@@ -119,7 +119,7 @@ def test_retry_chain_then_ok(prom):
     listener.chain_started(1, 1)
     drive.run("10-mount.sh", 1, 1, TaskState.OK, duration=0.5)
     drive.run("20-puppet.sh", 1, 1, TaskState.RETRY, duration=3.0)
-    listener.waiting(1.0, "backoff after 20-puppet.sh")
+    listener.backoff(1.0, "20-puppet.sh")
     listener.chain_started(1, 2)
     drive.run("10-mount.sh", 1, 2, TaskState.OK, duration=0.5)
     before = time.time()

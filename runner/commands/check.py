@@ -12,8 +12,8 @@ from .. import statedir
 from ..config import Config, load
 from ..getconf import format_value
 from ..masking import MaskedWriter, listing_output
+from ..settings import RunOptions, task_dir_of
 from ..spec import load_spec
-from ..supervisor import RunOptions, task_dir_of
 from ..tasks import NOT_EXECUTABLE, Plan, Task, discover
 
 SETTINGS = ("max_time", "max_tries", "sleep_time", "retry_jitter", "kill_grace")

@@ -12,7 +12,7 @@ from typing import TextIO
 from ..config import load
 from ..control import ControlError, check_words, send, socket_path
 from ..errors import ConfigError
-from ..supervisor import RunOptions
+from ..settings import RunOptions
 
 REFUSED = 1
 

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from typing import TextIO
 
-from .. import identity
+from .. import stamps
 from ..config import Config, load
 from ..graph import dependencies, markers, to_dot, waves
 from ..masking import Masker, listing_output
-from ..supervisor import RunOptions, task_dir_of
+from ..settings import RunOptions, task_dir_of
+from ..tasklife import decide
 from ..tasks import Plan, Task, byte_order, discover
 
 NEEDS_DOT = "runner graph --format svg needs Graphviz's dot (apt-get install graphviz)"
@@ -28,26 +29,17 @@ def _load(options: RunOptions) -> tuple[Config, Plan, dict[str, set[str]]]:
 
 
 def skip_reasons(config: Config, plan: Plan) -> dict[str, str]:
-    """Tasks the frequency stamps would skip now: file name -> reason."""
-    try:
-        from ..stamps import Stamps
-    except ImportError:  # a runner without stamps: every task runs
-        return {}
-    try:
-        from ..stamps import instance_id
-    except ImportError:
-        def instance_id(_config: Config) -> str | None:
-            return None
-    stamps = Stamps(config.runner.state_dir, config, boot_id=identity.boot_id(),
-                    instance_id=lambda: instance_id(config))
+    """Tasks the operator's view of the stamps would skip now: file name -> reason (the
+    run's own decision, without running any check)."""
+    recorded = stamps.for_config(config)
     reasons = {}
     for task in plan.tasks:
         try:
-            reason = stamps.skip_reason(task)
+            decision = decide(task, stamps=recorded)
         except (OSError, ValueError):  # an unreadable stamp means the task runs
-            reason = None
-        if reason:
-            reasons[task.name] = reason
+            continue
+        if decision.skip:
+            reasons[task.name] = decision.reason
     return reasons
 
 

@@ -20,7 +20,7 @@ from ..history import Filters, JournalUnavailable, Reader
 from ..identity import still_running
 from ..journal import INTERRUPTED, RUNNING
 from ..livestatus import read_status, status_path
-from ..supervisor import RunOptions
+from ..settings import RunOptions
 from .check import print_table
 
 NOTHING = 1
@@ -270,6 +270,8 @@ def _now_line(live: dict[str, Any]) -> str:
         return f"{where}: running {live['task']} since {_local(live['since'])}"
     if state == "waiting":
         return f"{where}: waiting until {_local(live['waiting_until'])} ({live['reason']})"
+    if state in ("paused", "rebooting"):
+        return f"{where}: {live['reason']} (since {_local(live['since'])})"
     if live.get("iteration") is None:
         return str(state)
     return f"{where}: {state}"

@@ -8,7 +8,7 @@ from typing import TextIO
 from .. import stamps
 from ..config import Config, load
 from ..errors import ConfigError
-from ..supervisor import RunOptions, task_dir_of
+from ..settings import RunOptions, task_dir_of
 from ..tasks import discover
 
 

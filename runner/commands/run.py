@@ -12,9 +12,10 @@ from ..events import Listener
 from ..identity import RunIdentity
 from ..masking import Masker
 from ..notify import Heartbeat, Notifier
+from ..settings import RunOptions, task_dir_of
 from ..signals import SignalState
 from ..states import ExitStatus
-from ..supervisor import RunOptions, Supervisor, task_dir_of
+from ..supervisor import Supervisor
 from ..tasks import discover
 
 log = logging.getLogger("runner")

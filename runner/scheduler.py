@@ -1,0 +1,207 @@
+"""One try of the chain: which task starts when.
+
+A task may start when every task it depends on is through (OK or SKIPPED); among the
+tasks that may start, byte order of the file names decides, and at most max_parallel
+run at once. Sequential runs are max_parallel = 1: each task then waits for the one
+before it in plan order, because plan order is exactly this rule applied one at a time
+(tasks.order). `runner plan` draws its waves with the same `ready()`.
+
+Each task runs in a worker thread with a SignalView of its own; the main thread makes
+every state change (skip, RUNNING, the result), so hooks and listeners are only ever
+called from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import selectors
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .controls import Controls
+from .process import ProcessResult
+from .settings import OnFailure
+from .signals import SignalState, SignalView
+from .states import TaskRun, TaskState
+from .tasklife import Execution, Refusal, TaskLife
+from .tasks import Task, byte_order
+
+log = logging.getLogger("runner")
+
+
+def ready(pending: Iterable[Task], needs: dict[str, set[str]], done: set[str]) -> list[Task]:
+    """The tasks of `pending` whose dependencies are all in `done`, in byte order."""
+    return sorted((t for t in pending if needs.get(t.name, set()) <= done),
+                  key=lambda t: byte_order(t.name))
+
+
+@dataclass
+class TryResult:
+    """What one try of the chain did."""
+
+    done: set[str]  # tasks through (OK or SKIPPED), with those done by earlier tries
+    ended: list[TaskRun] = field(default_factory=list)  # every other result, as they came
+
+
+@dataclass
+class _Worker:
+    run: TaskRun
+    view: SignalView
+    thread: threading.Thread
+
+
+class Scheduler:
+    """Starts the tasks of one try as the rule above allows, until they are through, one
+    fails (no new start; on_failure = stop also stops the running ones), or runner is
+    stopped, paused or halted."""
+
+    def __init__(
+        self,
+        life: TaskLife,
+        signals: SignalState,
+        controls: Controls,
+        refusal: Refusal,
+        refresh: Callable[[Task], Task] = lambda task: task,
+    ) -> None:
+        self.life = life
+        self.signals = signals
+        self.controls = controls
+        self.refusal = refusal
+        # Called right before a task starts: applies a reload asked for by SIGHUP.
+        self.refresh = refresh
+
+    def run_try(self, tasks: list[Task], needs: dict[str, set[str]], done: set[str],
+                iteration: int, try_num: int) -> TryResult:
+        result = TryResult(done=set(done))
+        pending = [t for t in tasks if t.name not in result.done]
+        workers: dict[str, _Worker] = {}
+        finished: queue.Queue[tuple[str, Execution]] = queue.Queue()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        stop_new = False
+        try:
+            while True:
+                if not stop_new:
+                    stop_new = self._start_ready(
+                        pending, needs, workers, result, (iteration, try_num),
+                        lambda run, view: self._spawn(run, view, finished, wake_w))
+                if not workers:
+                    break
+                self._wait_for_workers(wake_r)
+                if self.signals.stop_signal is not None or self.controls.halt:
+                    stop_new = True
+                while not finished.empty():
+                    name, execution = finished.get()
+                    if self._finish(workers.pop(name), execution, result):
+                        stop_new = True
+                        self._stop_others(workers)
+        finally:
+            os.close(wake_r)
+            os.close(wake_w)
+        return result
+
+    def _halted(self) -> bool:
+        return (self.signals.stop_signal is not None or bool(self.controls.halt)
+                or bool(self.refusal))
+
+    def _start_ready(self, pending: list[Task], needs: dict[str, set[str]],
+                     workers: dict[str, _Worker], result: TryResult, at: tuple[int, int],
+                     spawn: Callable[[TaskRun, SignalView], threading.Thread]) -> bool:
+        """Start what may start; True when nothing more may start (stop, halt, refusal)."""
+        while len(workers) < self.life.config.runner.max_parallel:
+            if self._halted():
+                return True
+            if self.controls.paused:
+                if workers:
+                    return False  # pause after what runs now
+                if not self._wait_while_paused() or self.controls.halt:
+                    return True
+            candidates = ready(pending, needs, result.done)
+            if not candidates:
+                return False
+            pending.remove(candidates[0])
+            task = self.refresh(candidates[0])
+            run = TaskRun(task, *at, task.settings.max_tries)
+            if self.life.skipped(run, self.signals):
+                result.done.add(task.name)
+                continue
+            if self._halted():
+                return True  # stopped, or its check refused, while the check ran
+            self.life.begin(run)
+            if self.signals.stop_signal is not None:  # asked to stop while the hook ran
+                self.life.stop_before_start(run)
+                result.ended.append(run)
+                return True
+            view = self.signals.view()
+            self.life.register(task.name, view)
+            workers[task.name] = _Worker(run, view, spawn(run, view))
+        return False
+
+    def _spawn(self, run: TaskRun, view: SignalView, finished: queue.Queue,
+               wake_w: int) -> threading.Thread:
+        thread = threading.Thread(target=self._work, args=(run, view, finished, wake_w),
+                                  name=f"task {run.task.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def _work(self, run: TaskRun, view: SignalView, finished: queue.Queue,
+              wake_w: int) -> None:
+        try:
+            execution = self.life.execute(run, view)
+        except Exception as exc:  # a bug must not leave the main loop waiting forever
+            execution = Execution(ProcessResult(error=f"internal error: {exc}"))
+        finished.put((run.task.name, execution))
+        os.write(wake_w, b"\0")
+
+    def _wait_for_workers(self, wake_r: int) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(wake_r, selectors.EVENT_READ)
+            if self.signals.fd >= 0:
+                selector.register(self.signals.fd, selectors.EVENT_READ)
+            self.signals.expect_wake_by(None)  # the workers enforce every time limit
+            selector.select()
+            self.signals.expect_wake_by(time.monotonic())
+        self.signals.drain()  # passes a stop on to every worker's view
+        try:
+            while os.read(wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _finish(self, worker: _Worker, execution: Execution, result: TryResult) -> bool:
+        """Conclude a run whose worker is done; True when no new task may start."""
+        worker.thread.join()
+        name = worker.run.task.name
+        self.life.unregister(name)
+        self.signals.forget(worker.view)
+        self.life.conclude(worker.run, execution,
+                           stopping=self.signals.stop_signal is not None)
+        if self.refusal:
+            return True
+        if worker.run.state in (TaskState.OK, TaskState.SKIPPED):
+            result.done.add(name)
+            return False
+        if worker.run.state is TaskState.REBOOT:
+            result.done.add(name)
+        result.ended.append(worker.run)
+        return True
+
+    def _stop_others(self, workers: dict[str, _Worker]) -> None:
+        if self.life.config.runner.on_failure is OnFailure.STOP or self.refusal:
+            for worker in workers.values():
+                worker.view.cancel()
+
+    def _wait_while_paused(self) -> bool:
+        """Hold while `runner ctl pause` holds (a halt ends it too); False if stopped."""
+        if not self.controls.paused or self.controls.halt:
+            return True
+        log.warning("paused by runner ctl: waiting for runner ctl resume")
+        self.life.dispatcher.paused()
+        if not self.signals.wait_until(lambda: not self.controls.paused or self.controls.halt):
+            return False
+        log.info("resumed by runner ctl")
+        self.life.dispatcher.resumed()
+        return True

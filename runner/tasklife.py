@@ -1,0 +1,293 @@
+"""One task's life: skip (by the operator, a frequency stamp or its check), run, check
+again, stamp; and which runs are in progress (for `runner ctl skip`).
+
+Every state change goes through the Dispatcher (logs, journal, status, hooks). The
+decision whether a task would be skipped is `decide()`, which `runner run --dry-run`
+and `runner plan` use too, so the three cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import permissions
+from .process import Limits, ProcessResult, describe_exit, run_process
+from .settings import Frequency
+from .signals import SignalState, SignalView
+from .states import EXIT_CODE_RESULTS, Kind, TaskRun, TaskState
+from .tasks import Task, check_trust, trust_of
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .events import Dispatcher
+    from .masking import Masker
+    from .stamps import Stamps
+    from .taskenv import TaskEnvironment
+
+log = logging.getLogger("runner")
+REBOOT_EXIT = 4  # a task asks for a reboot (when reboot_task is configured)
+OPERATOR_SKIP = "skipped by runner ctl"
+CHECK_PASSED = "check: already done"
+
+Signals = SignalState | SignalView
+RunProcess = Callable[..., ProcessResult]
+
+
+def classify(result: ProcessResult, reboot: bool = False) -> TaskState:
+    """The result of a task run from how its process ended; exit 4 means REBOOT only when
+    a reboot_task is configured (otherwise it stays the RETRY it always was)."""
+    if result.stopped:
+        return TaskState.STOPPED
+    if result.timed_out:
+        return TaskState.TIMEOUT
+    if result.exit_code is None:  # could not start, or died by a signal
+        return TaskState.RETRY
+    if reboot and result.exit_code == REBOOT_EXIT:
+        return TaskState.REBOOT
+    return EXIT_CODE_RESULTS.get(result.exit_code, TaskState.RETRY)
+
+
+# -- the one skip decision ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a task runs now, and why."""
+
+    skip: bool
+    reason: str
+
+
+def decide(
+    task: Task,
+    *,
+    stamps: Stamps | None,
+    operator_skip: Callable[[str], bool] | None = None,
+    check: Callable[[Task], ProcessResult | None] | None = None,
+) -> Decision:
+    """Skip by the operator (`runner ctl skip`, taken once), by a frequency stamp, or by
+    a check that passes, in that order. Without `check` the check is not run (`runner
+    plan`); a check that was stopped or refused (None) lets the task go on."""
+    settings = task.settings
+    if operator_skip is not None and operator_skip(task.name):
+        return Decision(True, OPERATOR_SKIP)
+    if stamps is not None and settings.frequency is not Frequency.ALWAYS:
+        reason = stamps.skip_reason(task)
+        if reason:
+            return Decision(True, reason)
+    if not settings.check:
+        return Decision(False, "no check" if settings.frequency is Frequency.ALWAYS
+                        else f"{settings.frequency}: not done yet")
+    result = check(task) if check is not None else None
+    if result is None or result.stopped:
+        return Decision(False, "check not run")
+    if result.exit_code == 0:
+        return Decision(True, CHECK_PASSED)
+    return Decision(False, f"check fails ({describe_exit(result)})")
+
+
+# -- what may stop a run ----------------------------------------------------------------
+
+
+class Refusal:
+    """strict_permissions refused to exec something: runner ends with 78 at the next
+    decision, never running, skipping or halting anything because of it. Any thread may
+    record one; the first reason is kept."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+    def refuse(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+        log.error("%s", reason)
+
+    def of(self, result: ProcessResult | None) -> bool:
+        """True (and the refusal recorded) when run_process refused to start it."""
+        if result is None or not result.refused:
+            return False
+        self.refuse(result.error or "refused")
+        return True
+
+
+@dataclass
+class Execution:
+    """What running a task produced: its process, and the check run again after it."""
+
+    process: ProcessResult
+    recheck: ProcessResult | None = None
+
+
+class TaskLife:
+    """Takes one task run from PENDING to its result."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        env: TaskEnvironment,
+        masker: Masker,
+        dispatcher: Dispatcher,
+        refusal: Refusal,
+        stamps: Stamps | None = None,
+        operator_skip: Callable[[str], bool] | None = None,
+        run: RunProcess = run_process,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.masker = masker
+        self.dispatcher = dispatcher
+        self.refusal = refusal
+        self.stamps = stamps
+        self.operator_skip = operator_skip
+        self._run_process = run
+        # Runs in progress: task file name -> its worker's view (runner ctl skip).
+        self._running: dict[str, SignalView] = {}
+        self._running_lock = threading.Lock()
+
+    def reconfigure(self, config: Config, dispatcher: Dispatcher,
+                    stamps: Stamps | None) -> None:
+        """After a reload (SIGHUP): the new settings apply to the runs that start next."""
+        self.config, self.dispatcher, self.stamps = config, dispatcher, stamps
+
+    def _trust(self, trust: permissions.Trust) -> permissions.Trust | None:
+        return trust if permissions.applies(self.config.runner.strict_permissions) else None
+
+    # -- before the run (main thread) ---------------------------------------
+
+    def skipped(self, run: TaskRun, signals: Signals) -> bool:
+        """Skip by operator, by frequency stamp or by check; True (and SKIPPED) if so."""
+        decision = decide(run.task, stamps=self.stamps, operator_skip=self.operator_skip,
+                          check=lambda task: self._check(run, signals))
+        if not decision.skip:
+            return False
+        run.error = decision.reason
+        run.mark_started()
+        run.duration_s = 0.0
+        self.dispatcher.transition(run, TaskState.SKIPPED)
+        return True
+
+    def _check(self, run: TaskRun, signals: Signals) -> ProcessResult | None:
+        """The task's check before the run; None when refused (strict_permissions)."""
+        result = self._check_process(run, signals, "check")
+        if self.refusal.of(result):
+            return None
+        if result.error and not result.stopped:
+            log.warning("%s: check: %s", run.task.name, result.error)
+        return result
+
+    def begin(self, run: TaskRun) -> None:
+        run.mark_started()
+        self.dispatcher.transition(run, TaskState.RUNNING)
+
+    def stop_before_start(self, run: TaskRun) -> None:
+        """runner was asked to stop while the hook before the run ran."""
+        run.duration_s = 0.0
+        self.dispatcher.transition(run, TaskState.STOPPED)
+
+    # -- the run (any thread, no transitions) ---------------------------------
+
+    def execute(self, run: TaskRun, signals: Signals) -> Execution:
+        """The task's process, then its check again."""
+        task = run.task
+        process = self._run_process(
+            task.argv,
+            env=self.env.for_run(run),
+            cwd=self.config.runner.task_cwd,
+            limits=Limits(task.settings.max_time, task.settings.kill_grace),
+            signals=signals,
+            on_line=lambda line: log.info("[%s] %s", task.name, line),
+            masker=self.masker,
+            trust=self._trust(trust_of(task)),
+        )
+        execution = Execution(process)
+        if task.settings.check and process.exit_code == 0 and not process.stopped:
+            execution.recheck = self._check_process(run, signals, "recheck")
+        return execution
+
+    def _check_process(self, run: TaskRun, signals: Signals, what: str) -> ProcessResult:
+        task = run.task
+        assert task.settings.check is not None
+        return self._run_process(
+            task.settings.check,
+            env=self.env.for_run(run),
+            cwd=self.config.runner.task_cwd,
+            limits=Limits(task.settings.max_time, task.settings.kill_grace),
+            signals=signals,
+            on_line=lambda line: log.info("[%s %s] %s", task.name, what, line),
+            masker=self.masker,
+            label=f"{task.name} {what}",
+            trust=self._trust(check_trust(task)),
+        )
+
+    # -- after the run (main thread) ------------------------------------------
+
+    def conclude(self, run: TaskRun, execution: Execution, stopping: bool) -> None:
+        """Turn what ran into the run's result, and make the one transition to it.
+        `stopping`: runner itself is being stopped (a stop is then no operator skip)."""
+        result, recheck = execution.process, execution.recheck
+        self.refusal.of(result)
+        self.refusal.of(recheck)
+        _copy_result(run, result)
+        state = classify(result, reboot=bool(self.config.runner.reboot_task))
+        if state is TaskState.OK and recheck is not None and recheck.stopped:
+            state = TaskState.STOPPED  # stopped during the recheck: a stop, not a failure
+        skip_asked = self.operator_skip is not None and self.operator_skip(run.task.name)
+        if state is TaskState.STOPPED and skip_asked and not stopping:
+            state, run.error = TaskState.SKIPPED, "stopped and skipped by runner ctl"
+        if state is TaskState.OK and recheck is not None and recheck.exit_code != 0:
+            state = TaskState.RETRY
+            run.error = f"check still fails after the run ({describe_exit(recheck)})"
+        if (state is TaskState.OK and self.stamps is not None
+                and run.task.settings.frequency is not Frequency.ALWAYS):
+            self.stamps.record(run.task)
+        if run.duration_s is not None and recheck is not None:
+            run.duration_s += recheck.duration_s
+        self.dispatcher.transition(run, state)
+
+    # -- the halt and reboot tasks --------------------------------------------
+
+    def run_special(self, task: Task, iteration: int, try_num: int, kind: Kind,
+                    signals: SignalState) -> TaskRun:
+        """The halt or reboot task: no check, no stamps, no skipping."""
+        run = TaskRun(task, iteration, try_num, task.settings.max_tries, kind)
+        self.begin(run)
+        execution = self.execute(dataclasses.replace(run), signals)
+        self.refusal.of(execution.process)
+        _copy_result(run, execution.process)
+        self.dispatcher.transition(run, classify(execution.process))
+        return run
+
+    # -- runs in progress ----------------------------------------------------------
+
+    def register(self, name: str, view: SignalView) -> None:
+        with self._running_lock:
+            self._running[name] = view
+
+    def unregister(self, name: str) -> None:
+        with self._running_lock:
+            self._running.pop(name, None)
+
+    def cancel(self, name: str) -> bool:
+        """Stop the run of `name` if one is in progress (runner ctl skip)."""
+        with self._running_lock:
+            view = self._running.get(name)
+            if view is not None:
+                view.cancel()
+            return view is not None
+
+
+def _copy_result(run: TaskRun, result: ProcessResult) -> None:
+    run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
+    run.duration_s, run.output_tail = result.duration_s, result.output_tail
