@@ -3,11 +3,15 @@ thread, which records requests, and the main loop, which acts on them."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .control import ControlError
+from .control import ControlError, ControlServer, socket_path
+from .files import make_dir
+
+log = logging.getLogger("runner")
 
 
 @dataclass
@@ -68,3 +72,24 @@ class Controls:
             return "pausing after the current task" if action == "pause" else "resuming"
         self.set(halt=True)  # halt
         return "halting after the current task"
+
+
+def serve(runtime_dir: str, controls: Controls, *, find: Callable[[str], str | None],
+          cancel: Callable[[str], bool], poke: Callable[[], None]) -> ControlServer | None:
+    """The control socket in runtime_dir, recording what `runner ctl` asks in `controls`
+    (and waking the main loop with `poke`); None, with a warning, when it cannot be."""
+    try:
+        make_dir(runtime_dir, 0o755)
+    except OSError as exc:
+        log.warning("runtime_dir %s: cannot create it (%s); runner ctl will not work",
+                    runtime_dir, exc.strerror)
+        return None
+
+    def handle(words: list[str]) -> str:
+        reply = controls.handle(words, find=find, cancel=cancel)
+        poke()
+        return reply
+
+    server = ControlServer(socket_path(runtime_dir), handle)
+    server.start()
+    return server

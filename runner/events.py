@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 
@@ -10,6 +11,7 @@ from .process import ended_by
 from .states import Kind, TaskRun, TaskState, check_transition
 
 log = logging.getLogger("runner")
+SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
 
 
 class Listener:
@@ -91,6 +93,30 @@ class Dispatcher:
                 getattr(listener, method)(*args)
             except Exception as exc:  # a listener must never change a task's result
                 log.error("%s failed in %s: %s", type(listener).__name__, method, exc)
+
+
+class FailureSummary(Listener):
+    """The failed tries of this run, for the summary logged at exit."""
+
+    def __init__(self) -> None:
+        self.runs: collections.deque[TaskRun] = collections.deque(maxlen=SUMMARY_LIMIT)
+        self.count = 0
+
+    def task_changed(self, run: TaskRun) -> None:
+        if run.state.is_failure and run.kind is Kind.TASK:
+            self.runs.append(run)
+            self.count += 1
+
+    def log(self) -> None:
+        if not self.runs:
+            return
+        log.warning("%d failed tr%s during this run:", self.count,
+                    "y" if self.count == 1 else "ies")
+        if self.count > len(self.runs):
+            log.warning("  (%d earlier failures not shown)", self.count - len(self.runs))
+        for run in self.runs:
+            log.warning("  %s iteration %d try %d: %s", run.task.name, run.iteration,
+                        run.try_num, describe_end(run))
 
 
 def describe_end(run: TaskRun) -> str:

@@ -4,7 +4,6 @@ runner.tasklife's."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import random
@@ -15,10 +14,10 @@ from . import config as config_mod
 from . import permissions, stamps
 from .bootstate import BootState, Resume
 from .config import Config
-from .controls import Controls
+from .control import ControlServer
+from .controls import Controls, serve
 from .errors import ConfigError
-from .events import Dispatcher, Listener, describe_end
-from .files import make_dir
+from .events import Dispatcher, FailureSummary, Listener, describe_end
 from .hooks import HookListener
 from .identity import RunIdentity
 from .masking import Masker
@@ -32,32 +31,7 @@ from .tasklife import Refusal, TaskLife
 from .tasks import HOOK_TRUST, NOT_EXECUTABLE, Plan, Task, discover
 
 log = logging.getLogger("runner")
-SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
 MAX_PAUSE = 7 * 86400.0  # longest backoff pause, seconds
-
-
-class FailureSummary(Listener):
-    """The failed tries of this run, for the summary logged at exit."""
-
-    def __init__(self) -> None:
-        self.runs: collections.deque[TaskRun] = collections.deque(maxlen=SUMMARY_LIMIT)
-        self.count = 0
-
-    def task_changed(self, run: TaskRun) -> None:
-        if run.state.is_failure and run.kind is Kind.TASK:
-            self.runs.append(run)
-            self.count += 1
-
-    def log(self) -> None:
-        if not self.runs:
-            return
-        log.warning("%d failed tr%s during this run:", self.count,
-                    "y" if self.count == 1 else "ies")
-        if self.count > len(self.runs):
-            log.warning("  (%d earlier failures not shown)", self.count - len(self.runs))
-        for run in self.runs:
-            log.warning("  %s iteration %d try %d: %s", run.task.name, run.iteration,
-                        run.try_num, describe_end(run))
 
 
 class Supervisor:
@@ -140,25 +114,9 @@ class Supervisor:
             self.dispatcher.finished(int(status))
             self.env.close()
 
-    def _start_control(self):
-        from .control import ControlServer, socket_path
-
-        runtime_dir = self.config.runner.runtime_dir
-        try:
-            make_dir(runtime_dir, 0o755)
-        except OSError as exc:
-            log.warning("runtime_dir %s: cannot create it (%s); runner ctl will not work",
-                        runtime_dir, exc.strerror)
-            return None
-        server = ControlServer(socket_path(runtime_dir), self._control)
-        server.start()
-        return server
-
-    def _control(self, words: list[str]) -> str:
-        """A `runner ctl` request (called in the control socket's thread)."""
-        reply = self.controls.handle(words, find=self._find_task, cancel=self.life.cancel)
-        self.signals.poke()
-        return reply
+    def _start_control(self) -> ControlServer | None:
+        return serve(self.config.runner.runtime_dir, self.controls, find=self._find_task,
+                     cancel=self.life.cancel, poke=self.signals.poke)
 
     def _find_task(self, wanted: str) -> str | None:
         tasks = self.plan.tasks if self.plan is not None else []
