@@ -12,6 +12,8 @@ from conftest import skip_unless
 
 import runner
 
+pytestmark = pytest.mark.packaging
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -268,6 +268,7 @@ def journal_warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "journal" in line and "WARNING" in line]
 
 
+@pytest.mark.root
 def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
     for number in range(4):
         ws.task(f"{number}0-task.sh", f"echo task {number} ran")
@@ -287,6 +288,7 @@ def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
     assert live["exit_status"] == 0
 
 
+@pytest.mark.root
 def test_a_full_disk_warns_once_holds_records_and_writes_them_when_space_returns(ws):
     # 10 fills the disk, 20 and 30 run while nothing can be written, 40 frees the space.
     ws.task("10-fill.sh", 'dd if=/dev/zero of="$RUNNER_STATE_DIR/filler" bs=64k 2>/dev/null; '

@@ -11,7 +11,7 @@ import subprocess
 
 import psycopg
 import pytest
-from conftest import RUNNER, Workspace, skip_unless, wait_for
+from conftest import RUNNER, Workspace, need_root, skip_unless, wait_for
 from pgserver import TcpProxy, via
 
 from runner import pgjournal
@@ -169,6 +169,7 @@ def _status_error(ws: Workspace) -> str:
 
 def _as_host(ws: Workspace, host: str, *args: str) -> subprocess.CompletedProcess:
     """Run runner with another host name, in a UTS namespace of its own."""
+    need_root("needs root to set a host name in a UTS namespace of its own")
     skip_unless(shutil.which("unshare") is not None, "needs unshare (util-linux)")
     command = " ".join(f"'{a}'" for a in [RUNNER, "-c", str(ws.cfg), *args, str(ws.tasks)])
     return subprocess.run(
@@ -193,6 +194,7 @@ def fleet(ws, pg_url):
     return ws
 
 
+@pytest.mark.root
 def test_the_fleet_journal_answers_which_workers_failed_a_task_today(fleet):
     proc = fleet.run("history", "--task", "puppet", "--since", "today", "--json", tasks=False)
     assert proc.returncode == 0, proc.stderr
@@ -208,6 +210,7 @@ def test_the_fleet_journal_answers_which_workers_failed_a_task_today(fleet):
     assert "HOST" in table.splitlines()[0] and "worker-2" in table
 
 
+@pytest.mark.root
 def test_host_filters_and_the_local_journal_are_separate_views(fleet):
     only = json.loads(fleet.run("history", "--host", "worker-2", "--json", tasks=False).stdout)
     assert {r["host"] for r in only} == {"worker-2"} and len(only) == 4

@@ -13,6 +13,8 @@ from conftest import skip_unless
 
 import runner
 
+pytestmark = pytest.mark.packaging
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = r"/usr/lib/python3[.\d]*/(site|dist)-packages"
 

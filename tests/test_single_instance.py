@@ -22,6 +22,7 @@ from conftest import (
     Workspace,
     alive,
     assert_one_line_error,
+    need_root,
     run_in_mount_namespace,
     wait_for,
 )
@@ -321,6 +322,7 @@ def test_a_state_dir_that_cannot_be_created_is_one_warning_and_the_tasks_run(ws)
     assert len(runs(marker)) == 1
 
 
+@pytest.mark.root
 def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
     out = asking_task(ws)
     # A lock file left from before the remount: free, and not openable for writing.
@@ -334,6 +336,7 @@ def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
     assert json.loads(out.read_text())["running"] is True
 
 
+@pytest.mark.root
 def test_a_full_state_dir_keeps_the_lock_without_a_pid_and_runs(ws):
     out = asking_task(ws)
     proc = run_on_tmpfs_state(ws, "64k", f"(dd if=/dev/zero of='{ws.state}/filler' bs=4k "
@@ -359,8 +362,10 @@ SQUATTERS = {
 }
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("kind", list(SQUATTERS))
 def test_a_pidfile_naming_a_process_that_is_not_runner_is_replaced_with_one_warning(ws, kind):
+    need_root("needs root to run the squatter as nobody")
     argv, argv0, reason = SQUATTERS[kind]
     marker, _ = marked_task(ws)
     pidfile = ws.root / "runner.pid"
