@@ -56,7 +56,7 @@ def skip_unless(condition: bool, reason: str) -> None:
 # layers: pytest_collection_modifyitems marks it, so `-m` selects it without a decorator.
 FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "open_ws": ("root",),  # here and in test_security: runner as root, nobody as attacker
-    "open_dir": ("root",),  # test_control: another uid connects to the socket
+    "open_dir": ("root",),  # test_ctl_socket: another uid connects
     "systemd_tree": ("systemd", "root"),
     "pg_server": ("postgres",),
     "scram_server": ("postgres",),  # test_secrets: a password-only server of its own
