@@ -12,7 +12,8 @@ from conftest import skip_unless
 
 import runner
 
-pytestmark = pytest.mark.packaging
+# Slow as a whole: the first test to run builds the package.
+pytestmark = [pytest.mark.packaging, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

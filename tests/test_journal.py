@@ -227,6 +227,7 @@ def test_a_live_runner_is_not_marked_interrupted_by_a_second_one(ws):
         first.communicate(timeout=20)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_corrupts_the_journal_or_loses_finished_rows(ws):
     for number in range(6):
         ws.task(f"{number:02d}-step.sh", "echo step")

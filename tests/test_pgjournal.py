@@ -42,6 +42,7 @@ def flaky_chain(ws: Workspace) -> None:
     """)
 
 
+@pytest.mark.slow
 def test_runs_are_forwarded_with_host_boot_id_results_and_output(ws, pg_url):
     flaky_chain(ws)
     ws.config(journal_url=pg_url)
@@ -68,6 +69,7 @@ def test_runs_are_forwarded_with_host_boot_id_results_and_output(ws, pg_url):
     assert not local_rows(ws, "SELECT * FROM task_runs WHERE synced_rev < rev")
 
 
+@pytest.mark.slow
 def test_the_schema_is_created_once_and_versioned(ws, pg_url):
     ws.task("10-ok.sh")
     ws.config(journal_url=pg_url)
@@ -103,6 +105,7 @@ def test_the_password_never_reaches_the_log_or_the_status_file(ws, pg_server):
     assert "s3cr3t" not in (ws.root / "run" / "status.json").read_text()
 
 
+@pytest.mark.slow
 def test_an_outage_for_a_whole_run_loses_nothing_once_the_database_is_back(
         ws, pg_server, pg_url):
     flaky_chain(ws)
@@ -194,6 +197,7 @@ def fleet(ws, pg_url):
     return ws
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_the_fleet_journal_answers_which_workers_failed_a_task_today(fleet):
     proc = fleet.run("history", "--task", "puppet", "--since", "today", "--json", tasks=False)
@@ -210,6 +214,7 @@ def test_the_fleet_journal_answers_which_workers_failed_a_task_today(fleet):
     assert "HOST" in table.splitlines()[0] and "worker-2" in table
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_host_filters_and_the_local_journal_are_separate_views(fleet):
     only = json.loads(fleet.run("history", "--host", "worker-2", "--json", tasks=False).stdout)

@@ -173,6 +173,7 @@ def test_a_runner_starting_while_status_probes_the_lock_waits_for_the_probe(ws):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_status_says_running_with_the_lock_holders_pid_and_not_running_after(ws):
     marker, _ = marked_task(ws)
     with LogWatcher(ws.start("-n", "1")) as first:
@@ -192,6 +193,7 @@ def test_status_says_running_with_the_lock_holders_pid_and_not_running_after(ws)
     assert (doc["running"], doc["pid"], doc["runner"]) == (False, None, None)
 
 
+@pytest.mark.slow
 def test_status_believes_the_lock_not_a_status_file_that_says_otherwise(ws):
     # What a second runner sharing runtime_dir used to leave: a status file of its own
     # (finished, dead pid) while the first still runs — and a live pid whose lock is free.
@@ -252,6 +254,7 @@ def test_a_task_that_runs_runner_status_sees_its_runner_running(ws):
     assert doc["runner"]["task"] == "10-ask.sh"
 
 
+@pytest.mark.slow
 def test_a_foreground_runner_is_refused_while_a_daemon_runs_on_its_state_dir(ws):
     marker, _ = marked_task(ws)
     pidfile = ws.root / "runner.pid"
@@ -273,6 +276,7 @@ def test_a_foreground_runner_is_refused_while_a_daemon_runs_on_its_state_dir(ws)
         kill_groups(runs(marker))
 
 
+@pytest.mark.slow
 def test_a_daemon_is_refused_on_the_terminal_while_a_foreground_runner_runs(ws):
     marker, _ = marked_task(ws)
     pidfile = ws.root / "runner.pid"
