@@ -50,6 +50,44 @@ def skip_unless(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+# -- test layers: the markers registered in pyproject.toml ---------------------------------
+
+# A test that uses one of these fixtures, directly or through another fixture, is in these
+# layers: pytest_collection_modifyitems marks it, so `-m` selects it without a decorator.
+FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
+    "open_ws": ("root",),  # here and in test_security: runner as root, nobody as attacker
+    "open_dir": ("root",),  # test_ctl_socket: another uid connects
+    "systemd_tree": ("systemd", "root"),
+    "pg_server": ("postgres",),
+    "scram_server": ("postgres",),  # test_secrets: a password-only server of its own
+}
+
+_running: list[pytest.Item] = []  # the test being set up or run, for need_root
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for marker in FIXTURE_MARKERS.get(fixture, ()):
+                if item.get_closest_marker(marker) is None:
+                    item.add_marker(marker)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running[:] = [item]
+
+
+def need_root(reason: str) -> None:
+    """Skip outside CI unless root (in CI: fail); the test itself must be marked `root`,
+    so that `-m "not root"` leaves out every test that needs root."""
+    if _running and _running[0].get_closest_marker("root") is None:
+        pytest.fail(f"{_running[0].nodeid} needs root ({reason}): mark it "
+                    "@pytest.mark.root (or use a fixture in conftest.FIXTURE_MARKERS)")
+    skip_unless(os.geteuid() == 0, reason)
+
+
 class Workspace:
     """A temporary runner setup: `cfg` (runner.cfg), `tasks` (tasks.d), `state` and `run`
     (runtime_dir, where the live status file goes)."""
@@ -132,8 +170,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str,
 
 
 def _unshare_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to mount file systems in a private mount namespace"
     if shutil.which("unshare") is None:
         return "needs unshare (util-linux)"
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
@@ -145,6 +181,7 @@ def run_in_mount_namespace(ws: Workspace, before: str, *args: str,
     """Run `runner -c CFG ARGS TASKDIR` in a private mount namespace: shell `before` sets
     up mounts (a tiny tmpfs, a read-only remount), `after` copies out what the test needs
     (the mounts vanish with the namespace). Returns runner's status and output."""
+    need_root("needs root to mount file systems in a private mount namespace")
     problem = _unshare_problem()
     skip_unless(problem is None, problem or "")
     command = " ".join(f"'{a}'" for a in ws.command(*args))
@@ -163,7 +200,7 @@ def ws(tmp_path: Path) -> Workspace:
 @pytest.fixture
 def open_ws() -> Iterator[Workspace]:
     """A workspace nobody can read (pytest's tmp_path is under a 0700 directory)."""
-    skip_unless(os.geteuid() == 0, "runs runner as root and the attacker as nobody")
+    need_root("runs runner as root and the attacker as nobody")
     skip_unless(shutil.which("runuser") is not None, "needs runuser (util-linux)")
     root = Path(tempfile.mkdtemp(prefix="runner-nobody-"))
     try:
@@ -174,6 +211,7 @@ def open_ws() -> Iterator[Workspace]:
 
 
 def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    need_root("runs a command as nobody (runuser)")
     return subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True,
                           text=True, timeout=60)
 
@@ -193,8 +231,6 @@ BOOT_TIMEOUT = 180
 
 
 def _container_tools_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "booting systemd in a container needs root"
     for tool in ("systemd-nspawn", "debootstrap"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (Debian packages systemd-container, debootstrap)"
@@ -204,6 +240,7 @@ def _container_tools_problem() -> str | None:
 @pytest.fixture(scope="session")
 def systemd_tree() -> Path:
     """The cached minimal Debian tree (scripts/systemd-tree.sh builds it, in CI always)."""
+    need_root("booting systemd in a container needs root")
     problem = _container_tools_problem()
     skip_unless(problem is None, problem or "")
     cache = os.environ.get("RUNNER_TREE_CACHE", "/var/cache/runner-ci")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,6 +31,7 @@ def test_the_parallel_graph_benchmark_never_beats_its_critical_path():
     assert result["critical_path"][-1].startswith("t3")
 
 
+@pytest.mark.slow
 def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     """bench/bench.py --quick: every benchmark present and not broken, the tasks really
     ran, the figures and ratios positive. Misses are the table's business, not this

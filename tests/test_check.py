@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 
+import pytest
 from conftest import LogWatcher, Workspace, output_of, started, wait_for
 
 HALT = "halt.sh"
@@ -259,6 +260,7 @@ def test_sigterm_during_the_recheck_stops_runner_without_the_halt_task(ws):
 # -- side by side ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_checks_skip_and_recheck_with_max_parallel(ws):
     ws.task("10-done.sh", 'echo x >> "$RUNNER_STATE_DIR/done-ran"')
     ws.task("20-todo.sh", 'sleep 0.5; touch "$RUNNER_STATE_DIR/todo"')

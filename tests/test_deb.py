@@ -12,6 +12,9 @@ from conftest import skip_unless
 
 import runner
 
+# Slow as a whole: the first test to run builds the package.
+pytestmark = [pytest.mark.packaging, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,9 +25,23 @@ def _tools() -> None:
                     f"{tool} is not installed (Debian package {package})")
 
 
+def _git_checkout() -> None:
+    """packaging/build-deb.sh packs the files git tracks: outside a git checkout of runner
+    (an unpacked sdist or `git archive`) there is nothing to build from."""
+    why = "needs a git checkout (packaging/build-deb.sh packs the files git tracks)"
+    skip_unless(shutil.which("git") is not None, f"{why}: git is not installed")
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--show-toplevel"],
+                          capture_output=True, text=True, timeout=60)
+    error = (proc.stderr.strip().splitlines() or [""])[-1]
+    skip_unless(proc.returncode == 0, f"{why}: {ROOT}: {error}")
+    top = Path(proc.stdout.strip()).resolve()
+    skip_unless(top == ROOT, f"{why}: {ROOT} is not one, only inside the one at {top}")
+
+
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory) -> Path:
     _tools()
+    _git_checkout()
     out = tmp_path_factory.mktemp("deb")
     proc = subprocess.run([str(ROOT / "packaging/build-deb.sh"), str(out)],
                           capture_output=True, text=True, timeout=600)

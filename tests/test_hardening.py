@@ -10,13 +10,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, assert_one_line_error, skip_unless
+from conftest import ROOT, assert_one_line_error, need_root
 
 NOBODY = 65534
 
 
 def as_root() -> None:
-    skip_unless(os.geteuid() == 0, "strict_permissions applies only when runner runs as root")
+    need_root("strict_permissions applies only when runner runs as root")
 
 
 def strict(ws, **runner: object) -> None:
@@ -26,6 +26,7 @@ def strict(ws, **runner: object) -> None:
 
 # -- strict_permissions ---------------------------------------------------------------
 
+@pytest.mark.root
 @pytest.mark.parametrize("mode, who", [(0o775, "its group"), (0o757, "others")])
 def test_a_task_writable_by_others_is_refused_with_the_fix(ws, mode, who):
     as_root()
@@ -36,6 +37,7 @@ def test_a_task_writable_by_others_is_refused_with_the_fix(ws, mode, who):
     assert "must not run" not in proc.stderr, line
 
 
+@pytest.mark.root
 def test_a_task_owned_by_another_user_is_refused(ws):
     as_root()
     task = ws.task("10-theirs.sh", "echo must not run", mode=0o755)
@@ -44,6 +46,7 @@ def test_a_task_owned_by_another_user_is_refused(ws):
     assert_one_line_error(ws.run("-n", "1"), str(task), "owned by", "chown root")
 
 
+@pytest.mark.root
 def test_a_world_writable_config_file_is_refused(ws):
     as_root()
     ws.task("10-ok.sh")
@@ -52,6 +55,7 @@ def test_a_world_writable_config_file_is_refused(ws):
     assert_one_line_error(ws.run("-n", "1"), str(ws.cfg), "config file", "chmod go-w")
 
 
+@pytest.mark.root
 def test_an_include_file_and_the_include_dir_are_checked(ws):
     as_root()
     ws.task("10-ok.sh")
@@ -69,6 +73,7 @@ def test_an_include_file_and_the_include_dir_are_checked(ws):
     assert ws.run("-n", "1").returncode == 0
 
 
+@pytest.mark.root
 def test_the_task_directory_and_the_hook_are_checked(ws):
     as_root()
     ws.task("10-ok.sh")
@@ -84,6 +89,7 @@ def test_the_task_directory_and_the_hook_are_checked(ws):
     assert ws.run("-n", "1").returncode == 0
 
 
+@pytest.mark.root
 def test_runner_check_reports_the_same_refusal(ws):
     as_root()
     task = ws.task("10-open.sh", mode=0o777)

@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 
+import pytest
 from conftest import output_of, started
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -183,6 +184,7 @@ def test_missing_hook_executable_is_logged_and_changes_nothing(ws):
     assert re.search(r"WARNING task_hook for a OK: cannot start", proc.stderr)
 
 
+@pytest.mark.slow
 def test_hanging_hook_is_killed_after_hook_timeout(ws):
     hook, calls = recording_hook(ws, extra="import time; time.sleep(60)")
     ws.task("a", "echo ran")

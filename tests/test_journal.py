@@ -227,6 +227,7 @@ def test_a_live_runner_is_not_marked_interrupted_by_a_second_one(ws):
         first.communicate(timeout=20)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_corrupts_the_journal_or_loses_finished_rows(ws):
     for number in range(6):
         ws.task(f"{number:02d}-step.sh", "echo step")
@@ -268,6 +269,7 @@ def journal_warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "journal" in line and "WARNING" in line]
 
 
+@pytest.mark.root
 def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
     for number in range(4):
         ws.task(f"{number}0-task.sh", f"echo task {number} ran")
@@ -287,6 +289,7 @@ def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
     assert live["exit_status"] == 0
 
 
+@pytest.mark.root
 def test_a_full_disk_warns_once_holds_records_and_writes_them_when_space_returns(ws):
     # 10 fills the disk, 20 and 30 run while nothing can be written, 40 frees the space.
     ws.task("10-fill.sh", 'dd if=/dev/zero of="$RUNNER_STATE_DIR/filler" bs=64k 2>/dev/null; '

@@ -442,6 +442,7 @@ def test_writing_resumes_and_says_so_once(tmp_path, caplog):
     assert got.get("runner_task_runs_total", task="a", result="OK") == 1
 
 
+@pytest.mark.root
 def test_a_full_disk_keeps_the_old_file_warns_once_and_leaves_no_temp_file(ws):
     # The metrics directory is a 64 KiB tmpfs; 20-fill.sh fills it, so every later write
     # fails with ENOSPC until 40-free.sh frees it.

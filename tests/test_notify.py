@@ -106,6 +106,7 @@ def test_status_names_the_retry_and_the_backoff(ws, notify):
     assert backoff < index(messages, r"try 2/5: running task 10-flaky\.sh")
 
 
+@pytest.mark.slow
 def test_watchdog_pings_continue_while_a_long_task_runs(ws, notify):
     ws.task("10-long.sh", "sleep 1.2")
     proc, messages = run_notified(ws, notify, WATCHDOG_USEC="200000")

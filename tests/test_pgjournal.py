@@ -11,7 +11,7 @@ import subprocess
 
 import psycopg
 import pytest
-from conftest import RUNNER, Workspace, skip_unless, wait_for
+from conftest import RUNNER, Workspace, need_root, skip_unless, wait_for
 from pgserver import TcpProxy, via
 
 from runner import pgjournal
@@ -42,6 +42,7 @@ def flaky_chain(ws: Workspace) -> None:
     """)
 
 
+@pytest.mark.slow
 def test_runs_are_forwarded_with_host_boot_id_results_and_output(ws, pg_url):
     flaky_chain(ws)
     ws.config(journal_url=pg_url)
@@ -68,6 +69,7 @@ def test_runs_are_forwarded_with_host_boot_id_results_and_output(ws, pg_url):
     assert not local_rows(ws, "SELECT * FROM task_runs WHERE synced_rev < rev")
 
 
+@pytest.mark.slow
 def test_the_schema_is_created_once_and_versioned(ws, pg_url):
     ws.task("10-ok.sh")
     ws.config(journal_url=pg_url)
@@ -103,6 +105,7 @@ def test_the_password_never_reaches_the_log_or_the_status_file(ws, pg_server):
     assert "s3cr3t" not in (ws.root / "run" / "status.json").read_text()
 
 
+@pytest.mark.slow
 def test_an_outage_for_a_whole_run_loses_nothing_once_the_database_is_back(
         ws, pg_server, pg_url):
     flaky_chain(ws)
@@ -169,6 +172,7 @@ def _status_error(ws: Workspace) -> str:
 
 def _as_host(ws: Workspace, host: str, *args: str) -> subprocess.CompletedProcess:
     """Run runner with another host name, in a UTS namespace of its own."""
+    need_root("needs root to set a host name in a UTS namespace of its own")
     skip_unless(shutil.which("unshare") is not None, "needs unshare (util-linux)")
     command = " ".join(f"'{a}'" for a in [RUNNER, "-c", str(ws.cfg), *args, str(ws.tasks)])
     return subprocess.run(
@@ -193,6 +197,8 @@ def fleet(ws, pg_url):
     return ws
 
 
+@pytest.mark.slow
+@pytest.mark.root
 def test_the_fleet_journal_answers_which_workers_failed_a_task_today(fleet):
     proc = fleet.run("history", "--task", "puppet", "--since", "today", "--json", tasks=False)
     assert proc.returncode == 0, proc.stderr
@@ -208,6 +214,8 @@ def test_the_fleet_journal_answers_which_workers_failed_a_task_today(fleet):
     assert "HOST" in table.splitlines()[0] and "worker-2" in table
 
 
+@pytest.mark.slow
+@pytest.mark.root
 def test_host_filters_and_the_local_journal_are_separate_views(fleet):
     only = json.loads(fleet.run("history", "--host", "worker-2", "--json", tasks=False).stdout)
     assert {r["host"] for r in only} == {"worker-2"} and len(only) == 4

@@ -478,6 +478,7 @@ def test_an_invalid_config_value_is_a_config_error_for_journal_commands(ws, comm
 # -- the fleet journal (PostgreSQL) ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_blame_on_the_fleet_journal_defaults_to_this_hosts_newest_run(ws, pg_url, tmp_path):
     import psycopg
 
@@ -505,6 +506,7 @@ def test_blame_on_the_fleet_journal_defaults_to_this_hosts_newest_run(ws, pg_url
     assert (their_blame["task"], their_blame["host"]) == ("10-theirs.sh", "other-host")
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_is_not_an_internal_error(ws):
     ws.task("10-chatty.sh", "seq 1 20000")
     for _ in range(3):

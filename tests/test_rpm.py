@@ -13,6 +13,9 @@ from conftest import skip_unless
 
 import runner
 
+# Slow as a whole: the first test to run builds the package.
+pytestmark = [pytest.mark.packaging, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = r"/usr/lib/python3[.\d]*/(site|dist)-packages"
 

@@ -25,6 +25,7 @@ from conftest import (
     Workspace,
     as_nobody,
     assert_one_line_error,
+    need_root,
     nobody_python,
     skip_unless,
     wait_for_file,
@@ -185,8 +186,9 @@ def test_runner_config_get_still_gives_a_task_the_secret(ws):
     assert (proc.returncode, proc.stdout) == (0, f"{SECRET}\n")
 
 
+@pytest.mark.root
 def test_root_sees_secrets_with_show_secrets(ws):
-    skip_unless(os.geteuid() == 0, "--show-secrets is for root")
+    need_root("--show-secrets is for root")
     listing_setup(ws)
     text = runner_config("-c", str(ws.cfg), "-l", "--show-secrets").stdout
     assert f"env.DB_PASSWORD = {SECRET}\n" in text and MASK not in text

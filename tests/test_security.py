@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, assert_one_line_error, skip_unless, wait_for_file
+from conftest import Workspace, assert_one_line_error, need_root, skip_unless, wait_for_file
 
 NOBODY = 65534
 
@@ -26,7 +26,7 @@ NOBODY = 65534
 def open_ws() -> Iterator[Workspace]:
     """A workspace nobody can reach: /tmp/runner-sec-XXXX (root, 0755). pytest's own
     tmp_path lives below a 0700 directory the attacker could not even enter."""
-    skip_unless(os.geteuid() == 0, "strict_permissions applies only when runner runs as root")
+    need_root("strict_permissions applies only when runner runs as root")
     skip_unless(shutil.which("runuser") is not None, "needs runuser (util-linux)")
     root = Path(tempfile.mkdtemp(prefix="runner-sec-", dir="/tmp"))
     root.chmod(0o755)

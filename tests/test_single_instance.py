@@ -22,6 +22,7 @@ from conftest import (
     Workspace,
     alive,
     assert_one_line_error,
+    need_root,
     run_in_mount_namespace,
     wait_for,
 )
@@ -172,6 +173,7 @@ def test_a_runner_starting_while_status_probes_the_lock_waits_for_the_probe(ws):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_status_says_running_with_the_lock_holders_pid_and_not_running_after(ws):
     marker, _ = marked_task(ws)
     with LogWatcher(ws.start("-n", "1")) as first:
@@ -191,6 +193,7 @@ def test_status_says_running_with_the_lock_holders_pid_and_not_running_after(ws)
     assert (doc["running"], doc["pid"], doc["runner"]) == (False, None, None)
 
 
+@pytest.mark.slow
 def test_status_believes_the_lock_not_a_status_file_that_says_otherwise(ws):
     # What a second runner sharing runtime_dir used to leave: a status file of its own
     # (finished, dead pid) while the first still runs — and a live pid whose lock is free.
@@ -251,6 +254,7 @@ def test_a_task_that_runs_runner_status_sees_its_runner_running(ws):
     assert doc["runner"]["task"] == "10-ask.sh"
 
 
+@pytest.mark.slow
 def test_a_foreground_runner_is_refused_while_a_daemon_runs_on_its_state_dir(ws):
     marker, _ = marked_task(ws)
     pidfile = ws.root / "runner.pid"
@@ -272,6 +276,7 @@ def test_a_foreground_runner_is_refused_while_a_daemon_runs_on_its_state_dir(ws)
         kill_groups(runs(marker))
 
 
+@pytest.mark.slow
 def test_a_daemon_is_refused_on_the_terminal_while_a_foreground_runner_runs(ws):
     marker, _ = marked_task(ws)
     pidfile = ws.root / "runner.pid"
@@ -321,6 +326,7 @@ def test_a_state_dir_that_cannot_be_created_is_one_warning_and_the_tasks_run(ws)
     assert len(runs(marker)) == 1
 
 
+@pytest.mark.root
 def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
     out = asking_task(ws)
     # A lock file left from before the remount: free, and not openable for writing.
@@ -334,6 +340,7 @@ def test_a_read_only_state_dir_warns_once_and_runs_without_the_lock(ws):
     assert json.loads(out.read_text())["running"] is True
 
 
+@pytest.mark.root
 def test_a_full_state_dir_keeps_the_lock_without_a_pid_and_runs(ws):
     out = asking_task(ws)
     proc = run_on_tmpfs_state(ws, "64k", f"(dd if=/dev/zero of='{ws.state}/filler' bs=4k "
@@ -359,8 +366,10 @@ SQUATTERS = {
 }
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("kind", list(SQUATTERS))
 def test_a_pidfile_naming_a_process_that_is_not_runner_is_replaced_with_one_warning(ws, kind):
+    need_root("needs root to run the squatter as nobody")
     argv, argv0, reason = SQUATTERS[kind]
     marker, _ = marked_task(ws)
     pidfile = ws.root / "runner.pid"

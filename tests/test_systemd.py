@@ -12,7 +12,10 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import boot_guest, copy_tree
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 

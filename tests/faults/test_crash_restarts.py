@@ -26,7 +26,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Workspace, wait_for
+
+pytestmark = pytest.mark.slow
 
 TASKS = [f"{number:02d}-step.sh" for number in range(50)]
 LEDGER = "ledger"

@@ -489,6 +489,7 @@ def _isolated_logging_and_report(request: pytest.FixtureRequest) -> Iterator[Non
 
 # -- in process: thousands of cases ------------------------------------------------------
 
+@pytest.mark.slow
 def test_fuzz_config_files(scratch: Scratch, slow: bool) -> None:
     """Random files (sections, keys, values, structure, encodings) through every reader."""
 
@@ -519,6 +520,7 @@ def test_fuzz_config_files(scratch: Scratch, slow: bool) -> None:
     case()
 
 
+@pytest.mark.slow
 def test_fuzz_overrides(scratch: Scratch, slow: bool) -> None:
     """Random -D arguments on top of a mostly valid file."""
 
@@ -539,6 +541,7 @@ def test_fuzz_overrides(scratch: Scratch, slow: bool) -> None:
     case()
 
 
+@pytest.mark.slow
 def test_fuzz_files_and_overrides(scratch: Scratch, slow: bool) -> None:
     """Both at once: random files, random fragments in include_dir, random -D."""
 
@@ -573,6 +576,7 @@ def huge(tmp_path_factory: pytest.TempPathFactory) -> Scratch:
     return scratch
 
 
+@pytest.mark.slow
 def test_huge_file_works_in_reasonable_time(huge: Scratch) -> None:
     CASES["huge files"] += 1
     started = time.monotonic()
@@ -584,6 +588,7 @@ def test_huge_file_works_in_reasonable_time(huge: Scratch) -> None:
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow
 def test_huge_file_with_errors_reports_one_line(huge: Scratch) -> None:
     good = huge.cfg.read_bytes()
     for tail, fragment in (
@@ -622,6 +627,7 @@ def assert_real(argv: list, proc: subprocess.CompletedProcess, allowed: set[int]
         assert len(stderr.strip().split("\n")) == 1, stderr
 
 
+@pytest.mark.slow
 def test_fuzz_real_commands(scratch: Scratch, slow: bool) -> None:
 
     @fuzz_settings(slow, 20, 200)
@@ -652,6 +658,7 @@ def test_fuzz_real_commands(scratch: Scratch, slow: bool) -> None:
     case()
 
 
+@pytest.mark.slow
 def test_huge_file_real_commands(huge: Scratch) -> None:
     CASES["huge files"] += 1
     argv = [RUNNER, "-c", str(huge.cfg), "check", str(huge.tasks)]

@@ -149,7 +149,8 @@ def test_sigterm_ignoring_task_is_killed_after_kill_grace_and_gone_before_the_ne
 @pytest.mark.parametrize(("how", "term", "outcome"), [
     ("double-fork", "obey", "killed"),
     ("setsid", "obey", "killed"),
-    ("double-fork", "ignore", "killed (SIGKILL after kill_grace)"),
+    pytest.param("double-fork", "ignore", "killed (SIGKILL after kill_grace)",
+                 marks=pytest.mark.slow),
 ], ids=["double-fork", "setsid-child", "ignoring-sigterm"])
 def test_daemon_escaping_the_group_is_killed_and_reported_on_timeout(ws, strays, how, term,
                                                                       outcome):

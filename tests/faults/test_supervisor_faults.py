@@ -78,6 +78,7 @@ HOOK_TIMEOUT = 0.2
 HOOK_GRACE = 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["hangs", "hangs-ignoring-TERM"])
 def test_a_hanging_hook_is_killed_after_hook_timeout_and_changes_no_result(ws, ignores_sigterm):
     calls, kids = ws.root / "calls", ws.root / "hook-children"
@@ -493,6 +494,7 @@ def libfaketime() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_wall_clock_jumps_change_neither_max_time_nor_the_backoff_pause(ws):
     """libfaketime shifts runner's wall clock (time(), CLOCK_REALTIME) back and forth
     while a task runs into max_time and during the pause; the monotonic clock stays
