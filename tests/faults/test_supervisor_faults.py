@@ -393,6 +393,7 @@ def full_disk_setup(ws: Workspace, inodes: bool, size: str = "256k") -> tuple[Pa
     return disk, f"mount -t tmpfs -o {options} tmpfs '{disk}' && {{ {fill}; true; }}"
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("inodes", [False, True], ids=["no-space", "no-space-no-inodes"])
 def test_a_long_chain_with_retries_on_a_full_disk_only_warns(ws, slow, inodes):
     count = 40 if slow else 12
@@ -431,6 +432,7 @@ def test_a_long_chain_with_retries_on_a_full_disk_only_warns(ws, slow, inodes):
     assert all(any(e in w for e in expected) for w in warnings), warnings
 
 
+@pytest.mark.root
 def test_a_full_disk_that_frees_up_brings_back_the_journal_and_the_status_file(ws):
     for number in range(6):
         ws.task(f"{number}0-step", f"echo step {number}")
@@ -454,6 +456,7 @@ def test_a_full_disk_that_frees_up_brings_back_the_journal_and_the_status_file(w
     assert live["exit_status"] == 0 and live["journal"]["ok"] is True, (live, proc.stderr)
 
 
+@pytest.mark.root
 def test_a_full_runtime_directory_as_under_systemd_only_warns(ws):
     ws.task("10-step", "$RUNNER_CONFIG_CMD -g runner.max_tries")
     disk, mount = full_disk_setup(ws, inodes=False)
@@ -463,6 +466,7 @@ def test_a_full_runtime_directory_as_under_systemd_only_warns(ws):
     assert output_of(proc.stderr, "10-step") == ["5"]
 
 
+@pytest.mark.root
 def test_sighup_while_the_runtime_directory_is_full_keeps_runner_going(ws):
     disk = ws.root / "disk"
     disk.mkdir()
