@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from . import journal
+from . import journalfile
 from .identity import iso
 from .tasks import short_name
 
@@ -199,12 +199,12 @@ class Reader:
 
 
 def open_local(state_dir: str) -> Reader:
-    path = journal.journal_path(state_dir)
+    path = journalfile.journal_path(state_dir)
     if not os.path.exists(path):
         raise JournalUnavailable(f"no journal at {path}: runner has not run with this state_dir")
     try:
-        conn = journal.connect(path, readonly=True)
-    except journal.JournalError as exc:
+        conn = journalfile.connect(path, readonly=True)
+    except journalfile.JournalError as exc:
         raise JournalUnavailable(str(exc)) from None
     return Reader(conn, postgres=False, source=path)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import journal
+from . import journalfile
 from .events import Listener
 from .identity import iso, utc_now
 from .masking import Masker, mask_url
@@ -244,7 +244,7 @@ class Forwarder(Listener):
             last = self.stopping.is_set()
             try:
                 if local is None:
-                    local = journal.connect(self.db_path)
+                    local = journalfile.connect(self.db_path)
                 self._forward_all(local)
                 delay = IDLE_S
             except Exception as exc:  # any failure only delays forwarding

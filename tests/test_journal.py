@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import RUNNER, Workspace, run_in_mount_namespace, skip_unless, wait_for
 
-from runner import journal
+from runner import journalfile
 
 
 def db(ws: Workspace) -> sqlite3.Connection:
@@ -150,7 +150,7 @@ def test_the_journal_is_private_and_in_wal_mode(ws):
     assert path.stat().st_mode & 0o777 == 0o600
     with db(ws) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == journal.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == journalfile.SCHEMA_VERSION
 
 
 def test_task_runs_are_written_as_they_happen_not_at_exit(ws):

@@ -18,7 +18,7 @@ from ..config import Config, load
 from ..errors import ConfigError
 from ..history import Filters, JournalUnavailable, Reader
 from ..identity import still_running
-from ..journal import INTERRUPTED, RUNNING
+from ..journalfile import INTERRUPTED, RUNNING
 from ..livestatus import read_status, status_path
 from ..settings import RunOptions
 from .check import print_table

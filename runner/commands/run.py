@@ -105,7 +105,8 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
     Their locations are read once; a SIGHUP that changes them takes effect at restart.
     """
     from .. import __version__
-    from ..journal import JournalListener, journal_path
+    from ..journal import JournalListener
+    from ..journalfile import journal_path
     from ..livestatus import LiveStatus
 
     runner = config.runner
