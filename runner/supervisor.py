@@ -9,6 +9,7 @@ import logging
 import random
 import signal
 import time
+from dataclasses import dataclass
 
 from . import config as config_mod
 from . import permissions, stamps
@@ -32,6 +33,16 @@ from .tasks import HOOK_TRUST, NOT_EXECUTABLE, Plan, Task, discover
 
 log = logging.getLogger("runner")
 MAX_PAUSE = 7 * 86400.0  # longest backoff pause, seconds
+
+
+@dataclass(frozen=True)
+class TryEnd:
+    """How a try ended: runner exits with `status`, or `failed` is retried, or (neither)
+    the chain passed. `rebooting`: stopped for a reboot, which cuts the try short."""
+
+    status: ExitStatus | None = None
+    failed: TaskRun | None = None
+    rebooting: bool = False
 
 
 class Supervisor:
@@ -198,12 +209,12 @@ class Supervisor:
                 return self._too_many_boot_tries(failed, iteration, try_num)
             self.dispatcher.chain_started(iteration, try_num)
             result = self.scheduler.run_try(plan.tasks, plan.needs, done, iteration, try_num)
-            status, run = self._outcome(result, iteration, try_num)
-            if status is not None:
-                return status
-            if run is None:
-                self.boot.settle_try(None, self.config.runner.max_boot_tries)  # passed
-                return None
+            end = self._decide(result, iteration, try_num)
+            if end.status is not None or end.failed is None:
+                if not end.rebooting:  # a reboot cuts the try short: it stays counted
+                    self.boot.settle_try(end.status, self.config.runner.max_boot_tries)
+                return end.status
+            run = end.failed
             if try_num >= run.max_tries:
                 log.error("%s failed on try %d of %d: giving up", run.task.name, try_num,
                           run.max_tries)
@@ -237,36 +248,25 @@ class Supervisor:
             return None, self._between_tries(settings, try_num, "the task directory",
                                              iteration)
 
-    def _outcome(self, result: TryResult, iteration: int,
-                 try_num: int) -> tuple[ExitStatus | None, TaskRun | None]:
-        """(status, None) when runner ends here; (None, run) when `run` failed the try;
-        (None, None) when it passed."""
-        status, failed = self._decide(result, iteration, try_num)
-        if status is not None and not failed:
-            self.boot.settle_try(status, self.config.runner.max_boot_tries)
-        return status, None if status is not None else failed
-
-    def _decide(self, result: TryResult, iteration: int,
-                try_num: int) -> tuple[ExitStatus | None, TaskRun | None]:
+    def _decide(self, result: TryResult, iteration: int, try_num: int) -> TryEnd:
         """One decision for the try: a refusal, a stop, an operator's halt, then a task's
-        HALT or EXIT, a failure, a reboot. A status with a run: stopped for a reboot
-        (the try stays counted: a reboot cuts it short)."""
+        HALT or EXIT, a failure, a reboot."""
         if self.refusal:
-            return ExitStatus.CONFIG, None
+            return TryEnd(ExitStatus.CONFIG)
         if self.signals.stop_signal is not None:
-            return self._stop_status(), None
+            return TryEnd(self._stop_status())
         if self.controls.halt:
-            return self._operator_halt(iteration, try_num), None
+            return TryEnd(self._operator_halt(iteration, try_num))
         ended = result.ended
         for run in ended:
             if run.state is TaskState.HALT:
                 log.error("%s asked for a halt", run.task.name)
                 self._halt(iteration, try_num)
-                return ExitStatus.HALTED, None
+                return TryEnd(ExitStatus.HALTED)
         for run in ended:
             if run.state is TaskState.EXIT:
                 log.warning("%s asked runner to exit", run.task.name)
-                return ExitStatus.EXIT, None
+                return TryEnd(ExitStatus.EXIT)
         failures = [run for run in ended if run.state is not TaskState.REBOOT]
         reboots = [run for run in ended if run.state is TaskState.REBOOT]
         if reboots and not failures:
@@ -274,11 +274,11 @@ class Supervisor:
             assert self.plan is not None
             if reboot(request, plan=self.plan, life=self.life, boot=self.boot,
                       identity=self.identity, signals=self.signals):
-                return self._stop_status(), reboots[0]
+                return TryEnd(self._stop_status(), rebooting=True)
             failures = reboots  # no reboot happened: retried like a failure
         for run in reboots:  # asked again in the next try
             result.done.discard(run.task.name)
-        return None, failures[0] if failures else None
+        return TryEnd(failed=failures[0] if failures else None)
 
     def _too_many_boot_tries(self, failed: int, iteration: int, try_num: int) -> ExitStatus:
         limit = self.config.runner.max_boot_tries
