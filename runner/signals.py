@@ -25,12 +25,16 @@ class SignalState:
     stop_signal: int | None = None
     stop_count: int = 0
     reload: bool = False
-    # Stop the process being waited for, without stopping runner (runner ctl skip).
-    cancelled: bool = False
     _read_fd: int = -1
     _write_fd: int = -1
     _previous: dict = field(default_factory=dict)
     _views: list[SignalView] = field(default_factory=list)
+
+    @property
+    def cancelled(self) -> bool:
+        """What the main thread waits for itself (a check, a hook, the halt task) is never
+        stopped alone: `runner ctl skip` cancels a task's own SignalView."""
+        return False
 
     def install(self) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
