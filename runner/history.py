@@ -95,7 +95,8 @@ class Reader:
 
     def _where(self, filters: Filters, alias: str = "") -> tuple[str, list[Any]]:
         prefix = f"{alias}." if alias else ""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if filters.tasks is not None:
             if not filters.tasks:
                 return "1 = 0", []

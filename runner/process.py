@@ -173,7 +173,9 @@ class _Waiter:
         self.kill_at: float | None = None
         self.killed = False
         self.result = ProcessResult()
-        self.label = label or os.path.basename(str(proc.args[0]))
+        args = proc.args
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+        self.label = label or os.path.basename(os.fsdecode(program))
         self.processes = reaper.RunProcesses(proc.pid, env or {})
 
     def wait(self) -> ProcessResult:
