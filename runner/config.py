@@ -16,9 +16,9 @@ from configobj import ConfigObj, ConfigObjError, DuplicateError, NestingError
 
 from . import dialect, permissions
 from .errors import ConfigError
+from .names import name_is_candidate
 from .settings import RunnerSettings, TaskSettings
 from .spec import CheckError, KeySpec, Spec, load_spec, unquote
-from .tasks import name_is_candidate
 
 DEFAULT_CONFIG = "/etc/runner/runner.cfg"
 RUNNER, ENV = "runner", "env"

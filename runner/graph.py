@@ -12,9 +12,10 @@ import unicodedata
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from .names import byte_order
 from .scheduler import ready
 from .settings import Frequency
-from .tasks import byte_order, needs_of
+from .tasks import needs_of
 
 if TYPE_CHECKING:
     from .tasks import Plan, Task

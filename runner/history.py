@@ -16,7 +16,7 @@ from typing import Any
 
 from . import journal
 from .identity import iso
-from .tasks import short_name
+from .names import short_name
 
 # The fields of every record the commands print (and --json carries).
 RECORD_FIELDS = (

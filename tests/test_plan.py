@@ -14,8 +14,9 @@ from conftest import RUNNER, assert_one_line_error, skip_unless
 
 from runner.config import load
 from runner.graph import critical_path, dependencies, to_dot, waves
+from runner.names import short_name
 from runner.settings import Frequency, TaskSettings
-from runner.tasks import Plan, Task, discover, short_name
+from runner.tasks import Plan, Task, discover
 
 NEEDS_DOT = "runner graph --format svg needs Graphviz's dot (apt-get install graphviz)"
 
