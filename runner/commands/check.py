@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from .. import statedir
 from ..config import Config, load
-from ..getconf import format_value
+from ..console import format_value
 from ..masking import MaskedWriter, listing_output
 from ..settings import RunOptions, task_dir_of
 from ..spec import load_spec
