@@ -163,7 +163,7 @@ def _journal_arguments(parser: Parser, command: str) -> None:
 
 
 def _ctl_arguments(parser: Parser) -> None:
-    from .control import ACTIONS
+    from .ctlsocket import ACTIONS
 
     parser.add_argument("action", choices=list(ACTIONS), metavar="ACTION",
                         help="one of: " + ", ".join(ACTIONS))
