@@ -214,14 +214,6 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key.strip(), value.strip()
 
 
-def split_dotted(name: str) -> tuple[str, str]:
-    """Split `section.key` (the key is everything after the first dot)."""
-    section, dot, key = name.partition(".")
-    if not dot or not section or not key:
-        raise ConfigError(f"{name!r}: expected section.key")
-    return section, key
-
-
 def _read_file(path: str, origins: dict[tuple[str, str], Origin]) -> ConfigObj:
     try:
         with open(path, "rb") as handle:

@@ -300,18 +300,6 @@ def signal_group(pgid: int, signum: int) -> bool:
         return True
 
 
-def group_has_live_members(pgid: int) -> bool:
-    """True while a process of the group is still running.
-
-    kill(-pgid, 0) also succeeds for zombies, which a slow PID 1 (or none, in a
-    container) may leave for seconds; /proc tells running members from them.
-    """
-    procs = reaper.scan()
-    if not procs:
-        return signal_group(pgid, 0)
-    return any(p.pgrp == pgid and p.running for p in procs.values())
-
-
 class _OutputReader(threading.Thread):
     """Reads a task's output, masks it and passes it on line by line; keeps the last bytes."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,9 +33,6 @@ class Task:
         interpreter = self.settings.interpreter
         return [*interpreter, self.path] if interpreter else [self.path]
 
-    def command_line(self) -> str:
-        return shlex.join(self.argv)
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -49,12 +45,6 @@ class Plan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     needs: dict[str, set[str]] = field(default_factory=dict)  # depends_on as file names
     reboot: Task | None = None
-
-    def index_of(self, name: str) -> int | None:
-        for index, task in enumerate(self.tasks):
-            if task.name == name:
-                return index
-        return None
 
 
 def discover(config: Config, task_dir: str) -> Plan:
