@@ -21,7 +21,8 @@ setup(
     install_requires=["configobj>=5.0.8", "python-daemon>=2.3", "sdnotify>=0.3.1"],
     extras_require={
         "postgresql": ["psycopg>=3.1"],
-        "test": ["pytest>=7", "ruff", "psycopg>=3.1", "prometheus_client", "hypothesis"],
+        "test": ["pytest>=7", "ruff", "mypy", "psycopg>=3.1", "prometheus_client",
+                 "hypothesis"],
     },
     entry_points={
         "console_scripts": [

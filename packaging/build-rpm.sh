@@ -36,7 +36,7 @@ mkdir -p "$work/src" "$top/SOURCES" "$top/SPECS"
 
 # The sdist, from a copy of the checkout so that its egg-info and build/ stay out of it.
 tar -C "$here" --exclude-vcs --exclude=./dist --exclude=./build --exclude='*.egg-info' \
-    --exclude=__pycache__ --exclude=./.pytest_cache --exclude=./.ruff_cache \
+    --exclude=__pycache__ --exclude=./.pytest_cache --exclude=./.ruff_cache --exclude=./.mypy_cache \
     --exclude=./.venv --exclude=./.state --exclude=./debian -cf - . | tar -C "$work/src" -xf -
 (cd "$work/src" && "$python" setup.py -q sdist --dist-dir "$top/SOURCES") >"$work/sdist.log" 2>&1 || {
     cat "$work/sdist.log" >&2

@@ -8,7 +8,8 @@ import os
 import sys
 from typing import NoReturn
 
-from . import __version__, getconf, logs
+from . import __version__, configquery, logs
+from .console import fail, keep_undecodable_bytes, one_line
 from .errors import ConfigError
 from .settings import RunOptions
 from .states import ExitStatus
@@ -45,7 +46,7 @@ class Parser(argparse.ArgumentParser):
     """Usage errors are bad input too: one line and EX_CONFIG (2 would read as HALT)."""
 
     def error(self, message: str) -> NoReturn:
-        print(getconf.one_line(f"{self.prog}: {message} (see {self.prog} --help)"),
+        print(one_line(f"{self.prog}: {message} (see {self.prog} --help)"),
               file=sys.stderr)
         sys.exit(ExitStatus.CONFIG)
 
@@ -162,7 +163,7 @@ def _journal_arguments(parser: Parser, command: str) -> None:
 
 
 def _ctl_arguments(parser: Parser) -> None:
-    from .control import ACTIONS
+    from .ctlsocket import ACTIONS
 
     parser.add_argument("action", choices=list(ACTIONS), metavar="ACTION",
                         help="one of: " + ", ".join(ACTIONS))
@@ -220,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
 def _listing(command: str, options: RunOptions, args: argparse.Namespace) -> int:
     show = args.show_secrets
     try:
-        getconf.check_show_secrets(show)
-    except getconf.InputError as exc:
+        configquery.check_show_secrets(show)
+    except configquery.InputError as exc:
         return fail(str(exc))
     if command == "check":
         from .commands.check import check
@@ -252,21 +253,13 @@ def _get(args: argparse.Namespace) -> int:
     opts = {"get": args.get, "default": None, "json": False, "section": None,
             "strict": args.strict}
     try:
-        getconf.split_key(args.get)
-    except getconf.InputError as exc:
+        configquery.split_key(args.get)
+    except configquery.InputError as exc:
         return fail(str(exc))
     sections = load(args.config, args.overrides).snapshot()["sections"]
-    return getconf.answer(sections, opts, prog="runner")
-
-
-def fail(message: str, status: int = ExitStatus.CONFIG) -> int:
-    """Report bad input as one line (with a journal priority under systemd); exit 78
-    (or `status`)."""
-    prefix = "<3>" if logs.stderr_is_journal() else ""
-    print(f"{prefix}runner: {getconf.one_line(message)}", file=sys.stderr)
-    return status
+    return configquery.answer(sections, opts, prog="runner")
 
 
 def entry() -> None:
-    getconf.keep_undecodable_bytes()
+    keep_undecodable_bytes()
     sys.exit(main())

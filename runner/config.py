@@ -16,9 +16,9 @@ from configobj import ConfigObj, ConfigObjError, DuplicateError, NestingError
 
 from . import dialect, permissions
 from .errors import ConfigError
+from .names import name_is_candidate
 from .settings import RunnerSettings, TaskSettings
 from .spec import CheckError, KeySpec, Spec, load_spec, unquote
-from .tasks import name_is_candidate
 
 DEFAULT_CONFIG = "/etc/runner/runner.cfg"
 RUNNER, ENV = "runner", "env"
@@ -212,14 +212,6 @@ def parse_override(text: str) -> tuple[str, str, str]:
     if not sep or not dot or not section or not key.strip():
         raise ConfigError(f"-D {text}: expected section.key=value")
     return section, key.strip(), value.strip()
-
-
-def split_dotted(name: str) -> tuple[str, str]:
-    """Split `section.key` (the key is everything after the first dot)."""
-    section, dot, key = name.partition(".")
-    if not dot or not section or not key:
-        raise ConfigError(f"{name!r}: expected section.key")
-    return section, key
 
 
 def _read_file(path: str, origins: dict[tuple[str, str], Origin]) -> ConfigObj:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .control import ControlError, ControlServer, socket_path
+from .ctlsocket import ControlError, ControlServer, socket_path
 from .files import make_dir
 
 log = logging.getLogger("runner")

@@ -73,13 +73,14 @@ def translate(lines: list[str]) -> Translated:
         elif stripped[0] == ";" or _is_rem(text, stripped, number):
             result.lines.append("")
         elif stripped[0] == "[":
-            option = _finish(option, result)
+            _finish(option, result)
+            option = None
             result.lines.append(text)
         elif option is not None and _deeper(text, option):
             _continue(option, stripped, number)
             result.lines.append("")
         else:
-            option = _finish(option, result)
+            _finish(option, result)
             line, option, triple = _option_line(text, len(result.lines))
             result.lines.append(line)
     _finish(option, result)
@@ -129,7 +130,6 @@ def _finish(option: _Option | None, result: Translated) -> None:
         marker = f"{result.token}{len(result.values)}"
         result.values[marker] = "\n".join(option.pieces)
         result.lines[option.out_index] = f"{option.indent}{option.key} = {marker}"
-    return None
 
 
 def _option_line(text: str, index: int) -> tuple[str, _Option | None, str | None]:

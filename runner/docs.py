@@ -50,8 +50,8 @@ def sample_config(settings: list[str], spec: Spec | None = None) -> str:
     chosen: dict[str, dict[str, str]] = {}
     for item in settings:
         target, _, value = item.partition("=")
-        section, _, key = target.partition(".")
-        chosen.setdefault(section, {})[key] = value
+        section, _, name = target.partition(".")
+        chosen.setdefault(section, {})[name] = value
     unknown = set(chosen.get("runner", {})) - set(spec.sections["runner"])
     if unknown:
         raise SystemExit(f"unknown [runner] key(s): {', '.join(sorted(unknown))}")

@@ -12,9 +12,10 @@ import unicodedata
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from .names import byte_order
 from .scheduler import ready
 from .settings import Frequency
-from .tasks import byte_order, needs_of
+from .tasks import needs_of
 
 if TYPE_CHECKING:
     from .tasks import Plan, Task
@@ -77,13 +78,13 @@ def critical_path(tasks: list[Task], durations: dict[str, float],
             previous[task.name] = before
     if not finish:
         return 0.0, []
-    last: str | None = max(sorted(finish, key=byte_order), key=lambda n: finish[n])
-    total = finish[last]
+    last = max(sorted(finish, key=byte_order), key=lambda n: finish[n])
     path = []
-    while last is not None:
-        path.append(last)
-        last = previous[last]
-    return total, path[::-1]
+    step: str | None = last
+    while step is not None:
+        path.append(step)
+        step = previous[step]
+    return finish[last], path[::-1]
 
 
 def _duration(task: Task, durations: dict[str, float]) -> float:
@@ -119,7 +120,7 @@ def to_dot(plan: Plan, skipped_reasons: dict[str, str], max_parallel: int = 1,
         shown = markers(task)
         if shown:
             label.append(f"[{', '.join(shown)}]")
-        attrs = {}
+        attrs: dict[str, str] = {}
         reason = skipped_reasons.get(task.name)
         if reason is not None:
             label.append(f"skip: {_display(reason)}")
@@ -128,9 +129,9 @@ def to_dot(plan: Plan, skipped_reasons: dict[str, str], max_parallel: int = 1,
         lines.append(f"  {ids.of(task.name)} [{_attributes(attrs)}];")
     if plan.halt is not None:
         halt_id = ids.of(plan.halt.name)
-        label = _label([_display(plan.halt.name), "(halt task)"])
+        halt_label = _label([_display(plan.halt.name), "(halt task)"])
         lines.append(f'  {halt_id} [shape=octagon, style=filled, fillcolor="#fbe3e3", '
-                     f"label={label}];")
+                     f"label={halt_label}];")
     names = {t.name for t in plan.tasks}
     for task in plan.tasks:
         for dep in sorted(needs.get(task.name, set()) & names, key=byte_order):

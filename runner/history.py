@@ -16,7 +16,7 @@ from typing import Any
 
 from . import journalfile
 from .identity import iso
-from .tasks import short_name
+from .names import short_name
 
 # The fields of every record the commands print (and --json carries).
 RECORD_FIELDS = (
@@ -95,7 +95,8 @@ class Reader:
 
     def _where(self, filters: Filters, alias: str = "") -> tuple[str, list[Any]]:
         prefix = f"{alias}." if alias else ""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if filters.tasks is not None:
             if not filters.tasks:
                 return "1 = 0", []

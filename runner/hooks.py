@@ -71,9 +71,9 @@ class HookListener(Listener):
             return
         stats = {key: self.masker.text(value) if isinstance(value, str) else value
                  for key, value in hook_stats(run, self.hostname, self.run_id).items()}
-        stats = json.dumps(stats, sort_keys=False)
+        payload = json.dumps(stats, sort_keys=False)
         result = run_process(
-            [*self.argv, stats],
+            [*self.argv, payload],
             env=self.env_for(run),
             cwd=self.cwd,
             limits=self.limits,

@@ -8,6 +8,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import overload
 
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
@@ -60,6 +61,14 @@ def still_running(pid: int | None, pid_start: int | None, boot: str | None) -> b
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def iso(moment: datetime) -> str: ...
+@overload
+def iso(moment: None) -> None: ...
+@overload
+def iso(moment: datetime | None) -> str | None: ...
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -88,18 +88,21 @@ def acquire(state_dir: str) -> InstanceLock | None:
     try:
         make_dir(state_dir, STATE_DIR_MODE)
     except OSError as exc:
-        return _without_lock(f"state_dir {state_dir}: cannot create it ({exc.strerror})")
+        _warn_without_lock(f"state_dir {state_dir}: cannot create it ({exc.strerror})")
+        return None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
-        return _without_lock(f"{path}: cannot create the lock file ({exc.strerror})")
+        _warn_without_lock(f"{path}: cannot create the lock file ({exc.strerror})")
+        return None
     with contextlib.suppress(OSError):  # not ours to chmod: then leave the mode alone
         os.fchmod(fd, 0o644)  # whatever the umask: `runner status` of any user may probe it
     try:
         _lock_exclusive(fd, state_dir, path)
     except OSError as exc:
         os.close(fd)
-        return _without_lock(f"{path}: cannot lock it ({exc.strerror})")
+        _warn_without_lock(f"{path}: cannot lock it ({exc.strerror})")
+        return None
     except BaseException:
         os.close(fd)
         raise
@@ -108,10 +111,9 @@ def acquire(state_dir: str) -> InstanceLock | None:
     return lock
 
 
-def _without_lock(problem: str) -> None:
+def _warn_without_lock(problem: str) -> None:
     log.warning("%s; running without the single-instance lock (a second runner on this "
                 "state_dir would not be refused)", problem)
-    return None
 
 
 def _lock_exclusive(fd: int, state_dir: str, path: str) -> None:

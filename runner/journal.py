@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .events import Listener
@@ -89,7 +89,7 @@ class JournalListener(Listener):
         self.seq = 0
         self.seqs: dict[int, int] = {}  # id(TaskRun) -> seq of its row
         self.open_try: tuple[int, int] | None = None
-        self.last_prune = None
+        self.last_prune: datetime | None = None
         self.active = False
 
     # -- events -----------------------------------------------------------------

@@ -127,7 +127,8 @@ def _add_syslog(logger: logging.Logger) -> None:
         return
     # Since Python 3.11 the handler swallows a failed connect and then prints a
     # traceback for every record; a closed socket means the connect failed.
-    if handler.socket is None or handler.socket.fileno() < 0:
+    sock = getattr(handler, "socket", None)  # set by __init__, but not in typeshed's stub
+    if sock is None or sock.fileno() < 0:
         handler.close()
         logger.warning("--syslog: cannot connect to %s; logging to stderr only", address)
         return

@@ -52,6 +52,8 @@ if __name__ == "__main__" and not _fast(sys.argv):
 
     # -I leaves the script's directory off sys.path: add the package's parent.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # This script is runner.lookup: getconf's import of it need not read it again.
+    sys.modules["runner.lookup"] = sys.modules[__name__]
     from runner.getconf import entry
 
     entry()

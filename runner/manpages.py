@@ -53,7 +53,7 @@ def _options(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()
             continue
         flags = ", ".join(f"\\fB{esc(flag)}\\fR" for flag in action.option_strings)
         if action.nargs != 0:
-            flags += f" \\fI{esc(action.metavar or action.dest.upper())}\\fR"
+            flags += f" \\fI{esc(_metavar(action))}\\fR"
         lines += [".TP", flags, esc(action.help or "")]
     return lines
 
@@ -73,9 +73,14 @@ def _positionals(parser: argparse.ArgumentParser, command: str) -> list[str]:
     for action in parser._actions:
         if action.option_strings or action.dest == "taskdir":
             continue
-        name = action.metavar or action.dest.upper()
-        lines += [".TP", f"\\fI{esc(name)}\\fR", esc(action.help or "")]
+        lines += [".TP", f"\\fI{esc(_metavar(action))}\\fR", esc(action.help or "")]
     return lines
+
+
+def _metavar(action: argparse.Action) -> str:
+    """How help names the action's value (a tuple metavar names each of nargs values)."""
+    metavar = action.metavar or action.dest.upper()
+    return " ".join(metavar) if isinstance(metavar, tuple) else metavar
 
 
 def runner_8() -> str:

@@ -29,7 +29,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
@@ -299,7 +299,10 @@ def _display(section: str, key: str, value: Any, patterns: list[str], masker: Ma
 
 def listing_output(out: TextIO, config: Config, show_secrets: bool = False) -> TextIO:
     """Where a listing command prints: `out` itself only for root's --show-secrets."""
-    return out if show_secrets else MaskedWriter(out, Masker.from_config(config))
+    if show_secrets:
+        return out
+    # A MaskedWriter is a TextIO by duck typing: __getattr__ hands it all but write/flush.
+    return cast(TextIO, MaskedWriter(out, Masker.from_config(config)))
 
 
 class MaskedWriter:

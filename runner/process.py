@@ -173,7 +173,9 @@ class _Waiter:
         self.kill_at: float | None = None
         self.killed = False
         self.result = ProcessResult()
-        self.label = label or os.path.basename(str(proc.args[0]))
+        args = proc.args
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+        self.label = label or os.path.basename(os.fsdecode(program))
         self.processes = reaper.RunProcesses(proc.pid, env or {})
 
     def wait(self) -> ProcessResult:
@@ -296,18 +298,6 @@ def signal_group(pgid: int, signum: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-def group_has_live_members(pgid: int) -> bool:
-    """True while a process of the group is still running.
-
-    kill(-pgid, 0) also succeeds for zombies, which a slow PID 1 (or none, in a
-    container) may leave for seconds; /proc tells running members from them.
-    """
-    procs = reaper.scan()
-    if not procs:
-        return signal_group(pgid, 0)
-    return any(p.pgrp == pgid and p.running for p in procs.values())
 
 
 class _OutputReader(threading.Thread):

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 log = logging.getLogger("runner")
 
 PR_SET_CHILD_SUBREAPER = 36
-PR_GET_CHILD_SUBREAPER = 37
 # Environment variables that tie a process to one task run (runner.taskenv).
 RUN_MARKS = ("RUNNER_RUN_ID", "RUNNER_TASK", "RUNNER_ITERATION", "RUNNER_TRY")
 COMMAND_LIMIT = 200  # characters of a leftover's command line in the log
@@ -71,17 +70,6 @@ def enable_subreaper() -> bool:
         log.debug("subreaper: prctl(PR_SET_CHILD_SUBREAPER): %s", os.strerror(err))
         return False
     return True
-
-
-def is_subreaper() -> bool:
-    libc = _libc()
-    if libc is None or not hasattr(libc, "prctl"):
-        return False
-    value = ctypes.c_int(0)
-    zero = ctypes.c_ulong(0)
-    if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(value), zero, zero, zero) != 0:
-        return False
-    return bool(value.value)
 
 
 # -- children runner waits for itself -----------------------------------------------

@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .controls import Controls
+from .names import byte_order
 from .process import ProcessResult
 from .settings import OnFailure
 from .signals import SignalState, SignalView
 from .states import TaskRun, TaskState
 from .tasklife import Execution, Refusal, TaskLife
-from .tasks import Task, byte_order
+from .tasks import Task
 
 log = logging.getLogger("runner")
 

@@ -8,8 +8,15 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class WakeWatcher(Protocol):
+    """Told by every wait when it will wake up next (runner.notify.Heartbeat is one)."""
+
+    def expect_wake_by(self, moment: float | None) -> None: ...
 
 
 @dataclass
@@ -21,7 +28,7 @@ class SignalState:
     """
 
     # Every wait tells the watchdog when it will wake up next (runner.notify.Heartbeat).
-    heartbeat: object | None = None
+    heartbeat: WakeWatcher | None = None
     stop_signal: int | None = None
     stop_count: int = 0
     reload: bool = False

@@ -15,7 +15,7 @@ from typing import Any
 
 from configobj import ConfigObj
 
-from .getconf import format_value
+from .console import format_value
 
 try:  # configobj >= 5.0.9 ships validate inside the package
     from configobj import validate

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from . import permissions, reaper
 from .files import make_dir, write_atomic
 from .identity import boot_id, iso, utc_now
+from .names import short_name
 from .settings import Frequency
 from .statedir import open_file_problem
-from .tasks import INSTANCE_ID_TRUST, Task, short_name
+from .tasks import INSTANCE_ID_TRUST, Task
 
 if TYPE_CHECKING:
     from . import reaper

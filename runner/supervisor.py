@@ -15,8 +15,8 @@ from . import config as config_mod
 from . import permissions, stamps
 from .bootstate import BootState, Resume
 from .config import Config
-from .control import ControlServer
 from .controls import Controls, serve
+from .ctlsocket import ControlServer
 from .errors import ConfigError
 from .events import Dispatcher, FailureSummary, Listener, describe_end
 from .hooks import HookListener

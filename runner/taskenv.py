@@ -12,21 +12,56 @@ O_EXCL | O_NOFOLLOW relative to the directory's descriptor and renamed over the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
-from . import getconf, lookup, permissions
+from . import lookup, permissions
 from .config import Config
+from .console import format_value
+from .masking import public_snapshot
 from .states import TaskRun
 
 log = logging.getLogger("runner")
 DIRECTORY_MODE = 0o711  # tasks run as another user must reach the public file
 PUBLIC_MODE, PRIVATE_MODE = 0o644, 0o600
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def snapshot_texts(snapshot: Mapping[str, Any]) -> tuple[str, str]:
+    """(public, private): the texts of the world-readable snapshot file and of the
+    root-only one (see snapshot_text)."""
+    public = public_snapshot(snapshot)
+    hidden = {tuple(pair) for pair in public["private"]}
+    return snapshot_text(public, exclude=hidden), snapshot_text(snapshot)
+
+
+def snapshot_text(snapshot: Mapping[str, Any],
+                  exclude: Collection[tuple[str, str]] = frozenset()) -> str:
+    """The snapshot file lookup.py reads: the JSON of `snapshot` on the first line, then
+    `section.key`, NUL, formatted value, NUL for every value that can go there. A NUL
+    or an unencodable character leaves a value to the JSON, and so does a section name
+    with a dot, which `-g` (split at the first dot) could not name."""
+    fields: list[str] = []
+    for section, values in snapshot["sections"].items():
+        for key, value in values.items():
+            if (section, key) in exclude:
+                continue  # a masked value: the fast path must not print "********"
+            pair = f"{section}.{key}\0{format_value(value)}\0"
+            if "." in section or pair.count("\0") != 2:
+                continue
+            try:
+                pair.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            fields.append(pair)
+    return json.dumps(snapshot) + "\n" + "".join(fields)
 
 
 def _safe_parent(parent: str) -> bool:
@@ -116,7 +151,7 @@ class TaskEnvironment:
     def update(self, config: Config) -> None:
         """Write the snapshot files, then switch to `config`; on OSError the config stays
         (the private file may already be new: it is only read by root, who may see it)."""
-        public, private = getconf.snapshot_texts(config.snapshot())
+        public, private = snapshot_texts(config.snapshot())
         name = self.snapshot.name
         # Each file is replaced whole; a lookup reads one of them (root the private one),
         # so it never mixes two configurations.

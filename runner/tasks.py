@@ -4,58 +4,19 @@ from __future__ import annotations
 
 import heapq
 import os
-import re
-import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import permissions
 from .errors import ConfigError
+from .names import byte_order, short_name, skip_reason
 
-if TYPE_CHECKING:  # config imports this module for the name filter
+if TYPE_CHECKING:
     from .config import Config
     from .settings import TaskSettings
 
-# Suffixes of files that package managers and editors leave behind.
-LEFTOVER_SUFFIXES = {
-    ".dpkg-old": "package manager leftover",
-    ".dpkg-new": "package manager leftover",
-    ".dpkg-dist": "package manager leftover",
-    ".rpmnew": "package manager leftover",
-    ".rpmsave": "package manager leftover",
-    ".swp": "editor swap file",
-}
 # The skip reason that deserves a warning: the file was probably meant to run.
 NOT_EXECUTABLE = "not executable (chmod +x it, or set an interpreter)"
-_PREFIX = re.compile(r"^[0-9]+-(?=.)")
-
-
-def skip_reason(name: str) -> str | None:
-    """Why a directory entry is not a task by its name alone, or None if it may be one."""
-    if name.startswith("."):
-        return "hidden file"
-    if name.endswith("~"):
-        return "editor backup file"
-    for suffix, why in LEFTOVER_SUFFIXES.items():
-        if name.endswith(suffix):
-            return f"{why} ({suffix})"
-    return None
-
-
-def name_is_candidate(name: str) -> bool:
-    return skip_reason(name) is None
-
-
-def short_name(filename: str) -> str:
-    """`20-puppet-agent.sh` -> `puppet-agent`: the name of the task's config section."""
-    base = _PREFIX.sub("", filename, count=1)
-    stem, dot, _ext = base.rpartition(".")
-    return stem if dot and stem else base
-
-
-def byte_order(name: str) -> bytes:
-    """Sort key: file names in byte order, as run-parts does."""
-    return os.fsencode(name)
 
 
 @dataclass(frozen=True)
@@ -72,9 +33,6 @@ class Task:
         interpreter = self.settings.interpreter
         return [*interpreter, self.path] if interpreter else [self.path]
 
-    def command_line(self) -> str:
-        return shlex.join(self.argv)
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -87,12 +45,6 @@ class Plan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     needs: dict[str, set[str]] = field(default_factory=dict)  # depends_on as file names
     reboot: Task | None = None
-
-    def index_of(self, name: str) -> int | None:
-        for index, task in enumerate(self.tasks):
-            if task.name == name:
-                return index
-        return None
 
 
 def discover(config: Config, task_dir: str) -> Plan:

@@ -433,16 +433,15 @@ def test_strict_mode_is_read_from_the_snapshot_without_configobj(ws, strict, sta
 
 
 def test_a_value_the_flat_part_cannot_hold_is_answered_from_the_json(tmp_path):
-    from runner import getconf
+    from runner import lookup, taskenv
 
     snapshot = {"config": "x", "sections": {
         "s": {"nul": "a\0b", "plain": "p", "bad": "\udcff"}, "d.e": {"f": "g"}}}
-    text = getconf.snapshot_text(snapshot)  # what both files hold, the public one masked
+    text = taskenv.snapshot_text(snapshot)  # what both files hold, the public one masked
     assert text.split("\n", 1)[1] == "s.plain\0p\0"
     path = tmp_path / "config.snapshot"
     path.write_text(text, encoding="utf-8")
-    cmd = [sys.executable, "-I", "-S", getconf.__file__.replace("getconf.py", "lookup.py"),
-           "--snapshot", str(path)]
+    cmd = [sys.executable, "-I", "-S", lookup.__file__, "--snapshot", str(path)]
     got = subprocess.run([*cmd, "-g", "s.nul", "--json"], capture_output=True, text=True)
     assert (got.returncode, got.stdout) == (0, '"a\\u0000b"\n'), got.stderr
     got = subprocess.run([*cmd, "-g", "s.plain"], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""The control socket (runner.control) over real sockets, and `runner ctl` end to end."""
+"""The control socket (runner.ctlsocket) over real sockets, and `runner ctl` end to end."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error
 
-from runner import control
-from runner.control import ControlError, ControlServer, send, socket_path
+from runner import ctlsocket
+from runner.ctlsocket import ControlError, ControlServer, send, socket_path
 
 NOBODY = 65534
 
@@ -153,7 +153,7 @@ def test_a_huge_request_is_refused(server, recorder):
         sock.settimeout(5)
         sock.connect(server.path)
         try:
-            sock.sendall(b"x" * (control.MAX_REQUEST + 8192))
+            sock.sendall(b"x" * (ctlsocket.MAX_REQUEST + 8192))
         except (BrokenPipeError, ConnectionResetError):
             pass
         data = sock.recv(4096)
@@ -175,7 +175,7 @@ def test_a_silent_client_delays_the_next_only_until_its_timeout(server, recorder
         start = time.monotonic()
         assert send(server.path, ["resume"]) == (True, "done: resume")
         waited = time.monotonic() - start
-        assert waited < control.REQUEST_TIMEOUT + 1.0, waited
+        assert waited < ctlsocket.REQUEST_TIMEOUT + 1.0, waited
         silent.settimeout(1)
         reply = silent.recv(4096)  # dropped, with a word of explanation
         assert json.loads(reply) == {"ok": False,
@@ -206,7 +206,7 @@ def test_socket_is_0600_and_close_removes_it(server):
 
 
 def test_start_creates_the_runtime_dir(tmp_path, recorder):
-    srv = ControlServer(str(tmp_path / "a" / "b" / control.SOCKET_NAME), recorder)
+    srv = ControlServer(str(tmp_path / "a" / "b" / ctlsocket.SOCKET_NAME), recorder)
     srv.start()
     try:
         assert send(srv.path, ["halt"]) == (True, "done: halt")
@@ -244,7 +244,7 @@ def test_a_stale_socket_is_replaced(tmp_path, recorder):
 
 
 def test_a_path_that_is_not_a_socket_is_left_alone(tmp_path, recorder, caplog):
-    path = tmp_path / control.SOCKET_NAME
+    path = tmp_path / ctlsocket.SOCKET_NAME
     path.write_text("precious\n")
     srv = ControlServer(str(path), recorder)
     with caplog.at_level(logging.WARNING, "runner.control"):
@@ -258,7 +258,7 @@ def test_a_path_that_is_not_a_socket_is_left_alone(tmp_path, recorder, caplog):
 def test_an_unusable_path_is_one_warning_not_a_crash(tmp_path, recorder, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    srv = ControlServer(str(blocker / control.SOCKET_NAME), recorder)
+    srv = ControlServer(str(blocker / ctlsocket.SOCKET_NAME), recorder)
     with caplog.at_level(logging.WARNING, "runner.control"):
         srv.start()
     assert not srv.listening

@@ -16,9 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from runner import metrics
 from runner.identity import RunIdentity
 from runner.metrics import RESULT_VALUES, MetricsListener
+from runner.names import short_name
 from runner.settings import TaskSettings
 from runner.states import Kind, TaskRun, TaskState, check_transition
-from runner.tasks import Task, short_name
+from runner.tasks import Task
 
 IDENTITY = RunIdentity("0123abcd", "host-1", "boot-1", 4242, None)
 SETTINGS = TaskSettings(

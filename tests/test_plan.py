@@ -12,10 +12,12 @@ from itertools import pairwise
 import pytest
 from conftest import RUNNER, assert_one_line_error, skip_unless
 
+from runner import stamps
 from runner.config import load
 from runner.graph import critical_path, dependencies, to_dot, waves
+from runner.names import short_name
 from runner.settings import Frequency, TaskSettings
-from runner.tasks import Plan, Task, discover, short_name
+from runner.tasks import Plan, Task, discover
 
 NEEDS_DOT = "runner graph --format svg needs Graphviz's dot (apt-get install graphviz)"
 
@@ -306,7 +308,6 @@ def test_plan_json(ws):
 
 def record_success(ws, name: str) -> None:
     """Stamp a task as the run does after it succeeded."""
-    stamps = pytest.importorskip("runner.stamps")
     config = load(str(ws.cfg))
     plan = discover(config, str(ws.tasks))
     (the_task,) = [t for t in plan.tasks if t.name == name]

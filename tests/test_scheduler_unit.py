@@ -16,6 +16,7 @@ from runner.controls import Controls
 from runner.events import Dispatcher, Listener
 from runner.graph import waves
 from runner.masking import Masker
+from runner.names import short_name
 from runner.process import ProcessResult
 from runner.scheduler import Scheduler, ready
 from runner.settings import Frequency
@@ -23,7 +24,7 @@ from runner.signals import SignalState
 from runner.states import TaskRun, TaskState
 from runner.taskenv import TaskEnvironment
 from runner.tasklife import OPERATOR_SKIP, Refusal, TaskLife, decide
-from runner.tasks import Task, needs_of, order, short_name
+from runner.tasks import Task, needs_of, order
 
 
 class Recorder(Listener):

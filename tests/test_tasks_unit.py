@@ -2,7 +2,7 @@
 
 import pytest
 
-from runner.tasks import short_name, skip_reason
+from runner.names import short_name, skip_reason
 
 
 @pytest.mark.parametrize(("name", "skipped"), [

@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from .. import statedir
 from ..config import Config, load
-from ..getconf import format_value
+from ..console import format_value
 from ..masking import MaskedWriter, listing_output
 from ..settings import RunOptions, task_dir_of
 from ..spec import load_spec
@@ -111,7 +111,7 @@ def list_tasks(options: RunOptions, as_json: bool = False, out: TextIO = sys.std
 
 def _row(task: Task) -> dict:
     settings = task.settings
-    row = {"task": task.name, "path": task.path, "short_name": task.short_name}
+    row: dict[str, Any] = {"task": task.name, "path": task.path, "short_name": task.short_name}
     row.update({name: getattr(settings, name) for name in SETTINGS})
     row["interpreter"] = " ".join(settings.interpreter) if settings.interpreter else None
     row["depends_on"] = list(settings.depends_on) or None

@@ -10,7 +10,7 @@ import sys
 from typing import TextIO
 
 from ..config import load
-from ..control import ControlError, check_words, send, socket_path
+from ..ctlsocket import ControlError, check_words, send, socket_path
 from ..errors import ConfigError
 from ..settings import RunOptions
 

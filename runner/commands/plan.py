@@ -13,9 +13,10 @@ from .. import stamps
 from ..config import Config, load
 from ..graph import dependencies, markers, to_dot, waves
 from ..masking import Masker, listing_output
+from ..names import byte_order
 from ..settings import RunOptions, task_dir_of
 from ..tasklife import decide
-from ..tasks import Plan, Task, byte_order, discover
+from ..tasks import Plan, Task, discover
 
 NEEDS_DOT = "runner graph --format svg needs Graphviz's dot (apt-get install graphviz)"
 FORMATS = ("dot", "svg")

@@ -216,7 +216,7 @@ def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
     apart. It is trusted only when the lock cannot be asked (no lock file to read) or
     when that runner says it runs without one (its state_dir was not writable).
     """
-    live = read_status(config.runner.runtime_dir)
+    live = read_status(config.runner.runtime_dir) or {}  # {}: no live status
     live_alive = bool(live) and still_running(live.get("pid"), live.get("pid_start"),
                                               live.get("boot_id"))
     lock = instance.probe(config.runner.state_dir)

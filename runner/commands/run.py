@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 
 from .. import instance, logs, statedir
-from ..cli import fail
 from ..config import Config, load
+from ..console import fail
 from ..events import Listener
 from ..identity import RunIdentity
 from ..masking import Masker

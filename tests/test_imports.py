@@ -1,0 +1,162 @@
+"""The runner package has no import cycle: each module can be read (and moved) on its own.
+
+Every import of a runner module counts, at module level or inside a function (a lazy
+import still ties the two modules together), relative or absolute. Two kinds do not:
+- under `if TYPE_CHECKING:`: they never run, and annotations may need them both ways;
+- under `if __name__ == "__main__":`: that code runs only when the file is the program,
+  as the module `__main__`, which nothing imports (lookup.py, run as a script, hands
+  over to runner.getconf, which imports runner.lookup: a second module, whose own
+  `__main__` block does not run).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import runner
+
+PACKAGE = Path(runner.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = ["runner", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _is_main(test: ast.expr) -> bool:
+    """`__name__ == "__main__"`, alone or as one term of an `and`."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return any(_is_main(value) for value in test.values)
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)
+            and isinstance(test.comparators[0], ast.Constant)
+            and test.comparators[0].value == "__main__")
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under `if TYPE_CHECKING:` or `if __name__ == "__main__":`
+    (their `else:` runs when the module is imported: it counts)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.If) and (_is_type_checking(node.test) or _is_main(node.test)):
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The runner modules `name` imports: `from . import x` names the module x when there
+    is one, else (a name defined in the package) the package itself."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[: len(base) - node.level + (1 if is_package else 0)]
+                parent = ".".join(base + ([node.module] if node.module else []))
+            else:
+                parent = node.module or ""
+            targets = [f"{parent}.{alias.name}" if f"{parent}.{alias.name}" in known
+                       else parent for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            # `import runner.a.b` runs runner.a.b (and its packages: those are not cycles
+            # of ours unless their __init__ imports back, which its own edges show).
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = modules()
+    known = set(paths)
+    return {name: imports_of(name, path, known) - {"runner"} for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None: a depth-first search, in name order so the
+    message is the same every run."""
+    done: set[str] = set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack = [(start, iter(sorted(graph[start])))]
+        path.append(start)
+        on_path.add(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif child in on_path:
+                return [*path[path.index(child):], child]
+            elif child not in done:
+                stack.append((child, iter(sorted(graph[child]))))
+                path.append(child)
+                on_path.add(child)
+    return None
+
+
+def test_the_runner_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
+
+
+def test_the_graph_sees_every_kind_of_import(tmp_path):
+    """The checker itself: relative, absolute, lazy and TYPE_CHECKING imports."""
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from . import b\n"
+        "from .c import thing\n"
+        "import runner.d\n"
+        "from runner import e as alias\n"
+        "def lazy():\n"
+        "    from .f import g\n"
+        "if TYPE_CHECKING:\n"
+        "    from .h import Type\n"
+        "else:\n"
+        "    from . import i\n"
+        "if __name__ == '__main__' and ready():\n"
+        "    from runner.j import entry\n"
+    )
+    path = tmp_path / "a.py"
+    path.write_text(source)
+    known = {f"runner.{x}" for x in "abcdefhij"} | {"runner"}
+    assert imports_of("runner.a", path, known) == {
+        "runner.b", "runner.c", "runner.d", "runner.e", "runner.f", "runner.i"}
+    cycle = find_cycle({"x": {"y"}, "y": {"z"}, "z": {"x"}, "w": {"x"}})
+    assert cycle == ["x", "y", "z", "x"]
+    assert find_cycle({"x": {"y"}, "y": set(), "w": {"x", "y"}}) is None
+
+
+def test_a_subpackage_resolves_relative_imports(tmp_path):
+    path = tmp_path / "ctl.py"
+    path.write_text("from .. import config\nfrom ..tasks import Plan\nfrom . import run\n")
+    known = {"runner", "runner.config", "runner.tasks", "runner.commands",
+             "runner.commands.run", "runner.commands.ctl"}
+    assert imports_of("runner.commands.ctl", path, known) == {
+        "runner.config", "runner.tasks", "runner.commands.run"}
