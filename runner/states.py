@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -79,7 +78,6 @@ class TaskRun:
     kind: Kind = Kind.TASK
     state: TaskState = TaskState.PENDING
     started_at: datetime | None = None
-    started_mono: float | None = None
     duration_s: float | None = None
     exit_code: int | None = None
     signal: int | None = None
@@ -89,7 +87,6 @@ class TaskRun:
 
     def mark_started(self) -> None:
         self.started_at = datetime.now(UTC)
-        self.started_mono = time.monotonic()
         self._started_text = iso(self.started_at)  # journal, status and hooks all need it
 
     def started_at_text(self) -> str | None:

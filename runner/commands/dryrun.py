@@ -9,7 +9,7 @@ from typing import TextIO
 
 from .. import stamps
 from ..config import load
-from ..masking import MaskedWriter, Masker
+from ..masking import Masker, listing_output
 from ..permissions import UntrustedPath
 from ..process import Limits, ProcessResult, run_process
 from ..settings import RunOptions, task_dir_of
@@ -54,7 +54,7 @@ def dry_run(options: RunOptions, out: TextIO = sys.stdout) -> int:
         signals.uninstall()
         env.close()
     rows = [[task.name, "skip" if d.skip else "run", d.reason] for task, d in decisions]
-    out = MaskedWriter(out, masker)  # a check's error can quote its command line
+    out = listing_output(out, config)  # a check's error can quote its command line
     print_table(["TASK", "WOULD", "WHY"], rows, out)
     would_run = sum(not d.skip for _task, d in decisions)
     print(f"{would_run} of {len(rows)} task(s) would run", file=out)
