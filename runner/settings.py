@@ -58,10 +58,13 @@ class NotifyReady:
 
     @classmethod
     def parse(cls, text: str) -> NotifyReady:
-        """The configspec's check has already accepted `text`."""
-        if text.startswith("task:"):
+        """`start`, `pass` or `task:NAME`; ValueError for anything else (the configspec's
+        check calls this, so what it accepts is what runner understands)."""
+        if text.startswith("task:") and text[5:].strip():
             return cls(ReadyWhen.TASK, text[5:].strip())
-        return cls(ReadyWhen(text))
+        if text in (ReadyWhen.START, ReadyWhen.PASS):
+            return cls(ReadyWhen(text))
+        raise ValueError(f"{text!r} is not one of start, pass, task:NAME")
 
     def __str__(self) -> str:
         return f"task:{self.task}" if self.when is ReadyWhen.TASK else self.when.value

@@ -16,6 +16,7 @@ from typing import Any
 from configobj import ConfigObj
 
 from .console import format_value
+from .settings import NotifyReady
 
 try:  # configobj >= 5.0.9 ships validate inside the package
     from configobj import validate
@@ -78,11 +79,13 @@ def _string_list(value: Any) -> list[str]:
 
 
 def _notify_ready(value: Any) -> str:
-    if value in ("start", "pass") or (
-        isinstance(value, str) and value.startswith("task:") and value[5:].strip()
-    ):
-        return value
-    raise CheckError(f"{value!r} is not one of start, pass, task:NAME")
+    if not isinstance(value, str):
+        raise validate.VdtTypeError(value)
+    try:
+        NotifyReady.parse(value)
+    except ValueError as exc:
+        raise CheckError(str(exc)) from None
+    return value
 
 
 def _journal_url(value: Any) -> str:
