@@ -10,7 +10,7 @@ from .bootstate import BootState, Resume
 from .events import describe_end
 from .identity import RunIdentity, iso, utc_now
 from .signals import SignalState
-from .states import Kind, TaskRun, TaskState
+from .states import ExitStatus, Kind, TaskRun, TaskState
 from .tasklife import TaskLife
 from .tasks import Plan
 
@@ -30,7 +30,12 @@ class RebootRequest:
 def reboot(request: RebootRequest, *, plan: Plan, life: TaskLife, boot: BootState,
            identity: RunIdentity, signals: SignalState) -> bool:
     """True when runner is being stopped for the reboot (the resume point is kept);
-    False when no reboot happens (the asking run is then retried like a failure)."""
+    False when no reboot happens (the asking run is then retried like a failure).
+
+    A reboot that was asked for is no failed try (max_boot_tries): the try is taken back
+    as soon as the resume point is durable, before the reboot task runs, so neither the
+    reboot nor a power cut during it counts; it counts again if no reboot happens."""
+    limit = life.config.runner.max_boot_tries
     asking, task = request.asking, plan.reboot
     if task is None:
         log.error("%s asked for a reboot but reboot_task %s is not in %s: retrying",
@@ -44,6 +49,7 @@ def reboot(request: RebootRequest, *, plan: Plan, life: TaskLife, boot: BootStat
     if not boot.save_resume(resume):
         log.error("cannot record where to resume: not rebooting, retrying instead")
         return False
+    boot.settle_try(ExitStatus.EXIT, limit)
     log.warning("%s asked for a reboot: running reboot task %s", asking.task.name, task.name)
     run = life.run_special(task, request.iteration, request.try_num, Kind.REBOOT, signals)
     if signals.stop_signal is not None:  # the shutdown came first: keep the point
@@ -51,6 +57,8 @@ def reboot(request: RebootRequest, *, plan: Plan, life: TaskLife, boot: BootStat
     if run.state is not TaskState.OK:
         log.error("reboot task %s failed: %s; retrying instead", task.name, describe_end(run))
         boot.clear_resume()
+        if limit:
+            boot.count_try()  # counted again: without the reboot, the try failed
         return False
     log.warning("waiting for the reboot; the next start resumes after %s", asking.task.name)
     life.dispatcher.rebooting(asking.task.name)

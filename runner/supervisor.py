@@ -38,7 +38,8 @@ MAX_PAUSE = 7 * 86400.0  # longest backoff pause, seconds
 @dataclass(frozen=True)
 class TryEnd:
     """How a try ended: runner exits with `status`, or `failed` is retried, or (neither)
-    the chain passed. `rebooting`: stopped for a reboot, which cuts the try short."""
+    the chain passed. `rebooting`: stopped for a reboot a task asked for (reboot.reboot
+    took the try back from max_boot_tries already)."""
 
     status: ExitStatus | None = None
     failed: TaskRun | None = None
@@ -211,7 +212,7 @@ class Supervisor:
             result = self.scheduler.run_try(plan.tasks, plan.needs, done, iteration, try_num)
             end = self._decide(result, iteration, try_num)
             if end.status is not None or end.failed is None:
-                if not end.rebooting:  # a reboot cuts the try short: it stays counted
+                if not end.rebooting:  # taken back already, when the reboot was recorded
                     self.boot.settle_try(end.status, self.config.runner.max_boot_tries)
                 return end.status
             run = end.failed

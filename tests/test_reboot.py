@@ -355,3 +355,36 @@ def test_a_stop_by_sigterm_mid_task_is_not_a_failed_try(ws):
     again.terminate()
     again.communicate(timeout=20)
     assert counts(ws, HALT) == {HALT: 0}
+
+
+def test_reboots_that_tasks_asked_for_are_not_failed_boot_tries(ws):
+    # Two tasks each ask for one reboot; with max_boot_tries = 2 the third boot used to
+    # halt the machine although nothing had failed.
+    for name in ("10-a", "20-b"):
+        ws.task(name, counting(name, f"""
+            [ -e "$RUNNER_STATE_DIR/{name}.asked" ] && exit 0
+            touch "$RUNNER_STATE_DIR/{name}.asked"
+            exit 4
+        """))
+    ws.task("30-c", counting("30-c"))
+    ws.task(REBOOT, counting(REBOOT))
+    ws.task(HALT, counting(HALT))
+    ws.config(reboot_task=REBOOT, max_boot_tries=2)
+    for boot in (1, 2):
+        with LogWatcher(ws.start("-n", "1")) as watcher:
+            watcher.wait_for(r"waiting for the reboot")
+            assert not boot_tries_file(ws).exists(), boot  # asked for: not a failed try
+            watcher.proc.kill()  # the reboot
+            watcher.finish()
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert started(proc.stderr) == ["30-c"]
+    assert counts(ws, "10-a", "20-b", "30-c", REBOOT, HALT) == {
+        "10-a": 1, "20-b": 1, "30-c": 1, REBOOT: 2, HALT: 0}
+
+
+def test_a_failed_reboot_task_counts_the_try_as_failed_again(ws):
+    reboot_chain(ws, reboot_body="exit 1", max_boot_tries=5, max_tries=1)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 1, proc.stderr  # gave up after the reboot task failed
+    assert boot_tries(ws) == 1
