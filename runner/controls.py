@@ -22,7 +22,6 @@ class Controls:
     halt: bool = False
     retry_now: bool = False
     in_backoff: bool = False  # set by the main loop while it pauses between tries
-    skip: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set(self, **values: bool) -> None:
@@ -36,23 +35,11 @@ class Controls:
             asked, self.retry_now = self.retry_now, False
             return asked
 
-    def request_skip(self, name: str) -> None:
-        with self.lock:
-            self.skip.add(name)
-
-    def take_skip(self, name: str) -> bool:
-        """True once per `skip NAME`: the task is skipped that one time."""
-        with self.lock:
-            if name in self.skip:
-                self.skip.discard(name)
-                return True
-            return False
-
     def handle(self, words: list[str], *, find: Callable[[str], str | None],
-               cancel: Callable[[str], bool]) -> str:
+               skip: Callable[[str], bool]) -> str:
         """Record one checked `runner ctl` request (in the socket's thread) and say what
-        it does. `find` gives the task file name for a name or short name, `cancel`
-        stops that task's run if one is in progress. ControlError when it cannot apply."""
+        it does. `find` gives the task file name for a name or short name; `skip` skips
+        that task (True: a run of it was in progress). ControlError when it cannot apply."""
         action = words[0]
         if action == "retry-now":
             if not self.in_backoff:
@@ -63,9 +50,9 @@ class Controls:
             name = find(words[1])
             if name is None:
                 raise ControlError(f"no task {words[1]!r} in the chain")
-            self.request_skip(name)
-            if cancel(name):
-                return f"{name} is being stopped; it counts as SKIPPED"
+            if skip(name):
+                return (f"{name} is being skipped (stopped if its process has started); "
+                        "it counts as SKIPPED")
             return f"{name} will be skipped when its turn comes (once)"
         if action in ("pause", "resume"):
             self.set(paused=action == "pause")
@@ -75,7 +62,7 @@ class Controls:
 
 
 def serve(runtime_dir: str, controls: Controls, *, find: Callable[[str], str | None],
-          cancel: Callable[[str], bool], poke: Callable[[], None]) -> ControlServer | None:
+          skip: Callable[[str], bool], poke: Callable[[], None]) -> ControlServer | None:
     """The control socket in runtime_dir, recording what `runner ctl` asks in `controls`
     (and waking the main loop with `poke`); None, with a warning, when it cannot be."""
     try:
@@ -86,7 +73,7 @@ def serve(runtime_dir: str, controls: Controls, *, find: Callable[[str], str | N
         return None
 
     def handle(words: list[str]) -> str:
-        reply = controls.handle(words, find=find, cancel=cancel)
+        reply = controls.handle(words, find=find, skip=skip)
         poke()
         return reply
 

@@ -131,13 +131,15 @@ class Scheduler:
                 continue
             if self._halted():
                 return True  # stopped, or its check refused, while the check ran
-            self.life.begin(run)
+            view = self.signals.view()
+            self.life.register(task.name, view)
+            self.life.begin(run)  # the start hook runs here
             if self.signals.stop_signal is not None:  # asked to stop while the hook ran
+                self.life.unregister(task.name)
+                self.signals.forget(view)
                 self.life.stop_before_start(run)
                 result.ended.append(run)
                 return True
-            view = self.signals.view()
-            self.life.register(task.name, view)
             workers[task.name] = _Worker(run, view, spawn(run, view))
         return False
 
@@ -176,9 +178,9 @@ class Scheduler:
         """Conclude a run whose worker is done; True when no new task may start."""
         worker.thread.join()
         name = worker.run.task.name
-        self.life.unregister(name)
+        skipped = self.life.unregister(name)
         self.signals.forget(worker.view)
-        self.life.conclude(worker.run, execution,
+        self.life.conclude(worker.run, execution, skipped=skipped,
                            stopping=self.signals.stop_signal is not None)
         if self.refusal:
             return True

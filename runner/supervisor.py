@@ -76,7 +76,7 @@ class Supervisor:
         self.boot = BootState(config.runner.state_dir, strict=self._strict())
         self.resume: Resume | None = None
         self.life = TaskLife(config, env=self.env, masker=masker, dispatcher=self._dispatcher(),
-                             refusal=self.refusal, operator_skip=self.controls.take_skip)
+                             refusal=self.refusal)
         self.scheduler = Scheduler(self.life, signals, self.controls, self.refusal,
                                    refresh=self._refresh)
 
@@ -128,7 +128,7 @@ class Supervisor:
 
     def _start_control(self) -> ControlServer | None:
         return serve(self.config.runner.runtime_dir, self.controls, find=self._find_task,
-                     cancel=self.life.cancel, poke=self.signals.poke)
+                     skip=self.life.request_skip, poke=self.signals.poke)
 
     def _find_task(self, wanted: str) -> str | None:
         tasks = self.plan.tasks if self.plan is not None else []

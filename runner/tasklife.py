@@ -123,10 +123,18 @@ class Refusal:
 
 @dataclass
 class Execution:
-    """What running a task produced: its process, and the check run again after it."""
+    """What running a task produced: its process, and the check run again after it.
+    `started` is False when a `runner ctl skip` came before the process could start."""
 
     process: ProcessResult
     recheck: ProcessResult | None = None
+    started: bool = True
+
+
+@dataclass
+class _Running:
+    view: SignalView
+    skipped: bool = False  # stopped by `runner ctl skip`, not by a failure beside it
 
 
 class TaskLife:
@@ -141,7 +149,6 @@ class TaskLife:
         dispatcher: Dispatcher,
         refusal: Refusal,
         stamps: Stamps | None = None,
-        operator_skip: Callable[[str], bool] | None = None,
         run: RunProcess = run_process,
     ) -> None:
         self.config = config
@@ -150,10 +157,12 @@ class TaskLife:
         self.dispatcher = dispatcher
         self.refusal = refusal
         self.stamps = stamps
-        self.operator_skip = operator_skip
         self._run_process = run
-        # Runs in progress: task file name -> its worker's view (runner ctl skip).
-        self._running: dict[str, SignalView] = {}
+        # Runs in progress, from before their start hook: task file name -> its view;
+        # and the skips asked for tasks not running then. One lock for both, so a skip
+        # is never lost between the two.
+        self._running: dict[str, _Running] = {}
+        self._skips: set[str] = set()
         self._running_lock = threading.Lock()
 
     def reconfigure(self, config: Config, dispatcher: Dispatcher,
@@ -168,7 +177,7 @@ class TaskLife:
 
     def skipped(self, run: TaskRun, signals: Signals) -> bool:
         """Skip by operator, by frequency stamp or by check; True (and SKIPPED) if so."""
-        decision = decide(run.task, stamps=self.stamps, operator_skip=self.operator_skip,
+        decision = decide(run.task, stamps=self.stamps, operator_skip=self.take_skip,
                           check=lambda task: self._check(run, signals))
         if not decision.skip:
             return False
@@ -201,6 +210,8 @@ class TaskLife:
     def execute(self, run: TaskRun, signals: Signals) -> Execution:
         """The task's process, then its check again."""
         task = run.task
+        if signals.cancelled:  # skipped by the operator while the start hook ran
+            return Execution(ProcessResult(stopped=True), started=False)
         process = self._run_process(
             task.argv,
             env=self.env.for_run(run),
@@ -233,9 +244,11 @@ class TaskLife:
 
     # -- after the run (main thread) ------------------------------------------
 
-    def conclude(self, run: TaskRun, execution: Execution, stopping: bool) -> None:
+    def conclude(self, run: TaskRun, execution: Execution, *, stopping: bool,
+                 skipped: bool) -> None:
         """Turn what ran into the run's result, and make the one transition to it.
-        `stopping`: runner itself is being stopped (a stop is then no operator skip)."""
+        `skipped`: `runner ctl skip` stopped it (unregister() says); `stopping`: runner
+        itself is being stopped, which wins over the skip."""
         result, recheck = execution.process, execution.recheck
         self.refusal.of(result)
         self.refusal.of(recheck)
@@ -243,9 +256,10 @@ class TaskLife:
         state = classify(result, reboot=bool(self.config.runner.reboot_task))
         if state is TaskState.OK and recheck is not None and recheck.stopped:
             state = TaskState.STOPPED  # stopped during the recheck: a stop, not a failure
-        skip_asked = self.operator_skip is not None and self.operator_skip(run.task.name)
-        if state is TaskState.STOPPED and skip_asked and not stopping:
-            state, run.error = TaskState.SKIPPED, "stopped and skipped by runner ctl"
+        if state is TaskState.STOPPED and skipped and not stopping:
+            state = TaskState.SKIPPED
+            run.error = ("stopped and skipped by runner ctl" if execution.started
+                         else OPERATOR_SKIP)
         if state is TaskState.OK and recheck is not None and recheck.exit_code != 0:
             state = TaskState.RETRY
             run.error = f"check still fails after the run ({describe_exit(recheck)})"
@@ -272,20 +286,39 @@ class TaskLife:
     # -- runs in progress ----------------------------------------------------------
 
     def register(self, name: str, view: SignalView) -> None:
+        """From here on a `runner ctl skip` of `name` cancels `view`: registered before
+        the start hook runs, so a skip during the hook keeps the process from starting."""
         with self._running_lock:
-            self._running[name] = view
-
-    def unregister(self, name: str) -> None:
-        with self._running_lock:
-            self._running.pop(name, None)
-
-    def cancel(self, name: str) -> bool:
-        """Stop the run of `name` if one is in progress (runner ctl skip)."""
-        with self._running_lock:
-            view = self._running.get(name)
-            if view is not None:
+            entry = self._running[name] = _Running(view)
+            if name in self._skips:  # asked for since the skip decision
+                self._skips.discard(name)
+                entry.skipped = True
                 view.cancel()
-            return view is not None
+
+    def unregister(self, name: str) -> bool:
+        """The run is over; True when `runner ctl skip` stopped it."""
+        with self._running_lock:
+            entry = self._running.pop(name, None)
+            return entry is not None and entry.skipped
+
+    def request_skip(self, name: str) -> bool:
+        """`runner ctl skip NAME` (any thread): True when a run of it is in progress, which
+        is then stopped (or never started); else its next turn is skipped, once."""
+        with self._running_lock:
+            entry = self._running.get(name)
+            if entry is None:
+                self._skips.add(name)
+                return False
+            entry.skipped = True
+            entry.view.cancel()
+            return True
+
+    def take_skip(self, name: str) -> bool:
+        """True once per skip asked for while `name` was not running."""
+        with self._running_lock:
+            asked = name in self._skips
+            self._skips.discard(name)
+            return asked
 
 
 def _copy_result(run: TaskRun, result: ProcessResult) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import textwrap
 import time
 
 from conftest import Workspace, started, wait_for
@@ -163,3 +165,34 @@ def test_systemd_status_says_paused_not_retrying_while_paused(ws, tmp_path):
     assert not any("retrying in" in m for m in messages)
     assert messages.index(paused[0]) < next(
         n for n, m in enumerate(messages) if "running task 20-second.sh" in m)
+
+
+def test_a_skip_while_the_start_hook_runs_keeps_the_task_from_running(ws):
+    ws.task("10-first.sh")
+    ws.task("20-skipped.sh", "echo should not run")
+    waiting, go = ws.state / "hook-waiting", ws.state / "go"
+    hook = ws.root / "hook.py"
+    hook.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, pathlib, sys, time
+        stats = json.loads(sys.argv[-1])
+        if stats["task"] == "20-skipped.sh" and stats["result"] == "RUNNING":
+            pathlib.Path({str(waiting)!r}).touch()
+            while not pathlib.Path({str(go)!r}).exists():
+                time.sleep(0.05)
+    """))
+    hook.chmod(0o755)
+    ws.config(task_hook=str(hook))
+    proc = ws.start("-n", "1")
+    try:
+        wait_for(lambda: waiting.exists() and socket_up(ws), what="the start hook of 20")
+        answer = ctl(ws, "skip", "20-skipped.sh")
+        assert answer.returncode == 0 and "counts as SKIPPED" in answer.stdout, answer
+        go.touch()
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "should not run" not in err
+    assert "20-skipped.sh: SKIPPED (skipped by runner ctl)" in err
+    assert history(ws) == [("10-first.sh", "OK"), ("20-skipped.sh", "SKIPPED")]

@@ -104,7 +104,7 @@ def harness(tmp_path, signals, names, behaviour=None, text="", **runner):
     controls = Controls()
     refusal = Refusal()
     life = TaskLife(config, env=env, masker=Masker(()), dispatcher=Dispatcher([recorder]),
-                    refusal=refusal, operator_skip=controls.take_skip, run=processes)
+                    refusal=refusal, run=processes)
     scheduler = Scheduler(life, signals, controls, refusal)
     tasks = [task(config, n) for n in names]
     plan_order = order(tasks, config, [])
@@ -169,9 +169,9 @@ def test_a_check_still_failing_after_the_run_is_a_retry(tmp_path, signals):
 
 
 def test_an_operator_skip_is_taken_once(tmp_path, signals):
-    scheduler, tasks, needs, recorder, processes, controls = harness(
+    scheduler, tasks, needs, recorder, processes, _controls = harness(
         tmp_path, signals, ["10-a", "20-b"])
-    controls.request_skip("10-a")
+    assert not scheduler.life.request_skip("10-a")  # not running: its next turn
     scheduler.run_try(tasks, needs, set(), 1, 1)
     scheduler.run_try(tasks, needs, set(), 1, 2)
     assert next(c for c in recorder.changes if c[0] == "10-a") == ("10-a", TaskState.SKIPPED)
@@ -244,3 +244,37 @@ def test_the_one_skip_decision_orders_operator_stamp_then_check(tmp_path):
     once = Task(a.name, a.path, a.short_name,
                 type(a.settings)(**{**a.settings.__dict__, "frequency": Frequency.ONCE}))
     assert decide(once, stamps=Stamped()).reason == "once: done at noon"
+
+
+def test_a_skip_asked_while_the_start_hook_runs_keeps_the_process_from_starting(
+        tmp_path, signals):
+    scheduler, tasks, needs, recorder, processes, _ = harness(tmp_path, signals, ["10-a"])
+
+    class SkipDuringTheHook(Listener):
+        def task_changed(self, run: TaskRun) -> None:
+            if run.state is TaskState.RUNNING:  # where the start hook runs
+                assert scheduler.life.request_skip(run.task.name)
+
+    scheduler.life.dispatcher.listeners.append(SkipDuringTheHook())
+    result = scheduler.run_try(tasks, needs, set(), 1, 1)
+    assert processes.calls == []  # never started
+    assert recorder.results() == {"10-a": TaskState.SKIPPED}
+    assert result.done == {"10-a"}
+
+
+def test_a_skip_of_a_running_task_stops_it_and_counts_as_skipped(tmp_path, signals):
+    started = threading.Event()
+
+    def long_task(view) -> ProcessResult:
+        started.set()
+        while not view.cancelled:
+            time.sleep(0.005)
+        return ProcessResult(stopped=True)
+
+    scheduler, tasks, needs, recorder, _p, _c = harness(
+        tmp_path, signals, ["10-a", "20-b"], {"10-a": long_task})
+    threading.Thread(target=lambda: started.wait(5) and scheduler.life.request_skip("10-a"),
+                     daemon=True).start()
+    result = scheduler.run_try(tasks, needs, set(), 1, 1)
+    assert recorder.results() == {"10-a": TaskState.SKIPPED, "20-b": TaskState.OK}
+    assert result.done == {"10-a", "20-b"}
