@@ -227,7 +227,7 @@ def _read_file(path: str, origins: dict[tuple[str, str], Origin]) -> ConfigObj:
         raise ConfigError(
             f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})"
         ) from None
-    lines = text.splitlines()
+    lines = config_lines(text)
     try:
         translated = dialect.translate(lines)
     except dialect.DialectError as exc:
@@ -242,6 +242,16 @@ def _read_file(path: str, origins: dict[tuple[str, str], Origin]) -> ConfigObj:
     _record_origins(path, translated.lines, parsed, origins)
     _fold_case(parsed, origins)
     return parsed
+
+
+def config_lines(text: str) -> list[str]:
+    """The lines of a config file as the original's readline() saw them: split on \n
+    (a \r before it goes too), never on a form feed, \x1c-\x1e, U+0085 or U+2028,
+    which str.splitlines() would break a value at, shifting every line number after it."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def _parse_error(path: str, lines: list[str], exc: ConfigObjError) -> str:

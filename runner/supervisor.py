@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from . import config as config_mod
-from . import permissions, stamps
+from . import permissions, preflight, stamps
 from .bootstate import BootState, Resume
 from .config import Config
 from .controls import Controls, serve
@@ -136,6 +136,7 @@ class Supervisor:
 
     def _prepare(self) -> None:
         self.plan = plan = discover(self.config, self.task_dir())
+        preflight.check(self.config, plan)
         log.info("runner: %d task(s) in %s, config %s", len(plan.tasks), plan.task_dir,
                  self.config.path or "(defaults)")
         for warning in self.config.warnings:
@@ -357,6 +358,7 @@ class Supervisor:
         try:
             new = config_mod.load(self.options.config_path, self.options.overrides)
             plan = discover(new, task_dir_of(self.options, new))
+            preflight.check(new, plan)
         except ConfigError as exc:
             log.error("SIGHUP: new configuration is invalid, keeping the old one: %s", exc)
             return False

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import permissions
+from .preflight import directory_problem
 from .process import Limits, ProcessResult, describe_exit, run_process
 from .settings import Frequency
 from .signals import SignalState, SignalView
@@ -215,7 +216,7 @@ class TaskLife:
         process = self._run_process(
             task.argv,
             env=self.env.for_run(run),
-            cwd=self.config.runner.task_cwd,
+            cwd=self._cwd(run),
             limits=Limits(task.settings.max_time, task.settings.kill_grace),
             signals=signals,
             on_line=lambda line: log.info("[%s] %s", task.name, line),
@@ -226,6 +227,17 @@ class TaskLife:
         if task.settings.check and process.exit_code == 0 and not process.stopped:
             execution.recheck = self._check_process(run, signals, "recheck")
         return execution
+
+    def _cwd(self, run: TaskRun) -> str:
+        """task_cwd; for the halt and reboot tasks `/` when task_cwd went away under
+        runner (checked at start), since the machine must still halt or reboot."""
+        cwd = self.config.runner.task_cwd
+        problem = directory_problem(cwd) if run.kind is not Kind.TASK else None
+        if problem:
+            log.warning("task_cwd %s %s: running %s task %s in /", cwd, problem,
+                        run.kind.value, run.task.name)
+            return "/"
+        return cwd
 
     def _check_process(self, run: TaskRun, signals: Signals, what: str) -> ProcessResult:
         task = run.task

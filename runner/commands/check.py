@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from typing import Any, TextIO
 
-from .. import statedir
+from .. import preflight, statedir
 from ..config import Config, load
 from ..console import format_value
 from ..masking import MaskedWriter, listing_output
@@ -28,6 +26,7 @@ def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = Fa
     """Print the plan and every warning; exit 0 (ConfigError means 78, raised to the caller)."""
     config, plan = _plan(options)
     statedir.check(config)  # what `run` would refuse
+    preflight.check(config, plan)
     out = listing_output(out, config, show_secrets)
     print(f"config:    {', '.join(config.files) or '(none, defaults apply)'}", file=out)
     print(f"task dir:  {plan.task_dir}", file=out)
@@ -60,12 +59,7 @@ def _warnings(config: Config, plan: Plan):
     for name, reason in plan.skipped:
         if reason == NOT_EXECUTABLE:
             yield f"{name}: {reason}"
-    hook = config.runner.task_hook
-    if hook and not _executable(hook[0]):
-        yield f"[runner] task_hook: {hook[0]} is not an executable command"
-    interpreter = config.runner.interpreter
-    if interpreter and not _executable(interpreter[0]):
-        yield f"[runner] interpreter: {interpreter[0]} is not an executable command"
+    yield from preflight.warnings(config, plan)
     if config.runner.journal_url:
         try:
             import psycopg  # noqa: F401
@@ -83,12 +77,6 @@ def _warnings(config: Config, plan: Plan):
         if overrides:
             yield (f"[{section}] sets {', '.join(overrides)} but no task is named "
                    f"{section!r}: the section is not applied to any task")
-
-
-def _executable(command: str) -> bool:
-    if os.sep in command:
-        return os.access(command, os.X_OK)
-    return shutil.which(command) is not None
 
 
 def list_tasks(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout,

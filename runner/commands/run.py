@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .. import instance, logs, statedir
+from .. import instance, logs, preflight, statedir
 from ..config import Config, load
 from ..console import fail
 from ..events import Listener
@@ -32,8 +32,8 @@ class DaemonOptions:
 
 def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int:
     config = load(options.config_path, options.overrides)
-    if daemon_options is not None:
-        discover(config, task_dir_of(options, config))  # report a bad plan before detaching
+    if daemon_options is not None:  # report a bad plan before detaching
+        preflight.check(config, discover(config, task_dir_of(options, config)))
     statedir.prepare(config)  # before anything opens a file in state_dir or runtime_dir
     # One runner per state_dir, for runner's whole life; taken before detaching, so a
     # refusal reaches the terminal.
