@@ -15,7 +15,6 @@ from .settings import RunOptions
 from .states import ExitStatus
 
 log = logging.getLogger("runner")
-EX_SOFTWARE = 70  # sysexits(3): an internal error
 DEFAULT_PIDFILE = "/run/runner.pid"
 
 COMMANDS = {
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         log.critical("internal error: %s: %s (run with -v for the traceback)",
                      type(exc).__name__, exc)
-        return EX_SOFTWARE
+        return ExitStatus.INTERNAL
 
 
 def _listing(command: str, options: RunOptions, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ double fork) are found and killed too; see runner.reaper.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import os
 import selectors
@@ -138,6 +139,9 @@ def run_process(
     label = label or env.get("RUNNER_TASK") or os.path.basename(argv[0])
     try:
         result = _Waiter(proc, limits, signals, started, env, label).wait()
+    except BaseException:
+        _stop_group(proc, limits.kill_grace)  # an error in runner must not leave it running
+        raise
     finally:
         reaper.release(proc)
     reaper.reap_orphans()
@@ -145,6 +149,16 @@ def run_process(
     result.output_tail = reader.tail()
     result.duration_s = time.monotonic() - started
     return result
+
+
+def _stop_group(proc: subprocess.Popen, kill_grace: float) -> None:
+    """SIGTERM to the group, SIGKILL after kill_grace: what a stop does, without the
+    machinery that just failed."""
+    for sig, wait in ((signal.SIGTERM, kill_grace), (signal.SIGKILL, KILL_WAIT_S)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)  # the whole group: what the task started too
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
 
 
 def _start_error(exc: BaseException, argv: list[str], cwd: str) -> str:

@@ -74,6 +74,8 @@ class Scheduler:
         self.refusal = refusal
         # Called right before a task starts: applies a reload asked for by SIGHUP.
         self.refresh = refresh
+        # How many tasks runner's file descriptors allow at once (runner.fdlimit).
+        self.capacity = 1 << 30
 
     def run_try(self, tasks: list[Task], needs: dict[str, set[str]], done: set[str],
                 iteration: int, try_num: int) -> TryResult:
@@ -99,10 +101,23 @@ class Scheduler:
                     if self._finish(workers.pop(name), execution, result):
                         stop_new = True
                         self._stop_others(workers)
+        except BaseException:
+            self._abandon(workers)
+            raise
         finally:
             os.close(wake_r)
             os.close(wake_w)
         return result
+
+    def _abandon(self, workers: dict[str, _Worker]) -> None:
+        """An internal error in the main loop: no task it started may outlive it. Every
+        worker stops its task's group (SIGTERM, SIGKILL after kill_grace) and is waited
+        for, so runner exits (70) only once they are gone."""
+        for worker in workers.values():
+            worker.view.cancel()
+        for worker in workers.values():
+            grace = worker.run.task.settings.kill_grace
+            worker.thread.join(grace + 10)
 
     def _halted(self) -> bool:
         return (self.signals.stop_signal is not None or bool(self.controls.halt)
@@ -112,7 +127,7 @@ class Scheduler:
                      workers: dict[str, _Worker], result: TryResult, at: tuple[int, int],
                      spawn: Callable[[TaskRun, SignalView], threading.Thread]) -> bool:
         """Start what may start; True when nothing more may start (stop, halt, refusal)."""
-        while len(workers) < self.life.config.runner.max_parallel:
+        while len(workers) < min(self.life.config.runner.max_parallel, self.capacity):
             if self._halted():
                 return True
             if self.controls.paused:

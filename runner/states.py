@@ -52,6 +52,7 @@ class ExitStatus(enum.IntEnum):
     GAVE_UP = 1
     HALTED = 2
     EXIT = 3
+    INTERNAL = 70  # sysexits(3) EX_SOFTWARE: a bug in runner; no task is left running
     CONFIG = 78
     SIGINT = 130
     SIGTERM = 143

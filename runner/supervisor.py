@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from . import config as config_mod
-from . import permissions, preflight, stamps
+from . import fdlimit, permissions, preflight, stamps
 from .bootstate import BootState, Resume
 from .config import Config
 from .controls import Controls, serve
@@ -119,6 +119,11 @@ class Supervisor:
             if self.refusal:
                 status = ExitStatus.CONFIG
             return status
+        except ConfigError:
+            raise
+        except Exception:
+            status = ExitStatus.INTERNAL  # what the journal says; cli says why
+            raise
         finally:
             if control is not None:
                 control.close()
@@ -137,6 +142,7 @@ class Supervisor:
     def _prepare(self) -> None:
         self.plan = plan = discover(self.config, self.task_dir())
         preflight.check(self.config, plan)
+        self._fit_descriptors()
         log.info("runner: %d task(s) in %s, config %s", len(plan.tasks), plan.task_dir,
                  self.config.path or "(defaults)")
         for warning in self.config.warnings:
@@ -157,6 +163,13 @@ class Supervisor:
                 self.resume.try_num,
             )
         self.life.stamps = self._stamps(plan)
+
+    def _fit_descriptors(self) -> None:
+        capacity = fdlimit.fit(self.config.runner.max_parallel)
+        note = capacity.note(self.config.runner.max_parallel)
+        if note:
+            log.warning("%s", note)
+        self.scheduler.capacity = capacity.tasks
 
     def _stamps(self, plan: Plan) -> stamps.Stamps | None:
         if all(t.settings.frequency is Frequency.ALWAYS for t in plan.tasks):
@@ -372,5 +385,6 @@ class Supervisor:
         self.masker.replace(Masker.from_config(new).values)
         self.plan = plan
         self.life.reconfigure(new, self._dispatcher(), self._stamps(plan))
+        self._fit_descriptors()
         log.info("SIGHUP: configuration reloaded from %s", new.path or "(defaults)")
         return True

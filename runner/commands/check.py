@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .. import preflight, statedir
+from .. import fdlimit, preflight, statedir
 from ..config import Config, load
 from ..console import format_value
 from ..masking import MaskedWriter, listing_output
@@ -60,6 +60,9 @@ def _warnings(config: Config, plan: Plan):
         if reason == NOT_EXECUTABLE:
             yield f"{name}: {reason}"
     yield from preflight.warnings(config, plan)
+    note = fdlimit.possible(config.runner.max_parallel).note(config.runner.max_parallel)
+    if note:
+        yield note
     if config.runner.journal_url:
         try:
             import psycopg  # noqa: F401
