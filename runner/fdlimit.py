@@ -72,3 +72,15 @@ def possible(max_parallel: int) -> Capacity:
     soft, hard = _limits()
     limit = max(soft, min(needed(max_parallel), hard))
     return Capacity(min(max_parallel, tasks_for(limit)), limit, hard)
+
+
+def preload_unwinder() -> None:
+    """glibc loads libgcc_s with dlopen() when a thread first exits; out of descriptors,
+    that open fails and the whole process aborts ("libgcc_s.so.1 must be installed for
+    pthread_exit to work"), orphaning every task. Loaded at start, it is already there."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgcc_s.so.1")  # by soname: find_library would run ldconfig
+    except OSError as exc:  # a static build has no libgcc_s to need
+        log.debug("libgcc_s not preloaded: %s", exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .. import instance, logs, preflight, statedir
+from .. import fdlimit, instance, logs, preflight, statedir
 from ..config import Config, load
 from ..console import fail
 from ..events import Listener
@@ -76,6 +76,7 @@ def supervise(options: RunOptions, config: Config,
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
     # runner, not PID 1, so a timeout or a stop can find and kill them.
     enable_subreaper()
+    fdlimit.preload_unwinder()
     masker = Masker.from_config(config)
     logs.mask_logs(masker.text)  # from the first line on
     heartbeat = Heartbeat()
