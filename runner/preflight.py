@@ -33,6 +33,11 @@ def check(config: Config, plan: Plan) -> None:
 
 def warnings(config: Config, plan: Plan) -> Iterator[str]:
     """Commands that only some runs need and that cannot be executed now."""
+    for special, key in ((plan.halt, "halt_task"), (plan.reboot, "reboot_task")):
+        if (special is not None and not special.settings.interpreter
+                and not os.access(special.path, os.X_OK)):
+            yield (f"[runner] {key}: {special.path} is not executable (chmod +x it, or set "
+                   "an interpreter): it would fail to start when needed")
     hook = config.runner.task_hook
     if hook and not _runnable(hook[0], config):
         yield f"[runner] task_hook: {hook[0]} is not an executable command"

@@ -47,6 +47,17 @@ def test_check_warns_of_a_check_command_and_a_hook_that_cannot_run(ws):
     assert "warning: [runner] task_hook: /nonexistent/hook is not an executable" in proc.stderr
 
 
+def test_check_warns_of_a_halt_task_that_is_not_executable(ws):
+    ws.task("10-a.sh")
+    halt = ws.tasks / "halt.sh"
+    halt.write_text("#!/bin/sh\necho halting\n")
+    halt.chmod(0o644)
+    ws.config()
+    proc = ws.run("check")
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: [runner] halt_task: {halt} is not executable" in proc.stderr
+
+
 def test_a_form_feed_or_u0085_in_a_value_neither_splits_it_nor_shifts_line_numbers(ws):
     ws.task("10-a.sh")
     ws.cfg.write_text(
