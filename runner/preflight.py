@@ -14,11 +14,20 @@ from collections.abc import Iterator
 from . import permissions
 from .config import Config, Origin
 from .errors import ConfigError
+from .masking import Masker
 from .tasks import Plan, task_search_path
 
 
 def check(config: Config, plan: Plan) -> None:
-    """Raise ConfigError for the first path whose absence fails every task."""
+    """Raise ConfigError for the first path whose absence fails every task (its secret
+    values masked: a path can quote one)."""
+    try:
+        _check(config, plan)
+    except ConfigError as exc:
+        raise ConfigError(Masker.from_config(config).text(str(exc))) from None
+
+
+def _check(config: Config, plan: Plan) -> None:
     cwd = config.runner.task_cwd
     problem = directory_problem(cwd)
     if problem:

@@ -210,14 +210,20 @@ def test_runner_list_and_plan_mask_secret_values(ws):
 # -- error text, metrics and hook JSON ---------------------------------------------------
 
 def test_an_error_quoting_a_secret_is_masked_in_log_journal_and_metrics(ws):
+    # The interpreter (its path holds the secret) removes itself when the first task runs,
+    # so the second task cannot start: runner's error quotes the path.
+    interpreter = ws.root / f"interp-{TOKEN}"
+    interpreter.write_text('#!/bin/sh\nrm -f "$0"\nexec /bin/sh "$@"\n')
+    interpreter.chmod(0o755)
+    ws.task("05-first.sh", "exit 0", mode=0o644)
     ws.task(f"10-{TOKEN}.sh", "exit 0", mode=0o644)  # not executable: the interpreter runs
     metrics = ws.root / "metrics.prom"
-    secret_env(ws, interpreter=f"/nonexistent/{TOKEN}", max_tries=1,
-               metrics_file=str(metrics))
+    secret_env(ws, interpreter=str(interpreter), max_tries=1, metrics_file=str(metrics))
     proc = ws.run("-n", "1")
     assert proc.returncode == 1, proc.stderr
-    assert TOKEN not in proc.stderr and f"cannot start /nonexistent/{MASK}" in proc.stderr
-    [(_output, error)] = journal_outputs(ws)
+    assert TOKEN not in proc.stderr and f"cannot start {ws.root}/interp-{MASK}" in proc.stderr
+    [(_first, no_error), (_output, error)] = journal_outputs(ws)
+    assert no_error is None
     assert TOKEN not in error and MASK in error
     text = metrics.read_text()
     assert TOKEN not in text and f'task="10-{MASK}.sh"' in text
@@ -340,3 +346,11 @@ def test_stream_masking_equals_masking_the_whole_wherever_the_stream_is_cut():
         out = b"".join(stream.feed(p, final=i == len(pieces) - 1) for i, p in enumerate(pieces))
         assert out == masker.data(data) and b"secretvalue" not in out, (data, cuts)
         assert len(stream.carry) < masker.longest
+
+
+def test_a_refusal_at_start_that_quotes_a_secret_is_masked(ws):
+    ws.task("10-a.sh")
+    secret_env(ws, interpreter=f"/nonexistent/{TOKEN}")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 78, proc.stderr
+    assert TOKEN not in proc.stderr and f"interpreter: /nonexistent/{MASK}" in proc.stderr
