@@ -2,7 +2,9 @@
 
 The same SQL runs on the local SQLite journal and on the PostgreSQL fleet journal (the
 tables have the same columns; PostgreSQL's carry a `runner_` prefix), so every command
-answers from either.
+answers from either. One difference: "newest" in the local journal is the journal's own
+order (runs.run_seq, then the task run's seq), which a wall clock far behind or ahead
+cannot reorder; the fleet journal mixes hosts, whose only common order is started_at.
 """
 
 from __future__ import annotations
@@ -93,6 +95,12 @@ class Reader:
         except sqlite3.Error as exc:
             raise JournalUnavailable(f"{self.source}: {exc}") from None
 
+    def newest_first(self) -> str:
+        """ORDER BY terms for task runs, newest first."""
+        if self.postgres:
+            return "started_at DESC, seq DESC"
+        return f"{journalfile.RUN_ORDER} DESC, seq DESC"
+
     def _where(self, filters: Filters, alias: str = "") -> tuple[str, list[Any]]:
         prefix = f"{alias}." if alias else ""
         clauses: list[str] = []
@@ -130,7 +138,7 @@ class Reader:
         where, params = self._where(filters)
         rows = self.rows(
             f"SELECT {', '.join(RECORD_FIELDS)} FROM {self.table('task_runs')} "
-            f"WHERE {where} ORDER BY started_at DESC, seq DESC LIMIT ?",
+            f"WHERE {where} ORDER BY {self.newest_first()} LIMIT ?",
             (*params, limit),
         )
         return rows[::-1]
@@ -140,7 +148,7 @@ class Reader:
         where, params = self._where(task_filters)
         rows = self.rows(
             f"SELECT {', '.join(RECORD_FIELDS)}, output FROM {self.table('task_runs')} "
-            f"WHERE {where} ORDER BY started_at DESC, seq DESC LIMIT 1",
+            f"WHERE {where} ORDER BY {self.newest_first()} LIMIT 1",
             tuple(params),
         )
         return rows[0] if rows else None
@@ -150,8 +158,8 @@ class Reader:
         where, params = self._where(filters)
         return self.rows(
             f"SELECT {', '.join(RECORD_FIELDS)} FROM ("
-            f" SELECT *, row_number() OVER (PARTITION BY task ORDER BY started_at DESC, "
-            f"seq DESC) AS newest FROM {self.table('task_runs')} WHERE {where}"
+            f" SELECT *, row_number() OVER (PARTITION BY task ORDER BY "
+            f"{self.newest_first()}) AS newest FROM {self.table('task_runs')} WHERE {where}"
             ") AS ranked WHERE newest = 1 ORDER BY task",
             tuple(params),
         )
@@ -168,10 +176,11 @@ class Reader:
     def runs(self, host: str | None, limit: int = 1) -> list[dict[str, Any]]:
         """The newest runner runs (processes), newest first."""
         where, params = ("host = ?", [host]) if host else ("1 = 1", [])
+        order = "started_at DESC" if self.postgres else "run_seq DESC"
         return self.rows(
             f"SELECT run_id, host, boot_id, pid, pid_start, version, config, task_dir, "
             f"started_at, ended_at, result, exit_status FROM {self.table('runs')} "
-            f"WHERE {where} ORDER BY started_at DESC LIMIT ?",
+            f"WHERE {where} ORDER BY {order} LIMIT ?",
             (*params, limit),
         )
 
