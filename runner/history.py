@@ -70,10 +70,14 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 class Reader:
     """Runs the commands' queries on one journal."""
 
-    def __init__(self, conn: Any, *, postgres: bool, source: str) -> None:
+    def __init__(self, conn: Any, *, postgres: bool, source: str,
+                 run_seq: bool = True) -> None:
         self.conn = conn
         self.postgres = postgres
         self.source = source
+        # False: a local journal of schema 1 that no runner has migrated yet (readers
+        # never write); it only has started_at to order by.
+        self.by_run_seq = run_seq and not postgres
 
     def close(self) -> None:
         self.conn.close()
@@ -97,7 +101,7 @@ class Reader:
 
     def newest_first(self) -> str:
         """ORDER BY terms for task runs, newest first."""
-        if self.postgres:
+        if not self.by_run_seq:
             return "started_at DESC, seq DESC"
         return f"{journalfile.RUN_ORDER} DESC, seq DESC"
 
@@ -176,7 +180,7 @@ class Reader:
     def runs(self, host: str | None, limit: int = 1) -> list[dict[str, Any]]:
         """The newest runner runs (processes), newest first."""
         where, params = ("host = ?", [host]) if host else ("1 = 1", [])
-        order = "started_at DESC" if self.postgres else "run_seq DESC"
+        order = "run_seq DESC" if self.by_run_seq else "started_at DESC"
         return self.rows(
             f"SELECT run_id, host, boot_id, pid, pid_start, version, config, task_dir, "
             f"started_at, ended_at, result, exit_status FROM {self.table('runs')} "
@@ -216,7 +220,9 @@ def open_local(state_dir: str) -> Reader:
         conn = journalfile.connect(path, readonly=True)
     except journalfile.JournalError as exc:
         raise JournalUnavailable(str(exc)) from None
-    return Reader(conn, postgres=False, source=path)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return Reader(conn, postgres=False, source=path,
+                  run_seq=version >= journalfile.RUN_SEQ_SCHEMA)
 
 
 def open_postgres(url: str) -> Reader:

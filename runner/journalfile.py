@@ -64,6 +64,7 @@ MIGRATIONS = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+RUN_SEQ_SCHEMA = 2  # the first schema with runs.run_seq
 # A task run's place in the journal's own order is its run's run_seq, then its seq.
 RUN_ORDER = "(SELECT run_seq FROM runs WHERE runs.run_id = task_runs.run_id)"
 
@@ -170,6 +171,7 @@ def move_aside(path: str) -> str:
         for side in SIDE_FILES:
             if os.path.lexists(path + side):
                 os.rename(path + side, target + side)
+                os.chmod(target + side, 0o600)  # it may hold task output, as the journal
     except OSError as exc:
         raise JournalError(f"{path}: damaged, and cannot be moved aside: {exc.strerror}") \
             from None
