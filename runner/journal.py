@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from .events import Listener
@@ -42,7 +42,7 @@ from .states import Kind, TaskRun, TaskState
 log = logging.getLogger("runner.journal")
 
 MAX_HELD = 1000  # records kept in memory while the journal cannot be written
-PRUNE_EVERY = timedelta(hours=1)
+PRUNE_EVERY_S = 3600.0
 
 
 @dataclass
@@ -97,7 +97,9 @@ class JournalListener(Listener):
         self.seq = 0
         self.seqs: dict[int, int] = {}  # id(TaskRun) -> seq of its row
         self.open_try: tuple[int, int] | None = None
-        self.last_prune: datetime | None = None
+        self.started_mono = time.monotonic()
+        self.last_prune: float | None = None  # monotonic: a clock jump neither stops nor
+        # hurries pruning
         self.active = False
 
     # -- events -----------------------------------------------------------------
@@ -273,12 +275,16 @@ class JournalListener(Listener):
     def _prune(self) -> None:
         if not self.keep_days or self.conn is None or not self.health.ok:
             return
-        now = utc_now()
-        if self.last_prune is not None and now - self.last_prune < PRUNE_EVERY:
+        now = time.monotonic()
+        if self.last_prune is not None and now - self.last_prune < PRUNE_EVERY_S:
             return
         self.last_prune = now
+        # A run that has itself lasted longer than keep_days (a chain looping for weeks)
+        # is not held whole by the newest-runs floor: its old iterations may go.
+        long_running = now - self.started_mono > self.keep_days * 86400
         try:
-            deleted = prune(self.conn, self.keep_days, forwarding=self.forwarding)
+            deleted = prune(self.conn, self.keep_days, forwarding=self.forwarding,
+                            current_run=self.identity.run_id if long_running else None)
         except sqlite3.Error as exc:
             log.warning("journal %s: pruning failed: %s", self.path, exc)
             return

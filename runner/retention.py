@@ -2,11 +2,12 @@
 (journal_max_mb).
 
 Neither trusts the wall clock alone. A boot whose clock was far behind (a dead RTC, NTP
-not up yet: the boots that fail) writes old-looking timestamps, so the newest
-RUNS_ALWAYS_KEPT runs, in the journal's own order (runs.run_seq), are kept whatever
-their timestamps; so is every record not yet forwarded to the fleet journal. The size
-bound is the ceiling above all that: it drops the oldest records, forwarded ones first,
-and never the current iteration of the current run.
+not up yet: the boots that fail) writes old-looking timestamps, so a record is judged
+as old as the latest start written before it in the journal's own order (runs.run_seq),
+and the newest RUNS_ALWAYS_KEPT runs are kept whatever their timestamps; so is every
+record not yet forwarded to the fleet journal. The size bound is the ceiling above all
+that: it drops the oldest records, forwarded ones first, and never the current
+iteration of the current run.
 """
 
 from __future__ import annotations
@@ -29,29 +30,43 @@ TRIM_TO = 0.8
 # rewritten once (VACUUM): freed pages are reused but never returned otherwise.
 VACUUM_OVER = 1.25
 NEWEST_RUNS = "SELECT run_id FROM runs ORDER BY run_seq DESC LIMIT ?"
+# Per run, the latest start of the runs written before it.
+ENVELOPE = (
+    "envelope AS (SELECT run_id, max(started_at) OVER (ORDER BY run_seq ROWS BETWEEN "
+    "UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier FROM runs)"
+)
 # Oldest first in the journal's own order; a task run whose run row is gone comes first.
 JOURNAL_ORDER = f"{RUN_ORDER}, seq"
 
 
-def prune(conn: sqlite3.Connection, keep_days: int, *, forwarding: bool) -> int:
-    """Delete records older than keep_days, except the newest RUNS_ALWAYS_KEPT runs' and
-    any not yet forwarded; the number of rows deleted."""
+def prune(conn: sqlite3.Connection, keep_days: int, *, forwarding: bool,
+          current_run: str | None = None) -> int:
+    """Delete records older than keep_days; the number of rows deleted.
+
+    A record's age is that of the latest start written at or before its run in the
+    journal's order (ENVELOPE), so a run whose clock was behind is as young as the run
+    before it. Kept whatever their age: records not yet forwarded, and the newest
+    RUNS_ALWAYS_KEPT runs but `current_run` (a run that has itself lasted longer than
+    keep_days, by the monotonic clock: its old iterations may go).
+    """
     cutoff = iso(utc_now() - timedelta(days=keep_days))
     unsynced_ok = 0 if forwarding else 1
-    deleted = 0
+    before = conn.total_changes  # (a DELETE that starts with WITH has no rowcount)
     with _transaction(conn):
         for table, done in (
             ("task_runs", "result != 'RUNNING'"),
             ("tries", "result != 'RUNNING'"),
             ("runs", "result != 'RUNNING' AND run_id NOT IN (SELECT run_id FROM tries)"),
         ):
-            cursor = conn.execute(
-                f"DELETE FROM {table} WHERE started_at < ? AND {done} "
-                f"AND (synced_rev >= rev OR ?) AND run_id NOT IN ({NEWEST_RUNS})",
-                (cutoff, unsynced_ok, RUNS_ALWAYS_KEPT),
+            conn.execute(
+                f"WITH {ENVELOPE} DELETE FROM {table} WHERE {done} "
+                f"AND max(started_at, coalesce((SELECT earlier FROM envelope AS e "
+                f"WHERE e.run_id = {table}.run_id), '')) < ? "
+                f"AND (synced_rev >= rev OR ?) "
+                f"AND run_id NOT IN (SELECT run_id FROM ({NEWEST_RUNS}) WHERE run_id != ?)",
+                (cutoff, unsynced_ok, RUNS_ALWAYS_KEPT, current_run or ""),
             )
-            deleted += cursor.rowcount
-    return deleted
+    return conn.total_changes - before
 
 
 @dataclass(frozen=True)

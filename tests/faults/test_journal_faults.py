@@ -82,21 +82,27 @@ def test_a_run_with_the_clock_a_year_behind_is_the_latest_and_survives_pruning(w
 
 
 @pytest.mark.slow
-def test_records_older_than_keep_days_go_once_ten_newer_runs_exist(ws):
-    """The floor is RUNS_ALWAYS_KEPT runs, not forever: a year-old run stays while it is
-    among the newest ten, and is pruned by the start that makes it the eleventh."""
+def test_a_run_is_as_old_as_the_runs_before_it_and_ten_runs_are_kept_whatever_their_age(ws):
+    """With keep_days = 1: a year-old first run stays while it is among the newest ten
+    (RUNS_ALWAYS_KEPT) and goes with the start that makes it the eleventh. A run whose
+    clock was a year behind, written after a run with the right clock, is as young as
+    that run: it stays when ten newer runs exist."""
     ws.task("10-say.sh", f'echo "$RUNNER_RUN_ID" >> "{ws.root}/ids"')
     old = run_once(ws, year_behind())
     ws.config(journal_keep_days=1)
-    newer = [run_once(ws) for _ in range(9)]
-    assert recorded_runs(ws) == [old, *newer]  # ten runs: all kept
+    mid = run_once(ws)
+    behind = run_once(ws, year_behind())
+    newer = [run_once(ws) for _ in range(7)]
+    assert recorded_runs(ws) == [old, mid, behind, *newer]  # ten runs: all kept
     proc = ws.run("-n", "1")
     assert proc.returncode == 0, proc.stderr
     assert "removed 3 record(s) older than 1 days" in proc.stderr  # run, try, task run
-    newest = (ws.root / "ids").read_text().split()[-1]
-    assert recorded_runs(ws) == [*newer, newest]
+    newer.append((ws.root / "ids").read_text().split()[-1])
+    newer += [run_once(ws) for _ in range(2)]
+    assert recorded_runs(ws) == [mid, behind, *newer]  # `behind` is not in the newest ten
     for table in ("tries", "task_runs"):
         assert not journal(ws, f"SELECT * FROM {table} WHERE run_id = ?", (old,))
+        assert len(journal(ws, f"SELECT * FROM {table} WHERE run_id = ?", (behind,))) == 1
 
 
 def write_schema_1_journal(path: Path, runs: list[tuple[str, str]]) -> None:
