@@ -2,7 +2,9 @@
 
 The same SQL runs on the local SQLite journal and on the PostgreSQL fleet journal (the
 tables have the same columns; PostgreSQL's carry a `runner_` prefix), so every command
-answers from either.
+answers from either. One difference: "newest" in the local journal is the journal's own
+order (runs.run_seq, then the task run's seq), which a wall clock far behind or ahead
+cannot reorder; the fleet journal mixes hosts, whose only common order is started_at.
 """
 
 from __future__ import annotations
@@ -68,10 +70,14 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 class Reader:
     """Runs the commands' queries on one journal."""
 
-    def __init__(self, conn: Any, *, postgres: bool, source: str) -> None:
+    def __init__(self, conn: Any, *, postgres: bool, source: str,
+                 run_seq: bool = True) -> None:
         self.conn = conn
         self.postgres = postgres
         self.source = source
+        # False: a local journal of schema 1 that no runner has migrated yet (readers
+        # never write); it only has started_at to order by.
+        self.by_run_seq = run_seq and not postgres
 
     def close(self) -> None:
         self.conn.close()
@@ -92,6 +98,12 @@ class Reader:
             return [_normalize(dict(zip(names, row, strict=True))) for row in cursor]
         except sqlite3.Error as exc:
             raise JournalUnavailable(f"{self.source}: {exc}") from None
+
+    def newest_first(self) -> str:
+        """ORDER BY terms for task runs, newest first."""
+        if not self.by_run_seq:
+            return "started_at DESC, seq DESC"
+        return f"{journalfile.RUN_ORDER} DESC, seq DESC"
 
     def _where(self, filters: Filters, alias: str = "") -> tuple[str, list[Any]]:
         prefix = f"{alias}." if alias else ""
@@ -130,7 +142,7 @@ class Reader:
         where, params = self._where(filters)
         rows = self.rows(
             f"SELECT {', '.join(RECORD_FIELDS)} FROM {self.table('task_runs')} "
-            f"WHERE {where} ORDER BY started_at DESC, seq DESC LIMIT ?",
+            f"WHERE {where} ORDER BY {self.newest_first()} LIMIT ?",
             (*params, limit),
         )
         return rows[::-1]
@@ -140,7 +152,7 @@ class Reader:
         where, params = self._where(task_filters)
         rows = self.rows(
             f"SELECT {', '.join(RECORD_FIELDS)}, output FROM {self.table('task_runs')} "
-            f"WHERE {where} ORDER BY started_at DESC, seq DESC LIMIT 1",
+            f"WHERE {where} ORDER BY {self.newest_first()} LIMIT 1",
             tuple(params),
         )
         return rows[0] if rows else None
@@ -150,8 +162,8 @@ class Reader:
         where, params = self._where(filters)
         return self.rows(
             f"SELECT {', '.join(RECORD_FIELDS)} FROM ("
-            f" SELECT *, row_number() OVER (PARTITION BY task ORDER BY started_at DESC, "
-            f"seq DESC) AS newest FROM {self.table('task_runs')} WHERE {where}"
+            f" SELECT *, row_number() OVER (PARTITION BY task ORDER BY "
+            f"{self.newest_first()}) AS newest FROM {self.table('task_runs')} WHERE {where}"
             ") AS ranked WHERE newest = 1 ORDER BY task",
             tuple(params),
         )
@@ -168,10 +180,11 @@ class Reader:
     def runs(self, host: str | None, limit: int = 1) -> list[dict[str, Any]]:
         """The newest runner runs (processes), newest first."""
         where, params = ("host = ?", [host]) if host else ("1 = 1", [])
+        order = "run_seq DESC" if self.by_run_seq else "started_at DESC"
         return self.rows(
             f"SELECT run_id, host, boot_id, pid, pid_start, version, config, task_dir, "
             f"started_at, ended_at, result, exit_status FROM {self.table('runs')} "
-            f"WHERE {where} ORDER BY started_at DESC LIMIT ?",
+            f"WHERE {where} ORDER BY {order} LIMIT ?",
             (*params, limit),
         )
 
@@ -207,7 +220,9 @@ def open_local(state_dir: str) -> Reader:
         conn = journalfile.connect(path, readonly=True)
     except journalfile.JournalError as exc:
         raise JournalUnavailable(str(exc)) from None
-    return Reader(conn, postgres=False, source=path)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return Reader(conn, postgres=False, source=path,
+                  run_seq=version >= journalfile.RUN_SEQ_SCHEMA)
 
 
 def open_postgres(url: str) -> Reader:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from .events import Listener
@@ -29,19 +29,20 @@ from .journalfile import (
     INTERRUPTED,
     RUNNING,
     JournalError,
+    MovedAside,
     Op,
-    connect,
     insert,
-    prune,
+    open_journal,
     recover_interrupted,
     update,
 )
+from .retention import Current, bound_wal, prune, trim_to_size
 from .states import Kind, TaskRun, TaskState
 
 log = logging.getLogger("runner.journal")
 
 MAX_HELD = 1000  # records kept in memory while the journal cannot be written
-PRUNE_EVERY = timedelta(hours=1)
+PRUNE_EVERY_S = 3600.0
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Health:
     since: str | None = None
     held: int = 0
     dropped: int = 0
+    moved_aside: str | None = None  # where a damaged journal file went at this start
+    trimmed: int = 0  # task runs dropped to keep the file under journal_max_mb
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def snapshot(self) -> dict[str, Any]:
@@ -61,6 +64,7 @@ class Health:
             return {
                 "path": self.path, "ok": self.ok, "error": self.error, "since": self.since,
                 "held": self.held, "dropped": self.dropped,
+                "moved_aside": self.moved_aside, "trimmed": self.trimmed,
             }
 
 
@@ -74,6 +78,7 @@ class JournalListener(Listener):
         *,
         run_info: dict[str, Any],
         keep_days: int = 0,
+        max_bytes: int = 0,
         forwarding: bool = False,
         on_write: Any = None,
     ) -> None:
@@ -81,6 +86,9 @@ class JournalListener(Listener):
         self.identity = identity
         self.run_info = run_info
         self.keep_days = keep_days
+        self.max_bytes = max_bytes  # 0: no size bound
+        self.iteration = 0  # the iteration in progress, which the size bound never drops
+        self.warned: set[str] = set()  # size bound warnings, each given once per run
         self.forwarding = forwarding
         self.on_write = on_write  # called after each successful write (wakes the forwarder)
         self.health = Health(path)
@@ -89,7 +97,9 @@ class JournalListener(Listener):
         self.seq = 0
         self.seqs: dict[int, int] = {}  # id(TaskRun) -> seq of its row
         self.open_try: tuple[int, int] | None = None
-        self.last_prune: datetime | None = None
+        self.started_mono = time.monotonic()
+        self.last_prune: float | None = None  # monotonic: a clock jump neither stops nor
+        # hurries pruning
         self.active = False
 
     # -- events -----------------------------------------------------------------
@@ -104,9 +114,11 @@ class JournalListener(Listener):
             "started_at": iso(utc_now()), "result": RUNNING,
         }))
         self._prune()
+        self._bound_size()
 
     def chain_started(self, iteration: int, try_num: int) -> None:
         self.open_try = (iteration, try_num)
+        self.iteration = iteration
         self._write(insert("tries", {
             "run_id": self.identity.run_id, "iteration": iteration, "try_num": try_num,
             "host": self.identity.host, "boot_id": self.identity.boot_id,
@@ -123,6 +135,7 @@ class JournalListener(Listener):
         if run.kind is Kind.TASK and run.state not in (TaskState.OK, TaskState.SKIPPED):
             ops.extend(self._end_try(run.state.value, run.task.name))
         self._write(*ops)
+        self._bound_size()  # a task's output is what makes the file grow
 
     def iteration_done(self, iteration: int) -> None:
         self._write(*self._end_try(TaskState.OK.value, None))
@@ -182,11 +195,14 @@ class JournalListener(Listener):
 
     def _open(self) -> None:
         try:
-            self.conn = connect(self.path)
+            self.conn, moved = open_journal(self.path)
+            bound_wal(self.conn, self.max_bytes)
             interrupted = recover_interrupted(self.conn, self.identity)
         except (JournalError, sqlite3.Error, OSError) as exc:
             self._failed(exc)
             return
+        if moved is not None:
+            self._moved_aside(moved)
         for run_id in interrupted:
             log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
 
@@ -259,18 +275,57 @@ class JournalListener(Listener):
     def _prune(self) -> None:
         if not self.keep_days or self.conn is None or not self.health.ok:
             return
-        now = utc_now()
-        if self.last_prune is not None and now - self.last_prune < PRUNE_EVERY:
+        now = time.monotonic()
+        if self.last_prune is not None and now - self.last_prune < PRUNE_EVERY_S:
             return
         self.last_prune = now
+        # A run that has itself lasted longer than keep_days (a chain looping for weeks)
+        # is not held whole by the newest-runs floor: its old iterations may go.
+        long_running = now - self.started_mono > self.keep_days * 86400
         try:
-            deleted = prune(self.conn, self.keep_days, forwarding=self.forwarding)
+            deleted = prune(self.conn, self.keep_days, forwarding=self.forwarding,
+                            current_run=self.identity.run_id if long_running else None)
         except sqlite3.Error as exc:
             log.warning("journal %s: pruning failed: %s", self.path, exc)
             return
         if deleted:
             log.info("journal: removed %d record(s) older than %d days", deleted,
                      self.keep_days)
+
+    def _moved_aside(self, moved: MovedAside) -> None:
+        log.warning("journal %s: damaged (%s): moved aside to %s (kept, never deleted) "
+                    "and started a new one", self.path, moved.reason, moved.path)
+        with self.health.lock:
+            self.health.moved_aside = moved.path
+
+    def _bound_size(self) -> None:
+        """Keep the file under journal_max_mb (checking costs three PRAGMAs)."""
+        if not self.max_bytes or self.conn is None or not self.health.ok:
+            return
+        current = Current(self.identity.run_id, self.iteration)
+        try:
+            trimmed = trim_to_size(self.conn, self.max_bytes, current,
+                                   forwarding=self.forwarding)
+        except sqlite3.Error as exc:
+            log.warning("journal %s: keeping it under journal_max_mb failed: %s",
+                        self.path, exc)
+            return
+        if trimmed.deleted:
+            with self.health.lock:
+                self.health.trimmed += trimmed.deleted
+            log.info("journal: dropped the %d oldest task run record(s) to stay under "
+                     "journal_max_mb", trimmed.deleted)
+        self._warn_once("unforwarded", trimmed.unforwarded > 0,
+                        "%d record(s) not yet forwarded to journal_url dropped to stay "
+                        "under journal_max_mb", trimmed.unforwarded)
+        self._warn_once("over", trimmed.over,
+                        "over journal_max_mb, and the current iteration alone is more: "
+                        "it is kept whole")
+
+    def _warn_once(self, key: str, condition: bool, message: str, *args: Any) -> None:
+        if condition and key not in self.warned:
+            self.warned.add(key)
+            log.warning("journal %s: " + message, self.path, *args)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -115,6 +115,7 @@ class RunnerSettings:
     metrics_file: str | None
     journal_url: str | None
     journal_keep_days: int
+    journal_max_mb: int
     runtime_dir: str
     strict_permissions: bool
     secret_keys: list[str]

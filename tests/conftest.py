@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -276,6 +278,25 @@ def in_guest(guest: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 # -- helpers for tests that watch a runner started in the background ----------
+
+
+def journal_rows(path: Path, sql: str, params: tuple = ()) -> list[dict]:
+    """Rows of a journal file, read-only (runner may be writing it)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+def libfaketime() -> str | None:
+    """The LD_PRELOAD library that fakes the wall clock (Debian package faketime)."""
+    for name in ("libfaketimeMT.so.1", "libfaketime.so.1"):  # runner has threads
+        found = sorted(glob.glob(f"/usr/lib/*/faketime/{name}"))
+        if found:
+            return found[0]
+    return None
 
 
 def wait_for(predicate, timeout: float = 10.0, what: str = "a condition") -> None:

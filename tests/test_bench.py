@@ -112,3 +112,17 @@ def test_a_runner_that_runs_no_task_makes_the_benchmark_broken_not_fast():
     assert set(report["broken"]) == {"chain", "graph"}
     assert "ran 0 of 40 tasks" in report["broken"]["chain"]
     assert [r["status"] for r in report["rows"]] == ["BROKEN", "BROKEN"]
+
+
+def test_the_journal_size_benchmark_trims_to_its_target_and_reports_every_figure():
+    """bench/journal_size.py on a 2 MiB bound: the trim got under 80% of it (the script
+    asserts that itself) and every figure is there and positive."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "journal_size.py"), "--mb", "2", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode in (0, 1), proc.stderr  # 1: a target missed on a busy machine
+    result = json.loads(proc.stdout)
+    assert result["file_bytes"] > 2 * 1024 * 1024 and result["trimmed"] > 0
+    for key in ("start_s", "read_s", "write_s", "check_s", "trim_s", "prune_s"):
+        assert result[key] > 0, key

@@ -34,6 +34,13 @@ def task_runs(ws: Workspace) -> list[dict]:
     return rows(ws, "SELECT * FROM task_runs ORDER BY started_at, seq")
 
 
+def recorded_runs(ws: Workspace) -> int:
+    try:
+        return rows(ws, "SELECT count(*) AS n FROM runs")[0]["n"]
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return 0
+
+
 def running(ws: Workspace, task: str | None = None) -> bool:
     """Whether the journal shows `task` (any task) RUNNING; False before it exists."""
     try:
@@ -234,7 +241,13 @@ def test_sigkill_at_random_moments_never_corrupts_the_journal_or_loses_finished_
     finished_before: list[dict] = []
     rng = random.Random(1234)
     for _ in range(12):
+        runs_before = recorded_runs(ws)
         proc = ws.start("-n", "3")
+        # From the moment the run is in the journal: a loaded machine can take longer
+        # than the whole random window to start Python, and a kill before runner writes
+        # anything tests nothing.
+        wait_for(lambda before=runs_before: recorded_runs(ws) > before,
+                 what="the run's row")
         time.sleep(rng.uniform(0.0, 0.4))
         proc.kill()
         proc.communicate(timeout=10)

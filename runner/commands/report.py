@@ -18,7 +18,7 @@ from ..config import Config, load
 from ..errors import ConfigError
 from ..history import Filters, JournalUnavailable, Reader
 from ..identity import still_running
-from ..journalfile import INTERRUPTED, RUNNING
+from ..journalfile import INTERRUPTED, RUNNING, journal_path, moved_aside_files
 from ..livestatus import read_status, status_path
 from ..settings import RunOptions
 from .check import print_table
@@ -198,6 +198,8 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
         "journal": (live or {}).get("journal"),
         "forward": (live or {}).get("forward"),
         "journal_problem": problem,
+        # Files, not a flag: the message stays until someone has looked and removed them.
+        "journal_moved_aside": moved_aside_files(journal_path(config.runner.state_dir)),
         "last_run": last_run,
         "tasks": tasks,
     }
@@ -280,6 +282,8 @@ def _now_line(live: dict[str, Any]) -> str:
 def _print_health(doc: dict[str, Any], out: TextIO) -> None:
     if doc["journal_problem"]:
         print(f"journal: {doc['journal_problem']}", file=out)
+    for path in doc["journal_moved_aside"]:
+        print(f"journal: damaged file moved aside to {path} (remove it once read)", file=out)
     health = doc["journal"]
     if health and not health["ok"]:
         print(f"journal: NOT WRITABLE since {_local(health['since'])}: {health['error']} "

@@ -117,7 +117,7 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
     db_path = journal_path(runner.state_dir)
     journal = JournalListener(
         db_path, identity, run_info=run_info, keep_days=runner.journal_keep_days,
-        forwarding=bool(runner.journal_url),
+        max_bytes=runner.journal_max_mb * 1024 * 1024, forwarding=bool(runner.journal_url),
     )
     listeners: list[Listener] = [journal]
     forwarder = None

@@ -6,12 +6,10 @@ running chain, a full disk under state_dir and runtime_dir, and jumps of the wal
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import signal
-import sqlite3
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +19,8 @@ from conftest import (
     LogWatcher,
     Workspace,
     alive,
+    journal_rows,
+    libfaketime,
     output_of,
     run_in_mount_namespace,
     skip_unless,
@@ -34,15 +34,6 @@ def script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body.strip("\n") + "\n")
     path.chmod(0o755)
     return path
-
-
-def journal_rows(path: Path, sql: str, params: tuple = ()) -> list[dict]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in conn.execute(sql, params)]
-    finally:
-        conn.close()
 
 
 def flaky(ws: Workspace, name: str, failures: int = 1) -> None:
@@ -488,14 +479,6 @@ def test_sighup_while_the_runtime_directory_is_full_keeps_runner_going(ws):
 
 
 # -- the wall clock jumps -----------------------------------------------------------
-
-
-def libfaketime() -> str | None:
-    for name in ("libfaketimeMT.so.1", "libfaketime.so.1"):  # runner has threads
-        found = sorted(glob.glob(f"/usr/lib/*/faketime/{name}"))
-        if found:
-            return found[0]
-    return None
 
 
 @pytest.mark.slow
