@@ -1,6 +1,7 @@
 """What both command-line programs (`runner` and `runner-config`) print for people: an
-error is one line, whatever it quotes; a configuration value is written as in runner.cfg;
-bytes of arguments that were not UTF-8 are written back as they came.
+error is one line, whatever it quotes (runner.escape's rule); a configuration value is
+written as in runner.cfg; bytes of arguments that were not UTF-8 are written back as they
+came (runner-config's values are data, which a task reads back byte for byte).
 
 Only `sys` at import time: runner-config, which a task may call many times, imports it
 (so the spec, which formats its defaults here too, is not imported for that).
@@ -8,16 +9,15 @@ Only `sys` at import time: runner-config, which a task may call many times, impo
 
 import sys  # and no `from __future__ import annotations`: importing __future__ costs too
 
-EX_CONFIG = 78  # sysexits(3): bad configuration or input (runner.states.ExitStatus.CONFIG)
+from .escape import escape
 
-# Every line break str.splitlines() knows, escaped: a message must stay one line even
-# when it quotes a -D value or key that holds one.
-_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+EX_CONFIG = 78  # sysexits(3): bad configuration or input (runner.states.ExitStatus.CONFIG)
 
 
 def one_line(text: str) -> str:
-    """`text` with its line breaks escaped (a newline becomes `\\n`)."""
-    return text.translate(_LINE_BREAKS)
+    """`text` as one line (a message may quote a -D value, key or file name that holds a
+    line break or a byte that is not UTF-8): runner.escape's rule, as in the log."""
+    return escape(text)
 
 
 def format_value(value: object) -> str:

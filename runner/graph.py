@@ -7,11 +7,10 @@ depends_on entry names a task by file name or short name.
 
 from __future__ import annotations
 
-import os
-import unicodedata
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
+from .escape import escape
 from .names import byte_order
 from .scheduler import ready
 from .settings import Frequency
@@ -116,20 +115,20 @@ def to_dot(plan: Plan, skipped_reasons: dict[str, str], max_parallel: int = 1,
         '  edge [fontname="Helvetica"];',
     ]
     for task in plan.tasks:
-        label = [_display(task.name)]
+        label = [escape(task.name)]
         shown = markers(task)
         if shown:
             label.append(f"[{', '.join(shown)}]")
         attrs: dict[str, str] = {}
         reason = skipped_reasons.get(task.name)
         if reason is not None:
-            label.append(f"skip: {_display(reason)}")
+            label.append(f"skip: {escape(reason)}")
             attrs.update(fillcolor="grey85", color="grey50", fontcolor="grey40")
         attrs = {"label": _label(label), **{k: _quote(v) for k, v in attrs.items()}}
         lines.append(f"  {ids.of(task.name)} [{_attributes(attrs)}];")
     if plan.halt is not None:
         halt_id = ids.of(plan.halt.name)
-        halt_label = _label([_display(plan.halt.name), "(halt task)"])
+        halt_label = _label([escape(plan.halt.name), "(halt task)"])
         lines.append(f'  {halt_id} [shape=octagon, style=filled, fillcolor="#fbe3e3", '
                      f"label={halt_label}];")
     names = {t.name for t in plan.tasks}
@@ -164,24 +163,13 @@ class _NodeIds:
 
     def of(self, name: str) -> str:
         if name not in self._ids:
-            text, number = _display(name), 1
+            text, number = escape(name), 1
             while text in self._taken:
                 number += 1
-                text = f"{_display(name)} ({number})"
+                text = f"{escape(name)} ({number})"
             self._taken.add(text)
             self._ids[name] = _quote(text)
         return self._ids[name]
-
-
-def _display(text: str) -> str:
-    """Readable text: bytes that are not UTF-8 (file names may hold them) and control
-    characters become \\xNN; everything else, non-ASCII included, stays as it is."""
-    text = os.fsencode(text).decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(
-        f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text
-    )
 
 
 def _escape(text: str) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from . import journalfile
+from .escape import escape
 from .identity import iso
 from .names import short_name
 
@@ -131,11 +132,18 @@ class Reader:
         return sorted(row["task"] for row in rows)
 
     def resolve_task(self, name: str) -> tuple[str, ...]:
-        """The recorded file names a task argument means: a file name or a short name."""
+        """The recorded file names a task argument means: a file name or a short name,
+        as the file system has it (the journal holds it escaped, runner.escape) or as
+        runner shows it (the escaped text, copied from a listing); the former first."""
         names = self.task_names()
-        if name in names:
-            return (name,)
-        return tuple(n for n in names if short_name(n) == name)
+        for wanted in dict.fromkeys((escape(name), name)):
+            if wanted in names:
+                return (wanted,)
+        for wanted in dict.fromkeys((escape(name), name)):
+            found = tuple(n for n in names if short_name(n) == wanted)
+            if found:
+                return found
+        return ()
 
     def history(self, filters: Filters, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` task runs, oldest first."""

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from .escape import escape
 from .events import Listener
 from .masking import Masker
 from .permissions import Trust
@@ -69,7 +70,9 @@ class HookListener(Listener):
     def task_changed(self, run: TaskRun) -> None:
         if run.state is TaskState.PENDING:
             return
-        stats = {key: self.masker.text(value) if isinstance(value, str) else value
+        # Masked, then escaped as in the log and the journal (runner.escape): a name
+        # with bytes that are not UTF-8 would make no valid JSON otherwise.
+        stats = {key: escape(self.masker.text(value)) if isinstance(value, str) else value
                  for key, value in hook_stats(run, self.hostname, self.run_id).items()}
         payload = json.dumps(stats, sort_keys=False)
         result = run_process(

@@ -7,7 +7,15 @@ no fsync per event, which would cost more than the task it records); the commits
 a halt or reboot task and the last one of a run are FULL, which makes everything before
 them durable against a power cut too. A later start marks what a dead runner left RUNNING as
 INTERRUPTED. A journal that cannot be written never stops a task: the listener warns
-once, holds the records in memory (bounded) and writes them when it can again.
+once, holds the records in memory (bounded) and writes them when it can again. A record
+that SQLite refuses for what it holds (a constraint, a trigger, a value it cannot bind)
+would be refused forever: it is reported, counted in Health.rejected and dropped, and the
+records after it are written.
+
+Text goes in under runner.escape's rule (the task column holds `10-\\xff.sh` for a file
+name with the byte 0xff), so every text column is valid UTF-8 that the fleet journal
+accepts as it is, reads the same as the log, and `runner log NAME` finds by the
+escaped argument; task output stays raw bytes (a BLOB).
 
 Every row carries `rev` (bumped by each write) and `synced_rev` (what the PostgreSQL
 forwarder has sent), so the same file is the buffer for `journal_url`.
@@ -23,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .escape import escape
 from .events import Listener
 from .identity import RunIdentity, iso, utc_now
 from .journalfile import (
@@ -42,7 +51,21 @@ from .states import Kind, TaskRun, TaskState
 log = logging.getLogger("runner.journal")
 
 MAX_HELD = 1000  # records kept in memory while the journal cannot be written
+# Errors that belong to one record (its values, a constraint, a trigger's RAISE), not to
+# the file: writing that record again can only fail again. (ValueError: a str SQLite
+# cannot bind, e.g. one holding a surrogate; OverflowError: an int beyond 64 bits.)
+RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
+                 sqlite3.ProgrammingError, ValueError, TypeError, OverflowError)
 PRUNE_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Record:
+    """One write held for the journal, and what it is about (for the report when SQLite
+    refuses it)."""
+
+    op: Op
+    what: str
 
 
 @dataclass
@@ -57,6 +80,8 @@ class Health:
     dropped: int = 0
     moved_aside: str | None = None  # where a damaged journal file went at this start
     trimmed: int = 0  # task runs dropped to keep the file under journal_max_mb
+    rejected: int = 0  # records SQLite refused (each reported, then dropped)
+    rejected_error: str | None = None  # the last one: which record, and why
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def snapshot(self) -> dict[str, Any]:
@@ -65,6 +90,7 @@ class Health:
                 "path": self.path, "ok": self.ok, "error": self.error, "since": self.since,
                 "held": self.held, "dropped": self.dropped,
                 "moved_aside": self.moved_aside, "trimmed": self.trimmed,
+                "rejected": self.rejected, "rejected_error": self.rejected_error,
             }
 
 
@@ -93,7 +119,7 @@ class JournalListener(Listener):
         self.on_write = on_write  # called after each successful write (wakes the forwarder)
         self.health = Health(path)
         self.conn: sqlite3.Connection | None = None
-        self.held: deque[Op] = deque()
+        self.held: deque[Record] = deque()
         self.seq = 0
         self.seqs: dict[int, int] = {}  # id(TaskRun) -> seq of its row
         self.open_try: tuple[int, int] | None = None
@@ -108,7 +134,7 @@ class JournalListener(Listener):
         self.active = True
         self._open()
         ident = self.identity
-        self._write(insert("runs", {
+        self._write(self._insert("runs", {
             "run_id": ident.run_id, "host": ident.host, "boot_id": ident.boot_id,
             "pid": ident.pid, "pid_start": ident.pid_start, **self.run_info,
             "started_at": iso(utc_now()), "result": RUNNING,
@@ -119,7 +145,7 @@ class JournalListener(Listener):
     def chain_started(self, iteration: int, try_num: int) -> None:
         self.open_try = (iteration, try_num)
         self.iteration = iteration
-        self._write(insert("tries", {
+        self._write(self._insert("tries", {
             "run_id": self.identity.run_id, "iteration": iteration, "try_num": try_num,
             "host": self.identity.host, "boot_id": self.identity.boot_id,
             "started_at": iso(utc_now()), "result": RUNNING,
@@ -151,7 +177,7 @@ class JournalListener(Listener):
         except ValueError:
             name = f"EXIT_{status}"
         ops = self._end_try(INTERRUPTED, None)
-        ops.append(update(
+        ops.append(self._update(
             "runs", {"run_id": self.identity.run_id},
             {"ended_at": iso(utc_now()), "result": name, "exit_status": status},
         ))
@@ -160,32 +186,39 @@ class JournalListener(Listener):
 
     # -- rows -------------------------------------------------------------------
 
-    def _task_started(self, run: TaskRun) -> Op:
+    def _insert(self, table: str, row: dict[str, Any], about: str = "") -> Record:
+        return Record(insert(table, _escaped(row)), _what(table, about))
+
+    def _update(self, table: str, key: dict[str, Any], row: dict[str, Any],
+                about: str = "") -> Record:
+        return Record(update(table, key, _escaped(row)), _what(table, about))
+
+    def _task_started(self, run: TaskRun) -> Record:
         self.seq += 1
         self.seqs[id(run)] = self.seq
         ident = self.identity
-        return insert("task_runs", {
+        return self._insert("task_runs", {
             "run_id": ident.run_id, "seq": self.seq, "host": ident.host,
             "boot_id": ident.boot_id, "iteration": run.iteration, "try_num": run.try_num,
             "max_tries": run.max_tries, "task": run.task.name, "kind": run.kind.value,
             "result": RUNNING, "started_at": run.started_at_text() or iso(utc_now()),
-        })
+        }, run.task.name)
 
-    def _task_ended(self, run: TaskRun) -> Op:
+    def _task_ended(self, run: TaskRun) -> Record:
         seq = self.seqs.pop(id(run))
-        return update("task_runs", {"run_id": self.identity.run_id, "seq": seq}, {
+        return self._update("task_runs", {"run_id": self.identity.run_id, "seq": seq}, {
             "result": run.state.value, "exit_code": run.exit_code, "signal": run.signal,
             "error": run.error, "ended_at": iso(utc_now()),
             "duration_s": None if run.duration_s is None else round(run.duration_s, 3),
             "output": run.output_tail,
-        })
+        }, run.task.name)
 
-    def _end_try(self, result: str, failed_task: str | None) -> list[Op]:
+    def _end_try(self, result: str, failed_task: str | None) -> list[Record]:
         if self.open_try is None:
             return []
         iteration, try_num = self.open_try
         self.open_try = None
-        return [update(
+        return [self._update(
             "tries",
             {"run_id": self.identity.run_id, "iteration": iteration, "try_num": try_num},
             {"ended_at": iso(utc_now()), "result": result, "failed_task": failed_task},
@@ -206,10 +239,10 @@ class JournalListener(Listener):
         for run_id in interrupted:
             log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
 
-    def _write(self, *ops: Op, durable: bool = False) -> None:
-        """Append ops to what is held and try to write everything in one transaction;
+    def _write(self, *records: Record, durable: bool = False) -> None:
+        """Append records to what is held and try to write everything in one transaction;
         `durable`: fsync it, and with it every earlier commit (one WAL file)."""
-        self.held.extend(ops)
+        self.held.extend(records)
         while len(self.held) > MAX_HELD:
             self.held.popleft()
             self.health.dropped += 1
@@ -218,6 +251,7 @@ class JournalListener(Listener):
             if self.conn is None:
                 self._sync_health()
                 return
+        count = len(self.held)
         try:
             if durable:
                 self.conn.execute("PRAGMA synchronous=FULL")
@@ -230,29 +264,56 @@ class JournalListener(Listener):
             self._failed(exc)
             return
         if not self.health.ok:
-            log.warning("journal %s: writable again; wrote %d held record(s)",
-                        self.path, len(self.held))
+            log.warning("journal %s: writable again; wrote %d held record(s)", self.path,
+                        count)
             with self.health.lock:
                 self.health.ok, self.health.error, self.health.since = True, None, None
-        self.held.clear()
         self._sync_health()
         if self.on_write is not None:
             self.on_write()
 
     def _commit(self, conn: sqlite3.Connection) -> None:
-        """Everything held, in one transaction."""
-        if len(self.held) == 1:  # autocommit: one statement is a transaction of its own
-            conn.execute(*self.held[0])
-            return
-        conn.execute("BEGIN IMMEDIATE")
+        """Everything held, in one transaction; a record SQLite refuses is reported and
+        dropped, and the rest is written without it."""
+        while self.held:
+            refused = self._try_commit(conn)
+            if refused is None:
+                self.held.clear()
+                return
+            index, exc = refused
+            record = self.held[index]
+            del self.held[index]
+            self._rejected(record, exc)
+
+    def _try_commit(self, conn: sqlite3.Connection) -> tuple[int, Exception] | None:
+        """Write what is held, or roll all of it back and name the first record refused
+        for what it holds (other errors are the file's: they propagate)."""
+        many = len(self.held) > 1  # one statement is a transaction of its own
+        if many:
+            conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in self.held:
-                conn.execute(sql, params)
-            conn.execute("COMMIT")
+            for index, record in enumerate(self.held):
+                try:
+                    conn.execute(*record.op)
+                except RECORD_ERRORS as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    return index, exc
+            if many:
+                conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return None
+
+    def _rejected(self, record: Record, exc: Exception) -> None:
+        reason = f"{record.what}: {str(exc) or type(exc).__name__}"
+        log.warning("journal %s: SQLite refused the %s; dropped it, the records after it "
+                    "are written", self.path, reason)
+        with self.health.lock:
+            self.health.rejected += 1
+            self.health.rejected_error = reason
 
     def _failed(self, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__
@@ -331,3 +392,13 @@ class JournalListener(Listener):
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _escaped(row: dict[str, Any]) -> dict[str, Any]:
+    """Text values under runner.escape's rule (bytes, numbers and None as they are)."""
+    return {key: escape(value) if isinstance(value, str) else value
+            for key, value in row.items()}
+
+
+def _what(table: str, about: str) -> str:
+    return f"{table} record of {about}" if about else f"{table} record"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from .escape import escape
 from .events import Listener
 from .files import make_dir, write_atomic
 from .identity import RunIdentity, iso, utc_now
@@ -170,9 +171,10 @@ class LiveStatus(Listener):
     def _write_locked(self) -> None:
         self.dirty_since = None  # whatever was deferred goes with this write
         # The file is world-readable (runner status needs no root): every text in it is
-        # masked, whatever it quotes (the forwarder's error, a task's name).
+        # masked, whatever it quotes (the forwarder's error, a task's name), then escaped
+        # as in the log and the journal (runner.escape).
         document = masked_json({**self.state, **self.health(), "updated_at": iso(utc_now())},
-                               self.mask)
+                               lambda text: escape(self.mask(text)))
         # Not durable: it describes this boot only, and lives on tmpfs under systemd.
         # Compact: with an indent json falls back to its pure-Python encoder.
         data = json.dumps(document).encode() + b"\n"

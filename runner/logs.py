@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from .escape import escape
+
 # sd-daemon(3) / syslog priorities of Python's levels.
 PRIORITIES = {
     logging.DEBUG: 7,
@@ -41,31 +43,35 @@ def stderr_is_journal(environ: dict[str, str] | os._Environ = os.environ) -> boo
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-class _SecretFilter(logging.Filter):
-    """Masks every record before any handler writes it: whatever a message quotes (an
-    error from psycopg, a command line), no secret value reaches a log."""
+class _MessageFilter(logging.Filter):
+    """Masks, then escapes every record before any handler writes it: whatever a message
+    quotes (an error from psycopg, a command line, a task's name or output line), no
+    secret value reaches a log, and one record is one line of valid UTF-8 (runner.escape:
+    a name with a newline or an escape sequence can neither split nor colour a line)."""
 
     mask: Callable[[str], str] | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.mask is not None:
-            text = record.getMessage()
-            masked = self.mask(text)
-            if masked is not text:  # Masker.text returns its argument when nothing matched
-                record.msg, record.args = masked, None
+        if getattr(record, "shown", False):  # another handler's filter did it (no twice)
+            return True
+        record.shown = True
+        text = record.getMessage()
+        shown = escape(text if self.mask is None else self.mask(text))
+        if shown is not text or record.args:  # escape returns its argument when it can
+            record.msg, record.args = shown, None
         return True
 
 
-_SECRETS = _SecretFilter()
+_MESSAGES = _MessageFilter()
 
 
 def mask_logs(mask: Callable[[str], str]) -> None:
     """Mask every later log line with `mask` (runner.masking.Masker.text)."""
-    _SECRETS.mask = mask
+    _MESSAGES.mask = mask
 
 
 def _add(logger: logging.Logger, handler: logging.Handler) -> None:
-    handler.addFilter(_SECRETS)
+    handler.addFilter(_MESSAGES)
     logger.addHandler(handler)
 
 

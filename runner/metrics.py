@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
+from .escape import escape
 from .events import Listener
 from .files import write_atomic
 from .identity import RunIdentity
@@ -155,8 +155,11 @@ class MetricsListener(Listener):
         self.iteration, self.try_num = iteration, try_num
 
     def task_changed(self, run: TaskRun) -> None:
-        stats = self.tasks.setdefault(run.task.name, TaskStats())
-        self.rendered.pop(run.task.name, None)
+        # Keyed by the name as the journal holds it (runner.escape), which the seed's
+        # names are: a restart continues the same series, and the label is that text.
+        name = escape(run.task.name)
+        stats = self.tasks.setdefault(name, TaskStats())
+        self.rendered.pop(name, None)
         if run.state is TaskState.RUNNING:
             stats.running = True
         elif run.state.is_result:
@@ -192,7 +195,7 @@ class MetricsListener(Listener):
         for name, stats in sorted(self.tasks.items()):
             if name not in self.rendered:
                 self.rendered[name] = task_samples = Exposition()
-                _add_task(task_samples, labels(task=self.mask(_label_text(name))), stats)
+                _add_task(task_samples, labels(task=self.mask(name)), stats)
             out.extend(self.rendered[name])
         return out.text()
 
@@ -251,12 +254,6 @@ def _unix_time(text: object) -> float | None:
         return None
     # runner writes UTC everywhere (identity.iso); a time without a zone is UTC too.
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _label_text(name: str) -> str:
-    """A file name as valid UTF-8: bytes that are not UTF-8 (surrogate escapes from
-    os.listdir) become `\\xff`, as in runner's log."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _escape_label(value: str) -> str:

@@ -361,6 +361,6 @@ class _OutputReader(threading.Thread):
 
 
 def decode_line(chunk: bytes) -> str:
-    """Bytes of one output line as printable text: invalid UTF-8 and NULs escaped."""
-    text = chunk.rstrip(b"\n").decode("utf-8", "backslashreplace")
-    return text.replace("\0", "\\x00")
+    """Bytes of one output line as text, every byte kept (invalid UTF-8 as surrogate
+    escapes): the log escapes it (runner.escape), once, like every message."""
+    return chunk.rstrip(b"\n").decode("utf-8", "surrogateescape")

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from .. import history, instance
 from ..config import Config, load
 from ..errors import ConfigError
+from ..escape import escape_bytes
 from ..history import Filters, JournalUnavailable, Reader
 from ..identity import still_running
 from ..journalfile import INTERRUPTED, RUNNING, journal_path, moved_aside_files
@@ -121,7 +122,9 @@ def log_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
         return _fail(f"no run of {opts.task} matches in the journal {reader.source}")
     output = record.pop("output", None) or b""
     if opts.as_json:
-        record["output"] = output.decode("utf-8", errors="replace")
+        # Line by line under runner.escape's rule: the lines the log showed, and valid
+        # JSON whatever bytes the task printed.
+        record["output"] = "\n".join(map(escape_bytes, output.split(b"\n")))
         _dump(record, out)
         return 0
     print(f"# {record['task']}: {_describe(record)}", file=out)
@@ -190,12 +193,15 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
             problem = str(exc)
         finally:
             reader.close()
+    # A runner that has exited left its last word in the status file (until a reboot
+    # empties runtime_dir): what its journal could not write is still worth saying.
+    last_word = live or _status_of(config, last_run) or {}
     document = {
         "host": host,
         "running": alive,
         "pid": pid,
         "runner": live,
-        "journal": (live or {}).get("journal"),
+        "journal": last_word.get("journal"),
         "forward": (live or {}).get("forward"),
         "journal_problem": problem,
         # Files, not a flag: the message stays until someone has looked and removed them.
@@ -229,6 +235,12 @@ def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
     if live_alive and (lock.held is None or not live.get("lock")):
         return True, live.get("pid"), live
     return False, None, None
+
+
+def _status_of(config: Config, run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The status file, when it is the one `run` (the journal's last run) left."""
+    left = read_status(config.runner.runtime_dir)
+    return left if run and left and left.get("run_id") == run["run_id"] else None
 
 
 def _live_run(runs: list[dict[str, Any]], pid: int | None,
@@ -285,10 +297,13 @@ def _print_health(doc: dict[str, Any], out: TextIO) -> None:
     for path in doc["journal_moved_aside"]:
         print(f"journal: damaged file moved aside to {path} (remove it once read)", file=out)
     health = doc["journal"]
-    if health and not health["ok"]:
+    if health and not health["ok"] and doc["running"]:  # held: a gone runner lost them
         print(f"journal: NOT WRITABLE since {_local(health['since'])}: {health['error']} "
               f"({health['held']} record(s) held in memory, {health['dropped']} dropped)",
               file=out)
+    if health and health.get("rejected"):
+        print(f"journal: {health['rejected']} record(s) REFUSED by SQLite and dropped; the "
+              f"last: {health['rejected_error']}", file=out)
     forward = doc["forward"]
     if forward:
         state = "ok" if forward["ok"] else (
