@@ -13,32 +13,35 @@ Every backslash the text held is doubled, so the mapping is reversible: `\\xNN` 
 is that ASCII character, from 80 up that raw byte (a C1 character, which UTF-8 encodes as
 two bytes, is `\\u00NN` instead), and a name that holds none of the above is unchanged.
 
-It imports nothing: runner-config, which a task may call many times, uses it for its
-error lines, and the table is built on first need.
+runner-config uses it for its error lines: it imports only `re`, which runner-config
+has imported already.
 """
 
+import re
+
 _SHORT = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-_table: dict[int, str] = {}
+# What the rule changes; the rest is left to re's C loop (a coloured line of output with
+# two escape sequences costs a few µs, not a lookup per character of the whole line).
+_SPECIAL = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
-def _build() -> dict[int, str]:
-    table = {ord(c): escaped for c, escaped in _SHORT.items()}
-    for code in [*range(0x20), 0x7F]:
-        table.setdefault(code, f"\\x{code:02x}")
-    for code in [*range(0x80, 0xA0), 0x2028, 0x2029, *range(0xD800, 0xE000)]:
-        table[code] = f"\\u{code:04x}"
-    for byte in range(0x80, 0x100):  # os.fsdecode / surrogateescape: byte -> U+DC00+byte
-        table[0xDC00 + byte] = f"\\x{byte:02x}"
-    return table
+def _one(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _SHORT:
+        return _SHORT[char]
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode / surrogateescape: byte -> U+DC00+byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
 
 
 def escape(text: str) -> str:
     """`text` under the rule above; `text` itself when nothing needs escaping."""
     if text.isprintable() and "\\" not in text:  # the common case, at C speed
         return text
-    if not _table:
-        _table.update(_build())
-    return text.translate(_table)
+    return _SPECIAL.sub(_one, text)
 
 
 def escape_bytes(data: bytes) -> str:
