@@ -36,8 +36,6 @@ PR_SET_CHILD_SUBREAPER = 36
 RUN_MARKS = ("RUNNER_RUN_ID", "RUNNER_TASK", "RUNNER_ITERATION", "RUNNER_TRY")
 COMMAND_LIMIT = 200  # characters of a leftover's command line in the log
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}
-
 _lock = threading.Lock()
 _children: set[int] = set()  # pids runner started and still waits for (subprocess)
 
@@ -161,12 +159,13 @@ def command_line(pid: int) -> str:
             raw = handle.read(4 * COMMAND_LIMIT)
     except OSError:
         raw = b""
-    text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "backslashreplace")
-    text = text.translate(_CONTROLS)  # one log line, whatever the arguments hold
+    # Every byte kept (surrogate escapes): the log and the journal escape it, once, by
+    # runner.escape's rule, which keeps the line one line whatever the arguments hold.
+    text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
     if not text:
         try:
             with open(f"/proc/{pid}/comm", "rb") as handle:
-                text = "[" + handle.read().strip().decode("utf-8", "backslashreplace") + "]"
+                text = "[" + handle.read().strip().decode("utf-8", "surrogateescape") + "]"
         except OSError:
             text = "?"
     return text if len(text) <= COMMAND_LIMIT else text[:COMMAND_LIMIT - 1] + "…"
