@@ -163,3 +163,13 @@ def test_the_rule_is_reversible_and_gives_one_printable_line(text):
 @given(st.binary())
 def test_bytes_take_the_same_rule(data):
     assert os.fsencode(unescape(escape_bytes(data))) == data
+
+
+def test_runner_check_and_plan_list_an_odd_name_on_one_line(ws):
+    ws.task("10-two\nlines.sh")
+    ws.task("20-plain.sh")
+    for args in (("check",), ("plan",)):
+        proc = ws.run(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert "10-two\\nlines.sh" in proc.stdout, (args, proc.stdout)
+        assert not any(line.startswith("lines.sh") for line in proc.stdout.splitlines())

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from .. import fdlimit, preflight, statedir
 from ..config import Config, load
 from ..console import format_value
+from ..escape import escape
 from ..masking import MaskedWriter, listing_output
 from ..settings import RunOptions, task_dir_of
 from ..spec import load_spec
@@ -35,11 +36,11 @@ def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = Fa
     print(f"chain:     {len(plan.tasks)} task(s), in this order", file=out)
     for number, task in enumerate(plan.tasks, start=1):
         deps = f"  after {', '.join(task.settings.depends_on)}" if task.settings.depends_on else ""
-        print(f"  {number:3d}. {task.name}{deps}", file=out)
+        print(f"  {number:3d}. {escape(task.name)}{deps}", file=out)
     if plan.skipped:
         print("skipped:", file=out)
         for name, reason in plan.skipped:
-            print(f"  {name}: {reason}", file=out)
+            print(f"  {escape(name)}: {reason}", file=out)
     warnings = list(_warnings(config, plan))
     err = listing_output(sys.stderr, config, show_secrets)
     for warning in warnings:
@@ -58,7 +59,7 @@ def _warnings(config: Config, plan: Plan):
                "will be retried instead")
     for name, reason in plan.skipped:
         if reason == NOT_EXECUTABLE:
-            yield f"{name}: {reason}"
+            yield f"{escape(name)}: {reason}"
     yield from preflight.warnings(config, plan)
     note = fdlimit.possible(config.runner.max_parallel).note(config.runner.max_parallel)
     if note:

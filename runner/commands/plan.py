@@ -11,6 +11,7 @@ from typing import TextIO
 
 from .. import stamps
 from ..config import Config, load
+from ..escape import escape
 from ..graph import dependencies, markers, to_dot, waves
 from ..masking import Masker, listing_output
 from ..names import byte_order
@@ -74,19 +75,20 @@ def plan(options: RunOptions, as_json: bool = False, out: TextIO = sys.stdout,
         print("no tasks", file=out)
     elif max_parallel == 1:
         for number, task in enumerate(the_plan.tasks, start=1):
-            line = f"  {number:3d}. {task.name}{_markers(task, reasons)}"
+            line = f"  {number:3d}. {escape(task.name)}{_markers(task, reasons)}"
             if task.name in reasons:
                 line += f"  skip: {reasons[task.name]}"
             print(line, file=out)
     else:
         for number, wave in enumerate(scheduled, start=1):
-            names = ", ".join(t.name + _markers(t, reasons) for t in wave)
+            names = ", ".join(escape(t.name) + _markers(t, reasons) for t in wave)
             print(f"wave {number}: {names}", file=out)
         for task in the_plan.tasks:
             if task.name in reasons:
-                print(f"  skip {task.name}: {reasons[task.name]}", file=out)
+                print(f"  skip {escape(task.name)}: {reasons[task.name]}", file=out)
     if the_plan.halt:
-        print(f"halt task:    {the_plan.halt.name} ({the_plan.halt.path})", file=out)
+        print(f"halt task:    {escape(the_plan.halt.name)} ({escape(the_plan.halt.path)})",
+              file=out)
     else:
         print(f"halt task:    {the_plan.halt_name} MISSING (a halt will only be logged)",
               file=out)
