@@ -579,13 +579,15 @@ def huge(tmp_path_factory: pytest.TempPathFactory) -> Scratch:
 @pytest.mark.slow
 def test_huge_file_works_in_reasonable_time(huge: Scratch) -> None:
     CASES["huge files"] += 1
-    started = time.monotonic()
+    # CPU time of this process (the commands run in it): what a quadratic parse would
+    # blow up, and unlike the wall clock not doubled by whatever else the machine runs.
+    started = time.process_time()
     _argv, status, _err = runner_check(huge, [])
     assert status == 0, _err
     assert runner_config(huge, "-g", "hg11999.key4") == 0
     assert runner_config(huge, "-g", "big.value", "--json") == 0
     assert runner_config(huge, "-l", "hg7") == 0
-    assert time.monotonic() - started < 60
+    assert time.process_time() - started < 60
 
 
 @pytest.mark.slow
