@@ -6,13 +6,24 @@ read by a thread that hands whole lines to a callback as they arrive, with every
 secret value masked first (runner.masking.StreamMasker): before the output is cut into
 logged pieces or kept as the tail, so no cut can split a secret and let it through.
 
-Memory: whatever a task writes, runner holds per running task one piece of a line
-(LINE_LIMIT bytes, and its text, at most 4 times as long when every byte is escaped),
-the bytes held back by masking (fewer than the longest secret value) and the tail kept
-for the journal (TAIL_BYTES plus at most one piece). A piece is logged
-and dropped before the next one is read; a task writing faster than runner logs waits
-on the full pipe. Measured: 1 GiB of output, or one line of 100 MiB, raise runner's peak
-RSS by less than 1 MiB (tests/faults/test_process_faults.py).
+Nothing a task writes before it exits is lost: when it has exited, runner waits until
+every byte it had written (what was read, plus what the pipe still holds) has been
+logged, however slow the log, and only then takes the tail and reports the result. A
+slow log (a stalled journald) slows runner and the task down, never costs a line. What
+a process the task left behind writes into the pipe later is logged as
+`[NAME background] line` until the pipe's end, or until runner exits (it logs what the
+pipe holds then); it is not part of the task's tail. See _OutputReader.
+
+Memory: whatever a task writes, runner holds per running task a read buffer and one
+piece of a line (LINE_LIMIT bytes each; the piece's text is at most 4 times as long when
+every byte is escaped), the bytes held back by masking (fewer than the longest secret
+value) and the tail kept for the journal (TAIL_BYTES plus at most one piece); a process
+left behind holding the pipe costs the buffer and a piece until the pipe's end. A piece
+is logged and dropped before the next one is read, so a task writing faster than runner
+logs waits on the full pipe (the kernel's buffer, 64 KiB by default, which is all that
+runner has still to read once the task has exited). Measured: 1 GiB of output, or one
+line of 100 MiB, raise runner's peak RSS by less than 1 MiB
+(tests/faults/test_process_faults.py).
 
 On a timeout or a stop the processes that escaped the task's group (setsid, a daemon's
 double fork) are found and killed too; see runner.reaper.
@@ -20,13 +31,19 @@ double fork) are found and killed too; see runner.reaper.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import errno
+import fcntl
+import logging
 import os
+import select
 import selectors
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -36,11 +53,10 @@ from . import permissions, reaper
 from .masking import Masker
 from .signals import SignalState, SignalView
 
+log = logging.getLogger("runner")
+
 LINE_LIMIT = 64 * 1024  # longer lines are passed on in pieces of this size
 TAIL_BYTES = 64 * 1024  # how much of the end of the output is kept with the result
-# How long the output of an exited task may stay open (a background process it
-# started holds it) before runner stops waiting for the end of it.
-OUTPUT_LINGER_S = 1.0
 GROUP_POLL_S = 0.05  # only while a stopped task's group is dying
 MAX_WAIT_S = 3600.0  # longest single select(): far-off deadlines are re-checked
 # How long runner waits for SIGKILLed processes to be gone (one in uninterruptible
@@ -134,9 +150,9 @@ def run_process(
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         return ProcessResult(error=_start_error(exc, argv, cwd), duration_s=0.0)
-    reader = _OutputReader(proc.stdout, on_line, masker)
-    reader.start()
     label = label or env.get("RUNNER_TASK") or os.path.basename(argv[0])
+    reader = _OutputReader(proc.stdout, on_line, _background_line(label), masker)
+    reader.start()
     try:
         result = _Waiter(proc, limits, signals, started, env, label).wait()
     except BaseException:
@@ -145,7 +161,7 @@ def run_process(
     finally:
         reaper.release(proc)
     reaper.reap_orphans()
-    reader.finish(OUTPUT_LINGER_S)
+    reader.finish()
     result.output_tail = reader.tail()
     result.duration_s = time.monotonic() - started
     return result
@@ -159,6 +175,11 @@ def _stop_group(proc: subprocess.Popen, kill_grace: float) -> None:
             os.killpg(proc.pid, sig)  # the whole group: what the task started too
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(wait)
+
+
+def _background_line(label: str) -> OnLine:
+    """How output written after the run's end is logged: `[LABEL background] line`."""
+    return lambda line: log.info("[%s background] %s", label, line)
 
 
 def _start_error(exc: BaseException, argv: list[str], cwd: str) -> str:
@@ -315,49 +336,197 @@ def signal_group(pgid: int, signum: int) -> bool:
 
 
 class _OutputReader(threading.Thread):
-    """Reads a task's output, masks it and passes it on line by line; keeps the last bytes."""
+    """Reads a task's output, masks it and passes it on piece by piece (a line, or
+    LINE_LIMIT bytes of a longer one); keeps the last TAIL_BYTES of the task's own.
 
-    def __init__(self, stream, on_line: OnLine, masker: Masker) -> None:
+    The rule that ends the task's part: once the task has exited (and been reaped),
+    every byte it wrote is either read already or still in the pipe. So finish() sets a
+    mark there, at what was read plus what the pipe holds (FIONREAD), and waits until
+    the reader has passed on everything up to it. A reader that is behind (blocked in
+    logging) only makes that wait longer: it never gives up on a time limit, and the
+    wait is bounded by the pipe's size, not by what anyone writes later. Whether a
+    process the task left behind still holds the pipe does not matter for the task's
+    part: what it writes after the task's exit lies past the mark, and a process that
+    floods the pipe cannot delay the result. Past the mark the output is logged as
+    background until the end of the pipe, or until runner exits: close() marks what
+    the pipe holds then, passes it on and stops.
+
+    The reader never reads past a mark, so no read mixes the two parts. At the mark an
+    unfinished last line of the task's is passed on as it is, like one at the end.
+    """
+
+    def __init__(self, stream, on_line: OnLine, on_background: OnLine,
+                 masker: Masker) -> None:
         super().__init__(daemon=True, name="output")
         self.stream = stream
-        self.on_line = on_line
+        self.fd = stream.fileno()
+        self.outputs = [on_line, on_background]  # one per part: the task's, background
+        self.masker = masker
         self.masked = masker.stream()
+        self._line = b""  # the line read so far: never LINE_LIMIT bytes or more
+        self._buffer = memoryview(bytearray(LINE_LIMIT))
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
+        self._part = 0  # index into self.outputs
+        # Guards the counters below; held for a read, never while logging.
         self._lock = threading.Lock()
+        self._read_bytes = 0  # bytes read from the pipe so far
+        self._mark: int | None = None  # where the current part ends (a read count)
+        self._closing = False  # runner exits: the background part ends at the mark
+        self._ended = False  # the pipe and the wake-up fd are closed
+        self._task_done = threading.Event()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
 
     def run(self) -> None:
         try:
-            with self.stream:
-                while chunk := self.stream.readline(LINE_LIMIT):
-                    # readline() returns a piece shorter than the limit without a newline
-                    # only at the end of the output: nothing can follow it to complete a
-                    # secret, so none of it is held back.
-                    end = len(chunk) < LINE_LIMIT and not chunk.endswith(b"\n")
-                    self._pass_on(self.masked.feed(chunk, final=end))
-                self._pass_on(self.masked.feed(b"", final=True))
+            self._read_all()
         except (OSError, ValueError):
             pass
+        finally:
+            try:
+                self._end_part(more=False)  # the end of the pipe ends the task's part too
+            finally:
+                with self._lock:  # finish() and close() use the fds only while open
+                    self._ended = True
+                    self.stream.close()
+                    os.close(self._wake)
+                self._task_done.set()  # even if passing on failed: finish() must return
+                _background.discard(self)
+
+    def _read_all(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
+        while True:
+            readable = any(fd == self.fd for fd, _event in poller.poll())
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._wake)
+            chunk = self._read(readable)
+            if chunk is None:  # the mark: the current part ends here
+                if not self._end_part(more=True):
+                    return
+            elif chunk:
+                self._take(chunk)
+            elif readable:
+                return  # the end of the pipe: every writer has closed it
+
+    def _read(self, readable: bool) -> bytes | None:
+        """What the pipe holds up to the mark (b"" when nothing is ready), or None at
+        the mark. Never reads past the mark, so no read mixes the two parts."""
+        with self._lock:
+            limit = LINE_LIMIT - len(self._line)
+            if self._mark is not None:
+                if self._read_bytes >= self._mark:
+                    return None
+                limit = min(limit, self._mark - self._read_bytes)
+            if not readable:
+                return b""
+            # Into a buffer of runner's own, then copied at its size: os.read() would
+            # allocate `limit` bytes for every read and shrink them (heap fragments).
+            count = os.readv(self.fd, [self._buffer[:limit]])
+            self._read_bytes += count
+            return self._buffer[:count].tobytes()
+
+    def _take(self, chunk: bytes) -> None:
+        """Pass on every whole line and every LINE_LIMIT bytes of a longer one."""
+        data = self._line + chunk if self._line else chunk
+        start = 0
+        while (end := data.find(b"\n", start) + 1) or len(data) - start >= LINE_LIMIT:
+            end = end or start + LINE_LIMIT
+            self._pass_on(self.masked.feed(data[start:end]))
+            start = end
+        self._line = data[start:]
+
+    def _end_part(self, more: bool) -> bool:
+        """The last bytes of the current part go out (no later byte can complete a line
+        or a secret in them); True when the background part follows (`more`: the pipe
+        is still open)."""
+        self._pass_on(self.masked.feed(self._line, final=True))
+        self._line = b""
+        with self._lock:
+            follows = more and not self._part and not self._closing
+            if follows:
+                self._part, self._mark = 1, None
+                self.masked = self.masker.stream()
+                _background.add(self)
+        self._task_done.set()
+        return follows
 
     def _pass_on(self, piece: bytes) -> None:
-        if piece:  # empty when all of it is held back, or nothing was left at the end
+        if not piece:  # all of it held back, or nothing was left at the end
+            return
+        if self._part == 0:
             self._keep(piece)
-            self.on_line(decode_line(piece))
+        self.outputs[self._part](decode_line(piece))
 
     def _keep(self, chunk: bytes) -> None:
-        with self._lock:
-            self._tail.append(chunk)
-            self._tail_size += len(chunk)
-            while self._tail_size - len(self._tail[0]) >= TAIL_BYTES:
-                self._tail_size -= len(self._tail.popleft())
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= TAIL_BYTES:
+            self._tail_size -= len(self._tail.popleft())
 
     def tail(self) -> bytes:
-        with self._lock:
-            return b"".join(self._tail)[-TAIL_BYTES:]
+        """The last TAIL_BYTES of the task's own output (call after finish())."""
+        return b"".join(self._tail)[-TAIL_BYTES:]
 
-    def finish(self, linger: float) -> None:
-        """Wait for the end of the output, unless a background process keeps it open."""
-        self.join(linger)
+    def finish(self) -> None:
+        """The task has exited: wait until everything it wrote has been passed on.
+
+        Every byte it wrote is either read already or still in the pipe, so the mark
+        bounds the wait by the pipe's size, not by time: only a log that never takes
+        another line could make it wait for ever (and then so would runner's own lines).
+        A background process holding the pipe does not: what it writes later is past
+        the mark."""
+        self._set_mark()
+        self._task_done.wait()
+
+    def close(self) -> None:
+        """runner exits: pass on what the pipe holds now, then stop reading."""
+        with self._lock:
+            self._closing = True
+        self._set_mark()
+        self.join()
+
+    def _set_mark(self) -> None:
+        with self._lock:
+            if self._ended:  # the end of the pipe came first: nothing more to mark
+                return
+            if self._mark is None:
+                self._mark = self._read_bytes + _pending(self.fd)
+            os.eventfd_write(self._wake, 1)
+
+
+def _pending(fd: int) -> int:
+    """How many bytes the pipe holds."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+class _Readers:
+    """The readers of background output (their task has ended, a process it left holds
+    the pipe): at exit each passes on what the pipe holds by then and stops."""
+
+    def __init__(self) -> None:
+        self._readers: set[_OutputReader] = set()
+        self._lock = threading.Lock()
+
+    def add(self, reader: _OutputReader) -> None:
+        with self._lock:
+            self._readers.add(reader)
+
+    def discard(self, reader: _OutputReader) -> None:
+        with self._lock:
+            self._readers.discard(reader)
+
+    def close(self) -> None:
+        with self._lock:
+            readers = list(self._readers)
+        for reader in readers:
+            reader.close()
+
+
+_background = _Readers()
+# At exit, before logging's own handler (registered earlier, so run later) closes the log.
+atexit.register(_background.close)
 
 
 def decode_line(chunk: bytes) -> str:
