@@ -397,10 +397,8 @@ class _OutputReader(threading.Thread):
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
+        readable = False
         while True:
-            readable = any(fd == self.fd for fd, _event in poller.poll())
-            with contextlib.suppress(BlockingIOError):
-                os.eventfd_read(self._wake)
             chunk = self._read(readable)
             if chunk is None:  # the mark: the current part ends here
                 if not self._end_part(more=True):
@@ -409,6 +407,14 @@ class _OutputReader(threading.Thread):
                 self._take(chunk)
             elif readable:
                 return  # the end of the pipe: every writer has closed it
+            else:
+                # Wait only right after _read() found the mark not reached (under the
+                # lock): a mark set since then wakes this wait through the eventfd.
+                readable = any(fd == self.fd for fd, _event in poller.poll())
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self._wake)
+                continue
+            readable = False  # look at the mark again before the next wait
 
     def _read(self, readable: bool) -> bytes | None:
         """What the pipe holds up to the mark (b"" when nothing is ready), or None at

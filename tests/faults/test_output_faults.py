@@ -204,6 +204,30 @@ def test_a_background_process_flooding_the_output_delays_neither_result_nor_exit
              "the flood to end once runner closed its output")
 
 
+@pytest.mark.slow
+def test_many_tasks_leaving_a_process_on_their_output_all_end_at_once(ws):
+    """A race between the task's end and the reader would leave a task waiting for an
+    end of output that a `sleep` holds off for 100 s."""
+    names = [f"t{i:02d}" for i in range(30)]
+    for name in names:
+        ws.task(name, f"""
+            sh -c 'echo $$ > "$RUNNER_STATE_DIR/{name}.pid"; exec sleep 100' &
+            echo {name}
+        """)
+    ws.config(max_tries=1, max_parallel=10)
+    try:
+        proc = ws.run("-n", "1", timeout=30)
+    finally:
+        for name in names:
+            pid_file = ws.state / f"{name}.pid"
+            if pid_file.exists() and alive(pid := int(pid_file.read_text())):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in names:
+        assert output_of(proc.stderr, name) == [name]
+        assert f"INFO {name}: OK " in proc.stderr
+
+
 # -- (d) SIGTERM in the middle of a flood, a stalled log ------------------------------------
 
 
