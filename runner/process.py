@@ -137,6 +137,11 @@ def run_process(
         if reason:
             return ProcessResult(error=reason, refused=True)
     try:
+        # Before the start: a run that cannot have its reader (no fd left) never starts.
+        wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    except OSError as exc:
+        return ProcessResult(error=_start_error(exc, argv, cwd), duration_s=0.0)
+    try:
         proc = reaper.popen(
             argv,
             executable=executable,
@@ -149,9 +154,10 @@ def run_process(
             close_fds=True,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        os.close(wake)
         return ProcessResult(error=_start_error(exc, argv, cwd), duration_s=0.0)
     label = label or env.get("RUNNER_TASK") or os.path.basename(argv[0])
-    reader = _OutputReader(proc.stdout, on_line, _background_line(label), masker)
+    reader = _OutputReader(proc.stdout, wake, on_line, _background_line(label), masker)
     reader.start()
     try:
         result = _Waiter(proc, limits, signals, started, env, label).wait()
@@ -355,7 +361,7 @@ class _OutputReader(threading.Thread):
     unfinished last line of the task's is passed on as it is, like one at the end.
     """
 
-    def __init__(self, stream, on_line: OnLine, on_background: OnLine,
+    def __init__(self, stream, wake: int, on_line: OnLine, on_background: OnLine,
                  masker: Masker) -> None:
         super().__init__(daemon=True, name="output")
         self.stream = stream
@@ -375,7 +381,7 @@ class _OutputReader(threading.Thread):
         self._closing = False  # runner exits: the background part ends at the mark
         self._ended = False  # the pipe and the wake-up fd are closed
         self._task_done = threading.Event()
-        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._wake = wake  # a non-blocking eventfd: finish() and close() wake the reader
 
     def run(self) -> None:
         try:

@@ -28,7 +28,8 @@ MiB = 1024 * 1024
 TAIL_BYTES = 64 * 1024  # what the journal keeps of a task's output (runner.process)
 LINE_PIECE = 64 * 1024  # longer lines are logged in pieces of this size
 # How much runner's peak RSS may grow while a task floods it with output. runner holds a
-# piece of a line and the tail per task (both 64 KiB); the rest is allocator slack.
+# read buffer, a piece of a line and the tail per task (each 64 KiB); the rest is
+# allocator slack.
 MEMORY_BOUND_KIB = 4 * 1024
 
 
