@@ -1,7 +1,8 @@
 """File descriptors: how many tasks runner can run at once without running out.
 
-A running task holds about FDS_PER_TASK of runner's descriptors (its output pipe, a pidfd,
-a wake-up pipe, an epoll set, and for a moment the pipes of the fork); runner's own files
+A running task holds about FDS_PER_TASK of runner's descriptors (its output pipe and the
+eventfd that wakes its reader, a pidfd, a wake-up pipe, an epoll set, and for a moment the
+pipes of the fork; measured: 20 running tasks, 139 descriptors in all); runner's own files
 (journal, status, sockets, logs) take at most RESERVED. Past the soft RLIMIT_NOFILE a
 pipe() fails with EMFILE, so runner raises its soft limit as far as `max_parallel` needs
 (never past the hard limit) and runs no more tasks at once than the limit allows.
