@@ -7,8 +7,7 @@ import collections
 import logging
 from collections.abc import Callable
 
-from .process import ended_by
-from .states import Kind, TaskRun, TaskState, check_transition
+from .states import Kind, TaskRun, TaskState, check_transition, ended_by
 
 log = logging.getLogger("runner")
 SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from . import permissions, reaper
 from .masking import Masker
 from .signals import SignalState, SignalView
+from .states import ended_by
 
 log = logging.getLogger("runner")
 
@@ -84,15 +85,6 @@ class ProcessResult:
 def describe_exit(result: ProcessResult) -> str:
     """How a process ended, in a few words: its error, `signal N` or `exit N`."""
     return ended_by(result.error, result.signal, result.exit_code)
-
-
-def ended_by(error: str | None, signal: int | None, exit_code: int | None) -> str:
-    """The error that kept it from ending normally, else `signal N`, else `exit N`."""
-    if error:
-        return error
-    if signal is not None:
-        return f"signal {signal}"
-    return f"exit {exit_code}"
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,15 @@ class TaskRun:
         return self._started_text
 
 
+def ended_by(error: str | None, signal: int | None, exit_code: int | None) -> str:
+    """The error that kept it from ending normally, else `signal N`, else `exit N`."""
+    if error:
+        return error
+    if signal is not None:
+        return f"signal {signal}"
+    return f"exit {exit_code}"
+
+
 class TransitionError(RuntimeError):
     """A state change the state machine does not allow: a bug in runner, never user input."""
 

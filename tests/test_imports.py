@@ -12,7 +12,11 @@ import still ties the two modules together), relative or absolute. Two kinds do 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import runner
 
@@ -160,3 +164,28 @@ def test_a_subpackage_resolves_relative_imports(tmp_path):
              "runner.commands.run", "runner.commands.ctl"}
     assert imports_of("runner.commands.ctl", path, known) == {
         "runner.config", "runner.tasks", "runner.commands.run"}
+
+
+RUN_MACHINERY = ("runner.supervisor", "runner.scheduler", "runner.tasklife", "runner.process",
+                 "runner.reaper", "runner.commands.check", "runner.preflight")
+
+
+@pytest.mark.parametrize("command", [["status"], ["history", "--limit", "20"],
+                                     ["ctl", "pause"]])
+def test_light_commands_do_not_import_the_run_machinery(tmp_path, command):
+    """What an operator types often starts fast: `runner status`, `history` and `ctl`
+    import nothing that runs tasks (issue 17)."""
+    cfg = tmp_path / "runner.cfg"
+    cfg.write_text(f"[runner]\nstate_dir = {tmp_path}/state\nruntime_dir = {tmp_path}/run\n")
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['runner', '-c', {str(cfg)!r}, *{command!r}]\n"
+        "from runner import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('runner'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    loaded = set(proc.stdout.split())
+    assert "runner.cli" in loaded, (proc.stdout, proc.stderr)
+    assert not loaded & set(RUN_MACHINERY), sorted(loaded & set(RUN_MACHINERY))

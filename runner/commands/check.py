@@ -14,6 +14,7 @@ from ..masking import MaskedWriter, listing_output
 from ..settings import RunOptions, task_dir_of
 from ..spec import load_spec
 from ..tasks import NOT_EXECUTABLE, Plan, Task, discover
+from .table import print_table
 
 SETTINGS = ("max_time", "max_tries", "sleep_time", "retry_jitter", "kill_grace")
 
@@ -108,11 +109,3 @@ def _row(task: Task) -> dict:
     row["interpreter"] = " ".join(settings.interpreter) if settings.interpreter else None
     row["depends_on"] = list(settings.depends_on) or None
     return row
-
-
-def print_table(columns: list[str], rows: list[list[str]], out: TextIO) -> None:
-    """A clean aligned text table with a header."""
-    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
-    for line in [columns, *rows]:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip(), file=out)

@@ -18,7 +18,7 @@ from ..states import TaskRun
 from ..taskenv import TaskEnvironment
 from ..tasklife import decide
 from ..tasks import Task, check_trust, discover
-from .check import print_table
+from .table import print_table
 
 log = logging.getLogger("runner")
 

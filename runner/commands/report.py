@@ -22,7 +22,7 @@ from ..identity import still_running
 from ..journalfile import INTERRUPTED, RUNNING, journal_path, moved_aside_files
 from ..livestatus import read_status, status_path
 from ..settings import RunOptions
-from .check import print_table
+from .table import print_table
 
 NOTHING = 1
 
