@@ -60,8 +60,9 @@ def fit(max_parallel: int) -> Capacity:
     wanted = min(needed(max_parallel), hard)
     if wanted > soft:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, resource.getrlimit(
-                resource.RLIMIT_NOFILE)[1]))
+            # The hard limit as the kernel has it (RLIM_INFINITY stays infinite).
+            raw_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, raw_hard))
             soft = wanted
         except (OSError, ValueError) as exc:
             log.warning("cannot raise RLIMIT_NOFILE to %d: %s", wanted, exc)
