@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import permissions, reaper
+from . import permissions, reaper, usage
 from .masking import Masker
 from .signals import SignalState, SignalView
 from .states import ended_by
@@ -80,6 +80,7 @@ class ProcessResult:
     # One line per process left outside the task's group at a timeout or stop, as
     # logged: "NAME: left process PID (COMMAND) behind after TIMEOUT: killed".
     leftovers: list[str] = field(default_factory=list)
+    cost: usage.Cost | None = None  # None when it never started
 
 
 def describe_exit(result: ProcessResult) -> str:
@@ -218,7 +219,7 @@ class _Waiter:
                 selector.register(pidfd, selectors.EVENT_READ)
                 if self.signals.fd >= 0:
                     selector.register(self.signals.fd, selectors.EVENT_READ)
-                while self.proc.poll() is None:
+                while not self._reaped():
                     now = time.monotonic()
                     self._react(now)
                     timeout = self._timeout(now)
@@ -236,6 +237,21 @@ class _Waiter:
         finally:
             self.processes.close()
         return self.result
+
+    def _reaped(self) -> bool:
+        """Reap the process with wait4() (its CPU time comes with the status); True once
+        it has exited. Popen is told the status, so it never waits for it itself."""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: only Popen can know the status
+            return self.proc.poll() is not None
+        if not pid:
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.result.cost = usage.from_rusage(rusage)
+        return True
 
     def _timeout(self, now: float) -> float | None:
         moments = [m for m in (self.deadline, self.kill_at) if m is not None]
