@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from .cgroup import Tree
 from .escape import escape
 from .events import Listener
 from .masking import Masker
@@ -55,7 +56,9 @@ class HookListener(Listener):
         run_id: str = "",
         trust: Trust | None = None,
         on_refused: Callable[[str], None] | None = None,
+        tree: Tree | None = None,
     ) -> None:
+        self.tree = tree
         self.run_id = run_id
         self.masker = masker
         self.trust = trust
@@ -85,6 +88,7 @@ class HookListener(Listener):
             masker=self.masker,
             label=f"task_hook for {run.task.name}",
             trust=self.trust,
+            cell=self.tree.cell("hook", run.task.name) if self.tree is not None else None,
         )
         what = f"task_hook for {run.task.name} {run.state.value}"
         if result.refused and self.on_refused is not None:

@@ -12,19 +12,37 @@ import os
 from collections.abc import Iterator
 
 from . import permissions
+from .cgroup import LIMIT_KEYS, Containment
 from .config import Config, Origin
 from .errors import ConfigError
 from .masking import Masker
 from .tasks import Plan, task_search_path
 
 
-def check(config: Config, plan: Plan) -> None:
+def check(config: Config, plan: Plan, containment: Containment | None = None) -> None:
     """Raise ConfigError for the first path whose absence fails every task (its secret
-    values masked: a path can quote one)."""
+    values masked: a path can quote one), and, given what runner's cgroup offers, for a
+    task limit whose controller is missing."""
     try:
         _check(config, plan)
+        if containment is not None:
+            for section, key, controller in missing_limits(plan, containment):
+                raise ConfigError(f"{_where(config, section, key)}[{section}] {key}: needs "
+                                  f"the {controller} controller, which runner does not have "
+                                  f"here ({containment.missing(controller)})")
     except ConfigError as exc:
         raise ConfigError(Masker.from_config(config).text(str(exc))) from None
+
+
+def missing_limits(plan: Plan,
+                   containment: Containment) -> Iterator[tuple[str, str, str]]:
+    """(section, key, controller) of each task limit runner could not enforce."""
+    have = containment.controllers()
+    tasks = [*plan.tasks, *(t for t in (plan.halt, plan.reboot) if t is not None)]
+    for task in tasks:
+        for key, controller in LIMIT_KEYS.items():
+            if getattr(task.settings, key) is not None and controller not in have:
+                yield task.short_name, key, controller
 
 
 def _check(config: Config, plan: Plan) -> None:

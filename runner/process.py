@@ -50,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import permissions, reaper, usage
+from .cgroup import Cell
 from .masking import Masker
 from .signals import SignalState, SignalView
 from .states import ended_by
@@ -111,6 +112,7 @@ def run_process(
     masker: Masker,
     label: str | None = None,
     trust: permissions.Trust | None = None,
+    cell: Cell | None = None,
 ) -> ProcessResult:
     """Run argv in a new session with stdin from /dev/null and wait for it.
 
@@ -122,6 +124,17 @@ def run_process(
     (strict_permissions), the program and the paths it names are checked right before
     the exec, and the program is run by the path that was checked.
     """
+    try:
+        return _run(argv, env, cwd, limits, signals, on_line, masker, label, trust, cell)
+    finally:
+        if cell is not None:
+            cell.release()
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: str, limits: Limits,
+         signals: SignalState | SignalView, on_line: OnLine, masker: Masker,
+         label: str | None, trust: permissions.Trust | None,
+         cell: Cell | None) -> ProcessResult:
     started = time.monotonic()
     executable = None
     if trust is not None:
@@ -135,6 +148,8 @@ def run_process(
     except OSError as exc:
         return ProcessResult(error=_start_error(exc, argv, cwd), duration_s=0.0)
     try:
+        # In its cell before the exec: all it ever starts is inside (runner.cgroup).
+        # preexec_fn costs a fork instead of a vfork; it only writes to an open fd.
         proc = reaper.popen(
             argv,
             executable=executable,
@@ -145,15 +160,21 @@ def run_process(
             env=env,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=cell.enter if cell is not None else None,
         )
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         os.close(wake)
+        if cell is not None and type(exc) is subprocess.SubprocessError:
+            return ProcessResult(error=f"cannot start {argv[0]}: cannot enter its cgroup "
+                                       f"{cell.path}", duration_s=0.0)
         return ProcessResult(error=_start_error(exc, argv, cwd), duration_s=0.0)
+    if cell is not None:
+        cell.close_fds()
     label = label or env.get("RUNNER_TASK") or os.path.basename(argv[0])
     reader = _OutputReader(proc.stdout, wake, on_line, _background_line(label), masker)
     reader.start()
     try:
-        result = _Waiter(proc, limits, signals, started, env, label).wait()
+        result = _Waiter(proc, limits, signals, started, env, label, cell).wait()
     except BaseException:
         _stop_group(proc, limits.kill_grace)  # an error in runner must not leave it running
         raise
@@ -198,8 +219,10 @@ class _Waiter:
     def __init__(
         self, proc: subprocess.Popen, limits: Limits, signals: SignalState | SignalView,
         started: float, env: dict[str, str] | None = None, label: str = "",
+        cell: Cell | None = None,
     ) -> None:
         self.proc = proc
+        self.cell = cell
         self.limits = limits
         self.signals = signals
         self.pgid = proc.pid  # start_new_session makes the child its group's leader
@@ -232,10 +255,14 @@ class _Waiter:
                 os.close(pidfd)
         self._record_status(self.proc.returncode)
         try:
-            if self.kill_at is not None:
+            if self.kill_at is not None and self.cell is not None:
+                self._finish_cell(self.cell)
+            elif self.kill_at is not None:
                 self._finish_group()
         finally:
             self.processes.close()
+        if self.cell is not None:
+            self.result.cost = self.cell.cost()
         return self.result
 
     def _reaped(self) -> bool:
@@ -274,15 +301,21 @@ class _Waiter:
             self._kill()
 
     def _terminate(self, now: float) -> None:
+        self.kill_at = now + self.limits.kill_grace
+        if self.cell is not None:
+            self.cell.signal_all(signal.SIGTERM, self.pgid)
+            return
         # Find the escaped processes before the group dies: their parents still link
         # them to the task then.
         procs = reaper.scan()
         self.processes.collect(procs)
         self._signal_group(signal.SIGTERM)
         self.processes.signal_leftovers(signal.SIGTERM, procs)
-        self.kill_at = now + self.limits.kill_grace
 
     def _kill(self) -> None:
+        if not self.killed and self.cell is not None:
+            self.cell.kill(self.pgid)
+            self.killed = True
         if not self.killed:
             self._signal_group(signal.SIGKILL)
             procs = reaper.scan()
@@ -320,6 +353,23 @@ class _Waiter:
         reaper.reap_orphans(procs)
         why = "TIMEOUT" if self.result.timed_out else "STOPPED"
         self.result.leftovers = self.processes.report(self.label, why, reaper.scan())
+
+    def _finish_cell(self, cell: Cell) -> None:
+        """After a stop, what is left in the cell gets the rest of kill_grace, then
+        cgroup.kill; runner goes on when the cell is empty."""
+        give_up = None
+        while cell.populated():
+            now = time.monotonic()
+            if not self.killed and (now >= (self.kill_at or 0)
+                                    or self.signals.stop_count > self.limits.stop_after):
+                self._kill()
+            if self.killed:
+                give_up = give_up or now + KILL_WAIT_S
+                if now >= give_up:
+                    break
+            time.sleep(GROUP_POLL_S)
+        why = "TIMEOUT" if self.result.timed_out else "STOPPED"
+        self.result.leftovers = cell.report(self.label, why)
 
     def _finish_group_blind(self) -> None:
         while signal_group(self.pgid, 0):

@@ -21,6 +21,7 @@ machine gets to work (README, "A task's background processes").
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -200,6 +201,24 @@ def _zombie_child_waiting() -> bool:
     return found is not None
 
 
+def _runner_children() -> dict[int, Proc]:
+    """runner's children (each thread's /proc/self/task/TID/children); every process
+    when the kernel does not list children (CONFIG_PROC_CHILDREN)."""
+    found = {}
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children", "rb") as handle:
+                for pid in handle.read().split():
+                    proc = read_proc(int(pid))
+                    if proc is not None:
+                        found[proc.pid] = proc
+    except FileNotFoundError:
+        return scan()
+    except OSError:
+        pass  # a thread that ended while listed
+    return found
+
+
 def reap_orphans(procs: dict[int, Proc] | None = None) -> list[int]:
     """Reap the zombies among runner's children that runner did not start: adopted
     orphans of tasks. Never a child of runner's own session (a plain subprocess.run
@@ -209,7 +228,7 @@ def reap_orphans(procs: dict[int, Proc] | None = None) -> list[int]:
     me, my_sid = os.getpid(), os.getsid(0)
     reaped = []
     with _lock:
-        for proc in (procs if procs is not None else scan()).values():
+        for proc in (procs if procs is not None else _runner_children()).values():
             if proc.ppid != me or proc.running or proc.pid in _children:
                 continue
             if proc.sid == my_sid:
@@ -221,6 +240,40 @@ def reap_orphans(procs: dict[int, Proc] | None = None) -> list[int]:
             if pid:
                 reaped.append(pid)
     return reaped
+
+
+class OrphanReaper:
+    """Reaps adopted orphans as they die, not when their task ends: a task that keeps
+    double-forking short jobs would otherwise pile up runner's zombies (each holds a pid,
+    and counts against the task's tasks_max). SIGCHLD wakes a thread that reaps them."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self._write, False)
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="reaper")
+        self._previous: object = None
+
+    def install(self) -> None:
+        """Call in the main thread (Python handles signals there)."""
+        self._previous = signal.signal(signal.SIGCHLD, self._wake)
+        self._thread.start()
+
+    def _wake(self, _signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            os.write(self._write, b"\0")
+
+    def _loop(self) -> None:
+        while os.read(self._read, 512):
+            try:
+                reap_orphans()
+            except Exception:  # a reaper that dies would let zombies pile up again
+                log.exception("reaping orphans failed")
+
+    def uninstall(self) -> None:
+        signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)  # type: ignore[arg-type]
+        os.close(self._write)  # the thread reads the end and stops
+        self._thread.join(timeout=5)
+        os.close(self._read)
 
 
 # -- what one task run leaves behind ---------------------------------------------------
@@ -345,17 +398,19 @@ class RunProcesses:
 
     def report(self, label: str, why: str, procs: dict[int, Proc]) -> list[str]:
         """Log a warning per leftover; the lines logged."""
-        lines = []
-        for left in self.leftovers.values():
-            line = (f"{label}: left process {left.pid} ({left.command}) behind after {why}: "
-                    f"{left.outcome(procs)}")
-            log.warning("%s", line)
-            lines.append(line)
-        return lines
+        return [report_leftover(label, left.pid, left.command, why, left.outcome(procs))
+                for left in self.leftovers.values()]
 
     def close(self) -> None:
         for left in self.leftovers.values():
             left.close()
+
+
+def report_leftover(label: str, pid: int, command: str, why: str, outcome: str) -> str:
+    """Log the warning for one process a run left behind at a timeout or stop."""
+    line = f"{label}: left process {pid} ({command}) behind after {why}: {outcome}"
+    log.warning("%s", line)
+    return line
 
 
 def _pidfd(proc: Proc) -> int:

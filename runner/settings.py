@@ -83,6 +83,9 @@ class TaskSettings:
     depends_on: list[str] = field(default_factory=list)
     check: list[str] | None = None
     frequency: Frequency = Frequency.ALWAYS
+    memory_max: int | None = None  # the task's cgroup limits (runner.cgroup)
+    cpu_weight: int | None = None
+    tasks_max: int | None = None
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> TaskSettings:

@@ -7,6 +7,7 @@ the docs) reads it from here, so they cannot drift apart.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from dataclasses import dataclass
 from functools import cache
@@ -48,6 +49,22 @@ def split_list(value: str | list) -> list[str]:
 
 def _seconds(value: Any, min: Any = None, max: Any = None) -> float:
     return validate.is_float(value, min=min, max=max)
+
+
+BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _bytes(value: Any, min: Any = None) -> int:
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and (match := re.fullmatch(r"\s*(\d+)\s*([KMGT]?)B?\s*",
+                                                           value, re.IGNORECASE)):
+        number = int(match[1]) * BYTE_UNITS[match[2].upper()]
+    else:
+        raise CheckError(f"{value!r} is not a size (bytes, or a number with K, M, G or T)")
+    if min is not None and number < int(min):
+        raise CheckError(f"{value} is less than {min} bytes")
+    return number
 
 
 def _command(value: Any) -> list[str]:
@@ -99,6 +116,7 @@ def _journal_url(value: Any) -> str:
 
 CUSTOM_CHECKS = {
     "seconds": _seconds,
+    "bytes": _bytes,
     "command": _command,
     "path": _path,
     "filename": _path,
@@ -110,6 +128,7 @@ CUSTOM_CHECKS = {
 # What each check is called in messages and docs.
 TYPE_NAMES = {
     "seconds": "seconds",
+    "bytes": "size",
     "integer": "integer",
     "float": "number",
     "boolean": "boolean",

@@ -11,8 +11,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from . import cgroup, fdlimit, permissions, preflight, stamps
 from . import config as config_mod
-from . import fdlimit, permissions, preflight, stamps
 from .bootstate import BootState, Resume
 from .config import Config
 from .controls import Controls, serve
@@ -58,8 +58,13 @@ class Supervisor:
         identity: RunIdentity | None = None,
         *,
         masker: Masker,
+        tree: cgroup.Tree | None = None,
+        found: cgroup.Probe | None = None,
     ) -> None:
         self.identity = identity or RunIdentity.current()
+        # Where runs are contained (runner.cgroup): a tree of cgroups, or process groups.
+        self.tree = tree
+        self.found = found or cgroup.Probe(None, "not looked for")
         self.options = options
         self.config = config
         self.signals = signals
@@ -76,7 +81,7 @@ class Supervisor:
         self.boot = BootState(config.runner.state_dir, strict=self._strict())
         self.resume: Resume | None = None
         self.life = TaskLife(config, env=self.env, masker=masker, dispatcher=self._dispatcher(),
-                             refusal=self.refusal)
+                             refusal=self.refusal, tree=tree)
         self.scheduler = Scheduler(self.life, signals, self.controls, self.refusal,
                                    refresh=self._refresh)
 
@@ -100,6 +105,7 @@ class Supervisor:
                 run_id=self.identity.run_id,
                 trust=HOOK_TRUST if self._strict() else None,
                 on_refused=self.refusal.refuse,
+                tree=self.tree,
             ))
         return Dispatcher(listeners, self.masker.text)
 
@@ -135,16 +141,20 @@ class Supervisor:
         return serve(self.config.runner.runtime_dir, self.controls, find=self._find_task,
                      skip=self.life.request_skip, poke=self.signals.poke)
 
+    def _containment(self) -> cgroup.Containment:
+        return self.tree if self.tree is not None else self.found
+
     def _find_task(self, wanted: str) -> str | None:
         tasks = self.plan.tasks if self.plan is not None else []
         return next((t.name for t in tasks if wanted in (t.name, t.short_name)), None)
 
     def _prepare(self) -> None:
         self.plan = plan = discover(self.config, self.task_dir())
-        preflight.check(self.config, plan)
+        preflight.check(self.config, plan, self._containment())
         self._fit_descriptors()
         log.info("runner: %d task(s) in %s, config %s", len(plan.tasks), plan.task_dir,
                  self.config.path or "(defaults)")
+        log.info("%s", self.found.statement())
         for warning in self.config.warnings:
             log.warning("%s", warning)
         if plan.halt is None:
@@ -371,7 +381,7 @@ class Supervisor:
         try:
             new = config_mod.load(self.options.config_path, self.options.overrides)
             plan = discover(new, task_dir_of(self.options, new))
-            preflight.check(new, plan)
+            preflight.check(new, plan, self._containment())
         except ConfigError as exc:
             log.error("SIGHUP: new configuration is invalid, keeping the old one: %s", exc)
             return False

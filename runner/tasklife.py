@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import permissions
+from .cgroup import Cell, CellLimits, Tree
 from .preflight import directory_problem
 from .process import Limits, ProcessResult, describe_exit, run_process
 from .settings import Frequency
@@ -151,7 +152,9 @@ class TaskLife:
         refusal: Refusal,
         stamps: Stamps | None = None,
         run: RunProcess = run_process,
+        tree: Tree | None = None,
     ) -> None:
+        self.tree = tree
         self.config = config
         self.env = env
         self.masker = masker
@@ -222,6 +225,7 @@ class TaskLife:
             on_line=lambda line: log.info("[%s] %s", task.name, line),
             masker=self.masker,
             trust=self._trust(trust_of(task)),
+            cell=self._cell(run.kind.value, task),
         )
         execution = Execution(process)
         if task.settings.check and process.exit_code == 0 and not process.stopped:
@@ -252,7 +256,16 @@ class TaskLife:
             masker=self.masker,
             label=f"{task.name} {what}",
             trust=self._trust(check_trust(task)),
+            cell=self._cell("check", task),
         )
+
+    def _cell(self, kind: str, task: Task) -> Cell | None:
+        """The run's own cgroup, with the task's limits (None: not contained by one)."""
+        if self.tree is None:
+            return None
+        settings = task.settings
+        return self.tree.cell(kind, task.name, CellLimits(
+            settings.memory_max, settings.cpu_weight, settings.tasks_max))
 
     # -- after the run (main thread) ------------------------------------------
 

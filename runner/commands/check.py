@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from .. import fdlimit, preflight, statedir
+from .. import cgroup, fdlimit, preflight, statedir
 from ..config import Config, load
 from ..console import format_value
 from ..escape import escape
@@ -34,6 +34,8 @@ def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = Fa
     print(f"task dir:  {plan.task_dir}", file=out)
     halt = plan.halt.path if plan.halt else "MISSING"
     print(f"halt task: {halt}", file=out)
+    found = cgroup.probe()
+    print(found.statement(), file=out)  # as this process would run tasks
     print(f"chain:     {len(plan.tasks)} task(s), in this order", file=out)
     for number, task in enumerate(plan.tasks, start=1):
         deps = f"  after {', '.join(task.settings.depends_on)}" if task.settings.depends_on else ""
@@ -43,6 +45,9 @@ def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = Fa
         for name, reason in plan.skipped:
             print(f"  {escape(name)}: {reason}", file=out)
     warnings = list(_warnings(config, plan))
+    warnings += [f"[{section}] {key}: needs the {controller} controller, which this process "
+                 f"does not have ({found.missing(controller)}): runner run refuses it so"
+                 for section, key, controller in preflight.missing_limits(plan, found)]
     err = listing_output(sys.stderr, config, show_secrets)
     for warning in warnings:
         print(f"warning: {warning}", file=err)

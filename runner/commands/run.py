@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .. import fdlimit, instance, logs, preflight, statedir
+from .. import cgroup, fdlimit, instance, logs, preflight, statedir
 from ..config import Config, load
 from ..console import fail
 from ..events import Listener
@@ -71,11 +71,13 @@ def _daemon(options: RunOptions, config: Config, daemon_options: DaemonOptions,
 
 def supervise(options: RunOptions, config: Config,
               lock: instance.InstanceLock | None = None) -> int:
-    from ..reaper import enable_subreaper
+    from ..reaper import OrphanReaper, enable_subreaper
 
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
-    # runner, not PID 1, so a timeout or a stop can find and kill them.
+    # runner, not PID 1, so a timeout or a stop can find and kill them; they are reaped
+    # as they die.
     enable_subreaper()
+    orphans = OrphanReaper()
     fdlimit.preload_unwinder()
     masker = Masker.from_config(config)
     logs.mask_logs(masker.text)  # from the first line on
@@ -85,12 +87,17 @@ def supervise(options: RunOptions, config: Config,
     identity = RunIdentity.current()
     lock_file = lock.path if lock is not None else None
     listeners = (*recorders(options, config, identity, masker, lock_file), notifier)
+    tree, found = cgroup.take(cgroup.probe())
     signals.install()
+    orphans.install()
     try:
         status = Supervisor(options, config, signals, listeners=listeners,
-                            identity=identity, masker=masker).run()
+                            identity=identity, masker=masker, tree=tree, found=found).run()
     finally:
+        orphans.uninstall()
         signals.uninstall()
+        if tree is not None:
+            tree.close()
     if status is not ExitStatus.DONE:
         log.info("runner exits with status %d (%s)", status, status.name)
     return int(status)
