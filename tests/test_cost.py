@@ -86,9 +86,9 @@ def test_the_journal_records_the_cpu_a_task_burned_and_not_the_time_it_slept(cos
     rows = by_task(journal(costly, "SELECT * FROM task_runs"))
     burn, sleep = rows["10-burn.py"], rows["20-sleep.sh"]
     assert burn["cpu_user_s"] >= 0.2
-    # wait4() sees all of it (and the interpreter's start and exit); ms precision.
-    assert burn["cpu_user_s"] + burn["cpu_system_s"] >= round(burned, 3) - 0.001
-    assert burn["cpu_user_s"] <= burn["duration_s"] + 0.01  # one thread: no more than it ran
+    # wait4() sees all of it (and the interpreter's start and exit); each to the ms.
+    assert burn["cpu_user_s"] + burn["cpu_system_s"] >= burned - 0.005
+    assert burn["cpu_user_s"] <= burn["duration_s"] + 0.05  # one thread: not more than it ran
     assert sleep["duration_s"] >= 0.3 and sleep["cpu_user_s"] < 0.1
     assert sleep["cpu_system_s"] < 0.1
     for row in (burn, sleep):
