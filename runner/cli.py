@@ -26,7 +26,7 @@ COMMANDS = {
     "status": "what runs now, and the last result of every task",
     "history": "task runs recorded in the journal, newest last",
     "log": "the captured output of a task's last run",
-    "blame": "tasks by time spent (the newest run by default)",
+    "blame": "tasks by time spent, CPU time and peak memory (the newest run by default)",
     "ctl": "control the running runner: retry-now, skip TASK, pause, resume, halt",
     "reset": "forget that once/per-boot/per-instance tasks succeeded (all, or TASK)",
 }

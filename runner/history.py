@@ -25,7 +25,10 @@ from .names import short_name
 RECORD_FIELDS = (
     "task", "result", "try_num", "max_tries", "iteration", "started_at", "ended_at",
     "duration_s", "exit_code", "signal", "error", "kind", "run_id", "host", "boot_id",
+    "cpu_user_s", "cpu_system_s", "peak_memory_bytes",
 )
+# What a run cost (runner.usage): columns a journal of an older schema does not have yet.
+COST_FIELDS = ("cpu_user_s", "cpu_system_s", "peak_memory_bytes")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -72,13 +75,16 @@ class Reader:
     """Runs the commands' queries on one journal."""
 
     def __init__(self, conn: Any, *, postgres: bool, source: str,
-                 run_seq: bool = True) -> None:
+                 run_seq: bool = True, cost: bool = True) -> None:
         self.conn = conn
         self.postgres = postgres
         self.source = source
         # False: a local journal of schema 1 that no runner has migrated yet (readers
         # never write); it only has started_at to order by.
         self.by_run_seq = run_seq and not postgres
+        # False: a journal from before the cost columns (local schema 2, fleet schema 1)
+        # that no runner has migrated yet: they read as null.
+        self.has_cost = cost
 
     def close(self) -> None:
         self.conn.close()
@@ -99,6 +105,11 @@ class Reader:
             return [_normalize(dict(zip(names, row, strict=True))) for row in cursor]
         except sqlite3.Error as exc:
             raise JournalUnavailable(f"{self.source}: {exc}") from None
+
+    def record_fields(self) -> str:
+        """The SELECT list of RECORD_FIELDS on this journal's task_runs."""
+        return ", ".join(f"NULL AS {name}" if name in COST_FIELDS and not self.has_cost
+                         else name for name in RECORD_FIELDS)
 
     def newest_first(self) -> str:
         """ORDER BY terms for task runs, newest first."""
@@ -149,7 +160,7 @@ class Reader:
         """The newest `limit` task runs, oldest first."""
         where, params = self._where(filters)
         rows = self.rows(
-            f"SELECT {', '.join(RECORD_FIELDS)} FROM {self.table('task_runs')} "
+            f"SELECT {self.record_fields()} FROM {self.table('task_runs')} "
             f"WHERE {where} ORDER BY {self.newest_first()} LIMIT ?",
             (*params, limit),
         )
@@ -159,7 +170,7 @@ class Reader:
         """The newest task run matching, with its output."""
         where, params = self._where(task_filters)
         rows = self.rows(
-            f"SELECT {', '.join(RECORD_FIELDS)}, output FROM {self.table('task_runs')} "
+            f"SELECT {self.record_fields()}, output FROM {self.table('task_runs')} "
             f"WHERE {where} ORDER BY {self.newest_first()} LIMIT 1",
             tuple(params),
         )
@@ -169,7 +180,7 @@ class Reader:
         """The last run of every task (the halt task included), in name order."""
         where, params = self._where(filters)
         return self.rows(
-            f"SELECT {', '.join(RECORD_FIELDS)} FROM ("
+            f"SELECT {self.record_fields()} FROM ("
             f" SELECT *, row_number() OVER (PARTITION BY task ORDER BY "
             f"{self.newest_first()}) AS newest FROM {self.table('task_runs')} WHERE {where}"
             ") AS ranked WHERE newest = 1 ORDER BY task",
@@ -199,11 +210,14 @@ class Reader:
     def blame(self, filters: Filters) -> list[dict[str, Any]]:
         """Per task: time spent, runs and failures, longest first, with its last run."""
         where, params = self._where(filters)
+        cost = ("sum(cpu_user_s) AS user_s, sum(cpu_system_s) AS system_s, "
+                "max(peak_memory_bytes) AS peak" if self.has_cost
+                else "NULL AS user_s, NULL AS system_s, NULL AS peak")
         totals = self.rows(
             f"SELECT task, sum(coalesce(duration_s, 0)) AS total_s, count(*) AS runs, "
             f"sum(CASE WHEN result = 'OK' THEN 0 ELSE 1 END) AS failures, "
-            f"max(duration_s) AS max_s FROM {self.table('task_runs')} WHERE {where} "
-            f"GROUP BY task",
+            f"max(duration_s) AS max_s, {cost} FROM {self.table('task_runs')} "
+            f"WHERE {where} GROUP BY task",
             tuple(params),
         )
         last = {row["task"]: row for row in self.latest_per_task(filters)}
@@ -214,10 +228,24 @@ class Reader:
                 task=total["task"], duration_s=round(total["total_s"] or 0.0, 3),
                 runs=total["runs"], failures=total["failures"], max_s=total["max_s"],
                 last_duration_s=record.get("duration_s"),
+                **_cost_totals(total["user_s"], total["system_s"], total["peak"]),
             )
             records.append(record)
         records.sort(key=lambda r: (-r["duration_s"], r["task"]))
         return records
+
+
+def _cost_totals(user_s: float | None, system_s: float | None,
+                 peak: int | None) -> dict[str, Any]:
+    """A task's CPU seconds over its runs (None when no run's is known) and the highest
+    peak memory of any of them."""
+    known = [value for value in (user_s, system_s) if value is not None]
+    return {
+        "cpu_s": round(sum(known), 3) if known else None,
+        "cpu_user_s": None if user_s is None else round(user_s, 3),
+        "cpu_system_s": None if system_s is None else round(system_s, 3),
+        "peak_memory_bytes": None if peak is None else int(peak),
+    }
 
 
 def open_local(state_dir: str) -> Reader:
@@ -230,12 +258,13 @@ def open_local(state_dir: str) -> Reader:
         raise JournalUnavailable(str(exc)) from None
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     return Reader(conn, postgres=False, source=path,
-                  run_seq=version >= journalfile.RUN_SEQ_SCHEMA)
+                  run_seq=version >= journalfile.RUN_SEQ_SCHEMA,
+                  cost=version >= journalfile.COST_SCHEMA)
 
 
 def open_postgres(url: str) -> Reader:
     from .masking import Masker, mask_url
-    from .pgjournal import CONNECT_TIMEOUT_S, import_psycopg
+    from .pgjournal import CONNECT_TIMEOUT_S, COST_SCHEMA, import_psycopg
 
     try:
         psycopg = import_psycopg()
@@ -244,6 +273,7 @@ def open_postgres(url: str) -> Reader:
     try:
         conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
         conn.execute("SELECT 1 FROM runner_task_runs LIMIT 1")
+        version = conn.execute("SELECT max(version) FROM runner_schema").fetchone()[0] or 0
     except psycopg.errors.UndefinedTable:
         conn.close()
         raise JournalUnavailable(
@@ -252,7 +282,7 @@ def open_postgres(url: str) -> Reader:
     except psycopg.Error as exc:
         reason = Masker.for_url(url).text(" ".join(str(exc).split()))
         raise JournalUnavailable(f"{mask_url(url)}: {reason}") from None
-    return Reader(conn, postgres=True, source=mask_url(url))
+    return Reader(conn, postgres=True, source=mask_url(url), cost=version >= COST_SCHEMA)
 
 
 def _normalize(row: dict[str, Any]) -> dict[str, Any]:

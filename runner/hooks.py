@@ -22,8 +22,10 @@ log = logging.getLogger("runner.hooks")
 
 def hook_stats(run: TaskRun, hostname: str, run_id: str = "") -> dict[str, Any]:
     """The JSON object a hook receives; the first four fields are the original's, run_id
-    ties it to the journal's records of the same run."""
+    ties it to the journal's records of the same run; what the run cost comes after it
+    (null before the run, and where it is not known)."""
     after = run.state.is_result
+    cost = run.cost if after else None
     return {
         "task": run.task.name,
         "try_num": run.try_num,
@@ -37,6 +39,9 @@ def hook_stats(run: TaskRun, hostname: str, run_id: str = "") -> dict[str, Any]:
         "hostname": hostname,
         "kind": run.kind.value,
         "run_id": run_id,
+        "cpu_user_s": round(cost.cpu_user_s, 3) if cost else None,
+        "cpu_system_s": round(cost.cpu_system_s, 3) if cost else None,
+        "peak_memory_bytes": cost.peak_memory_bytes if cost else None,
     }
 
 

@@ -47,6 +47,7 @@ from .journalfile import (
 )
 from .retention import Current, bound_wal, prune, trim_to_size
 from .states import Kind, TaskRun, TaskState
+from .usage import Cost
 
 log = logging.getLogger("runner.journal")
 
@@ -210,6 +211,7 @@ class JournalListener(Listener):
             "result": run.state.value, "exit_code": run.exit_code, "signal": run.signal,
             "error": run.error, "ended_at": iso(utc_now()),
             "duration_s": None if run.duration_s is None else round(run.duration_s, 3),
+            **cost_columns(run.cost),
             "output": run.output_tail,
         }, run.task.name)
 
@@ -392,6 +394,14 @@ class JournalListener(Listener):
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def cost_columns(cost: Cost | None) -> dict[str, Any]:
+    """The task_runs columns of what a run cost: CPU seconds to the millisecond."""
+    if cost is None:
+        return {"cpu_user_s": None, "cpu_system_s": None, "peak_memory_bytes": None}
+    return {"cpu_user_s": round(cost.cpu_user_s, 3), "cpu_system_s": round(cost.cpu_system_s, 3),
+            "peak_memory_bytes": cost.peak_memory_bytes}
 
 
 def _escaped(row: dict[str, Any]) -> dict[str, Any]:

@@ -62,9 +62,17 @@ MIGRATIONS = (
         WHERE run_id = NEW.run_id;
     END;
     """,
+    # What each task run cost (runner.usage): NULL where it is not known (it never
+    # started, a record written before schema 3, peak memory without a cgroup).
+    """
+    ALTER TABLE task_runs ADD COLUMN cpu_user_s REAL;
+    ALTER TABLE task_runs ADD COLUMN cpu_system_s REAL;
+    ALTER TABLE task_runs ADD COLUMN peak_memory_bytes INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 RUN_SEQ_SCHEMA = 2  # the first schema with runs.run_seq
+COST_SCHEMA = 3  # the first schema with task_runs.cpu_user_s, cpu_system_s, peak_memory_bytes
 # A task run's place in the journal's own order is its run's run_seq, then its seq.
 RUN_ORDER = "(SELECT run_seq FROM runs WHERE runs.run_id = task_runs.run_id)"
 

@@ -41,6 +41,9 @@ class TaskStats:
 
     result: str | None = None
     duration_s: float | None = None
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
+    peak_memory_bytes: int | None = None
     try_num: int | None = None
     last_success: float | None = None
     running: bool = False
@@ -58,9 +61,14 @@ class TaskStats:
             result = TaskState.INTERRUPTED.value
         duration = record.get("duration_s")
         try_num = record.get("try_num")
+        peak = record.get("peak_memory_bytes")
         return cls(
             result=result if result in RESULT_VALUES else None,
-            duration_s=float(duration) if isinstance(duration, int | float) else None,
+            duration_s=_seconds(duration),
+            cpu_user_s=_seconds(record.get("cpu_user_s")),
+            cpu_system_s=_seconds(record.get("cpu_system_s")),
+            peak_memory_bytes=peak if isinstance(peak, int) and not isinstance(peak, bool)
+            else None,
             try_num=try_num if isinstance(try_num, int) else None,
             last_success=_unix_time(record.get("last_success")),
         )
@@ -69,6 +77,10 @@ class TaskStats:
         self.running = False
         self.result = run.state.value
         self.duration_s = run.duration_s
+        cost = run.cost
+        self.cpu_user_s = cost.cpu_user_s if cost else None
+        self.cpu_system_s = cost.cpu_system_s if cost else None
+        self.peak_memory_bytes = cost.peak_memory_bytes if cost else None
         self.try_num = run.try_num
         self.runs[run.state.value] += 1
         if run.state is TaskState.OK:
@@ -84,6 +96,12 @@ METRICS = {
     "runner_try": ("gauge", "Current try of the chain in this iteration."),
     "runner_exit_status": ("gauge", "Exit status of runner; present once it has exited."),
     "runner_task_last_duration_seconds": ("gauge", "Duration of the last run of the task."),
+    "runner_task_last_cpu_seconds": (
+        "gauge", "CPU time of the last run of the task, in user and in system mode."
+    ),
+    "runner_task_last_peak_memory_bytes": (
+        "gauge", "Peak memory of the last run of the task; only where it is measured."
+    ),
     "runner_task_last_result": (
         "gauge", "Result of the last run of the task: 1 for that result, 0 for the others."
     ),
@@ -226,6 +244,12 @@ def _add_task(out: Exposition, task: str, stats: TaskStats) -> None:
     """The samples of one task; `task` is its rendered label pair."""
     if stats.duration_s is not None:
         out.add("runner_task_last_duration_seconds", stats.duration_s, task)
+    if stats.cpu_user_s is not None:
+        out.add("runner_task_last_cpu_seconds", stats.cpu_user_s, f'{task},mode="user"')
+    if stats.cpu_system_s is not None:
+        out.add("runner_task_last_cpu_seconds", stats.cpu_system_s, f'{task},mode="system"')
+    if stats.peak_memory_bytes is not None:
+        out.add("runner_task_last_peak_memory_bytes", stats.peak_memory_bytes, task)
     if stats.result is not None:
         for value, result in RESULT_LABELS.items():
             is_last = 1 if value == stats.result else 0
@@ -243,6 +267,13 @@ def _add_task(out: Exposition, task: str, stats: TaskStats) -> None:
 def _family_text(name: str, lines: list[str]) -> str:
     kind, text = METRICS[name]
     return "\n".join([f"# HELP {name} {_escape_help(text)}", f"# TYPE {name} {kind}", *lines, ""])
+
+
+def _seconds(value: object) -> float | None:
+    """A number of seconds from a journal record, or None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def _unix_time(text: object) -> float | None:

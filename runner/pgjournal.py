@@ -45,7 +45,8 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "task_runs": (
         ("run_id", "seq"),
         ("host", "boot_id", "iteration", "try_num", "max_tries", "task", "kind", "result",
-         "exit_code", "signal", "error", "started_at", "ended_at", "duration_s", "output"),
+         "exit_code", "signal", "error", "started_at", "ended_at", "duration_s", "output",
+         "cpu_user_s", "cpu_system_s", "peak_memory_bytes"),
     ),
 }
 
@@ -75,8 +76,17 @@ MIGRATIONS = (
     CREATE INDEX runner_task_runs_by_host ON runner_task_runs (host, started_at);
     CREATE INDEX runner_task_runs_by_time ON runner_task_runs (started_at)
     """,
+    # What each task run cost (runner.usage); null where not known. Only nullable
+    # columns: a runner of schema 1 could still insert its rows, but it refuses a newer
+    # schema (see the README), so a fleet upgrades its runners before they forward again.
+    """
+    ALTER TABLE runner_task_runs ADD COLUMN cpu_user_s double precision;
+    ALTER TABLE runner_task_runs ADD COLUMN cpu_system_s double precision;
+    ALTER TABLE runner_task_runs ADD COLUMN peak_memory_bytes bigint
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+COST_SCHEMA = 2  # the first schema with runner_task_runs' cost columns
 
 
 def import_psycopg() -> Any:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from .identity import iso
 from .tasks import Task
+from .usage import Cost
 
 
 class TaskState(enum.Enum):
@@ -83,6 +84,7 @@ class TaskRun:
     exit_code: int | None = None
     signal: int | None = None
     error: str | None = None
+    cost: Cost | None = None  # CPU time and peak memory; None when it never started
     output_tail: bytes = field(default=b"", repr=False)
     _started_text: str | None = field(default=None, repr=False, compare=False)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import permissions
+from . import permissions, usage
 from .cgroup import Cell, CellLimits, Tree
 from .preflight import directory_problem
 from .process import Limits, ProcessResult, describe_exit, run_process
@@ -291,8 +291,10 @@ class TaskLife:
         if (state is TaskState.OK and self.stamps is not None
                 and run.task.settings.frequency is not Frequency.ALWAYS):
             self.stamps.record(run.task)
-        if run.duration_s is not None and recheck is not None:
-            run.duration_s += recheck.duration_s
+        if recheck is not None:
+            if run.duration_s is not None:
+                run.duration_s += recheck.duration_s
+            run.cost = usage.combined(run.cost, recheck.cost)
         self.dispatcher.transition(run, state)
 
     # -- the halt and reboot tasks --------------------------------------------
@@ -349,3 +351,4 @@ class TaskLife:
 def _copy_result(run: TaskRun, result: ProcessResult) -> None:
     run.exit_code, run.signal, run.error = result.exit_code, result.signal, result.error
     run.duration_s, run.output_tail = result.duration_s, result.output_tail
+    run.cost = result.cost

@@ -24,5 +24,16 @@ class Cost:
         return self.cpu_user_s + self.cpu_system_s
 
 
+def combined(first: Cost | None, second: Cost | None) -> Cost | None:
+    """Two runs counted as one (a task and its recheck): CPU times add up, the peak is
+    the higher of the peaks known; None when neither is known."""
+    if first is None or second is None:
+        return first or second
+    peaks = [p for p in (first.peak_memory_bytes, second.peak_memory_bytes) if p is not None]
+    return Cost(cpu_user_s=first.cpu_user_s + second.cpu_user_s,
+                cpu_system_s=first.cpu_system_s + second.cpu_system_s,
+                peak_memory_bytes=max(peaks) if peaks else None)
+
+
 def from_rusage(usage: resource.struct_rusage) -> Cost:
     return Cost(cpu_user_s=usage.ru_utime, cpu_system_s=usage.ru_stime)

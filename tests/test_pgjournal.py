@@ -8,11 +8,13 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 
 import psycopg
 import pytest
 from conftest import RUNNER, Workspace, need_root, skip_unless, wait_for
 from pgserver import TcpProxy, via
+from test_cost import BURNER
 
 from runner import pgjournal
 from runner.identity import iso
@@ -75,8 +77,9 @@ def test_the_schema_is_created_once_and_versioned(ws, pg_url):
     ws.config(journal_url=pg_url)
     assert ws.run("-n", "1").returncode == 0
     assert ws.run("-n", "1").returncode == 0
-    versions = pg_rows(pg_url, "SELECT version FROM runner_schema")
-    assert versions == [{"version": pgjournal.SCHEMA_VERSION}]
+    versions = pg_rows(pg_url, "SELECT version FROM runner_schema ORDER BY version")
+    # One row per migration, each made once.
+    assert versions == [{"version": n} for n in range(1, pgjournal.SCHEMA_VERSION + 1)]
     assert len(pg_rows(pg_url, "SELECT * FROM runner_runs")) == 2
 
 
@@ -255,3 +258,62 @@ def test_without_psycopg_runner_warns_keeps_records_locally_and_check_says_so(ws
     assert proc.returncode == 0 and "ran anyway" in proc.stderr
     assert "python3-psycopg" in proc.stderr and "Traceback" not in proc.stderr
     assert len(local_rows(ws, "SELECT * FROM task_runs WHERE synced_rev < rev")) == 1
+
+
+# -- what each task run cost ---------------------------------------------------------
+
+COST = ("cpu_user_s", "cpu_system_s", "peak_memory_bytes")
+
+
+def test_the_cost_of_each_task_run_is_forwarded_and_read_back(ws, pg_url):
+    ws.task("10-burn.py", BURNER, shebang=f"#!{sys.executable}")
+    ws.task("20-sleep.sh", "sleep 0.3")
+    ws.config(journal_url=pg_url)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    local = {r["task"]: r for r in local_rows(ws, "SELECT * FROM task_runs")}
+    remote = {r["task"]: r for r in pg_rows(pg_url, "SELECT * FROM runner_task_runs")}
+    for task in ("10-burn.py", "20-sleep.sh"):
+        assert {c: remote[task][c] for c in COST} == {c: local[task][c] for c in COST}
+    assert remote["10-burn.py"]["cpu_user_s"] >= 0.2
+    assert remote["20-sleep.sh"]["cpu_user_s"] < 0.1
+    history = json.loads(ws.run("history", "--json", tasks=False).stdout)  # from PostgreSQL
+    assert {r["task"]: r["cpu_user_s"] for r in history} == {
+        task: row["cpu_user_s"] for task, row in local.items()}
+    blame = {r["task"]: r for r in json.loads(ws.run("blame", "--json", tasks=False).stdout)}
+    assert blame["10-burn.py"]["cpu_s"] >= 0.2 and blame["20-sleep.sh"]["cpu_s"] < 0.1
+    assert blame["10-burn.py"]["peak_memory_bytes"] is None
+
+
+def test_a_schema_1_database_is_read_as_it_is_then_migrated_to_the_cost_columns(
+        ws, pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in pgjournal.MIGRATIONS[0].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("CREATE TABLE runner_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO runner_schema VALUES (1)")
+        conn.execute(
+            "INSERT INTO runner_runs (run_id, host, started_at, result) VALUES "
+            "(%s, %s, now() - interval '1 hour', 'DONE')", ("a" * 32, socket.gethostname()))
+        conn.execute(
+            "INSERT INTO runner_task_runs (run_id, seq, host, iteration, try_num, max_tries, "
+            "task, kind, result, started_at, duration_s) VALUES "
+            "(%s, 1, %s, 1, 1, 5, '10-burn.py', 'task', 'OK', now() - interval '1 hour', 0.5)",
+            ("a" * 32, socket.gethostname()))
+    ws.config(journal_url=pg_url)
+    # Before a runner migrates it, the commands read it: no cost known.
+    [old] = json.loads(ws.run("history", "--json", tasks=False).stdout)
+    assert {c: old[c] for c in COST} == dict.fromkeys(COST)
+    ws.task("10-burn.py", BURNER, shebang=f"#!{sys.executable}")
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot forward" not in proc.stderr
+    assert pg_rows(pg_url, "SELECT version FROM runner_schema ORDER BY version") == [
+        {"version": 1}, {"version": 2}]
+    rows = pg_rows(pg_url, "SELECT run_id, cpu_user_s, peak_memory_bytes "
+                           "FROM runner_task_runs ORDER BY started_at")
+    assert rows[0] == {"run_id": "a" * 32, "cpu_user_s": None, "peak_memory_bytes": None}
+    assert rows[1]["cpu_user_s"] >= 0.2 and rows[1]["peak_memory_bytes"] is None
+    history = json.loads(ws.run("history", "--json", tasks=False).stdout)
+    assert [r["cpu_user_s"] for r in history] == [None, rows[1]["cpu_user_s"]]

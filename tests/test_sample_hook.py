@@ -199,6 +199,19 @@ def test_influx_leaves_out_missing_fields(server):
     assert timestamp == int(datetime(2026, 11, 23, 10, tzinfo=UTC).timestamp()) * 10**9
 
 
+def test_influx_carries_the_cost_of_the_run_where_it_is_known(server):
+    costly = {**STATS, "cpu_user_s": 9.87, "cpu_system_s": 1, "peak_memory_bytes": 52428800}
+    unmeasured = {**STATS, "cpu_user_s": 0.5, "cpu_system_s": 0.25, "peak_memory_bytes": None}
+    for stats in (costly, unmeasured):
+        assert hook("--influx", "runner", server.url, stats=stats).returncode == 0
+    (_, _, measured, _), (_, _, plain, _) = (
+        parse_line(r["body"].decode().strip()) for r in server.requests)
+    assert (measured["cpu_user_s"], measured["cpu_system_s"]) == ("9.87", "1.0")
+    assert measured["peak_memory_bytes"] == "52428800i"
+    assert (plain["cpu_user_s"], plain["cpu_system_s"]) == ("0.5", "0.25")
+    assert "peak_memory_bytes" not in plain
+
+
 def test_a_slow_server_is_given_up_after_the_timeout(server):
     server.delay = 20
     begin = time.monotonic()

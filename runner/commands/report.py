@@ -159,10 +159,12 @@ def blame_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
     print(f"# time spent per task, {scope or 'run ' + str(filters.run_id)}", file=out)
     rows = [
         [_seconds(r["duration_s"]), r["task"], str(r["runs"]), str(r["failures"]),
-         _seconds(r["max_s"]), r.get("result") or "-"]
+         _seconds(r["max_s"]), _seconds(r["cpu_s"]), _bytes(r["peak_memory_bytes"]),
+         r.get("result") or "-"]
         for r in records
     ]
-    print_table(["TOTAL", "TASK", "RUNS", "FAILED", "LONGEST", "LAST"], rows, out)
+    print_table(["TOTAL", "TASK", "RUNS", "FAILED", "LONGEST", "CPU", "PEAK-MEM", "LAST"],
+                rows, out)
     return 0
 
 
@@ -344,6 +346,18 @@ def _exit(record: dict[str, Any]) -> str:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}s"
+
+
+def _bytes(value: int | None) -> str:
+    """`512B`, `35.1M`, `2.0G` (powers of 1024), or `-` when not known."""
+    if value is None:
+        return "-"
+    amount = float(value)
+    for unit in ("B", "K", "M", "G"):
+        if round(amount, 1) < 1024:
+            return f"{value}B" if unit == "B" else f"{amount:.1f}{unit}"
+        amount /= 1024
+    return f"{amount:.1f}T"
 
 
 def _local(text: str | None) -> str:

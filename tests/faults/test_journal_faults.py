@@ -134,7 +134,7 @@ def test_a_journal_of_the_previous_schema_is_migrated_in_the_order_it_was_writte
     ws.task("10-say.sh", f'echo "said by $RUNNER_RUN_ID"; echo "$RUNNER_RUN_ID" >> "{ws.root}/ids"')
     new = run_once(ws)
     [version] = journal(ws, "PRAGMA user_version")
-    assert version["user_version"] == journalfile.SCHEMA_VERSION == 2
+    assert version["user_version"] == journalfile.SCHEMA_VERSION == 3
     assert journal(ws, "SELECT run_id, run_seq FROM runs ORDER BY run_seq") == [
         {"run_id": "a" * 32, "run_seq": 1}, {"run_id": "b" * 32, "run_seq": 2},
         {"run_id": new, "run_seq": 3}]
