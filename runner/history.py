@@ -82,8 +82,8 @@ class Reader:
         # False: a local journal of schema 1 that no runner has migrated yet (readers
         # never write); it only has started_at to order by.
         self.by_run_seq = run_seq and not postgres
-        # False: a journal from before the cost columns (local schema 2, fleet schema 1)
-        # that no runner has migrated yet: they read as null.
+        # False: a journal from before the cost columns (local schema 2, or a fleet
+        # database no runner has given them yet): they read as null.
         self.has_cost = cost
 
     def close(self) -> None:
@@ -264,7 +264,7 @@ def open_local(state_dir: str) -> Reader:
 
 def open_postgres(url: str) -> Reader:
     from .masking import Masker, mask_url
-    from .pgjournal import CONNECT_TIMEOUT_S, COST_SCHEMA, import_psycopg
+    from .pgjournal import CONNECT_TIMEOUT_S, has_cost, import_psycopg
 
     try:
         psycopg = import_psycopg()
@@ -273,7 +273,7 @@ def open_postgres(url: str) -> Reader:
     try:
         conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
         conn.execute("SELECT 1 FROM runner_task_runs LIMIT 1")
-        version = conn.execute("SELECT max(version) FROM runner_schema").fetchone()[0] or 0
+        cost = has_cost(conn)
     except psycopg.errors.UndefinedTable:
         conn.close()
         raise JournalUnavailable(
@@ -282,7 +282,7 @@ def open_postgres(url: str) -> Reader:
     except psycopg.Error as exc:
         reason = Masker.for_url(url).text(" ".join(str(exc).split()))
         raise JournalUnavailable(f"{mask_url(url)}: {reason}") from None
-    return Reader(conn, postgres=True, source=mask_url(url), cost=version >= COST_SCHEMA)
+    return Reader(conn, postgres=True, source=mask_url(url), cost=cost)
 
 
 def _normalize(row: dict[str, Any]) -> dict[str, Any]:

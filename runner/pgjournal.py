@@ -76,17 +76,18 @@ MIGRATIONS = (
     CREATE INDEX runner_task_runs_by_host ON runner_task_runs (host, started_at);
     CREATE INDEX runner_task_runs_by_time ON runner_task_runs (started_at)
     """,
-    # What each task run cost (runner.usage); null where not known. Only nullable
-    # columns: a runner of schema 1 could still insert its rows, but it refuses a newer
-    # schema (see the README), so a fleet upgrades its runners before they forward again.
-    """
-    ALTER TABLE runner_task_runs ADD COLUMN cpu_user_s double precision;
-    ALTER TABLE runner_task_runs ADD COLUMN cpu_system_s double precision;
-    ALTER TABLE runner_task_runs ADD COLUMN peak_memory_bytes bigint
-    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-COST_SCHEMA = 2  # the first schema with runner_task_runs' cost columns
+# Nullable columns an older runner of the same schema version still works with (it
+# names the columns it inserts): added once, without a new version. A runner refuses a
+# newer version, so a version bump would stop every host not yet upgraded from
+# forwarding; a fleet upgrades host by host, over days.
+ADDITIONS = (
+    # What each task run cost (runner.usage); null where not known.
+    ("runner_task_runs", "cpu_user_s", "double precision"),
+    ("runner_task_runs", "cpu_system_s", "double precision"),
+    ("runner_task_runs", "peak_memory_bytes", "bigint"),
+)
 
 
 def import_psycopg() -> Any:
@@ -128,6 +129,22 @@ def migrate(conn: Any) -> None:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT INTO runner_schema (version) VALUES (%s)", (number + 1,))
+        present = columns(conn)
+        for table, column, kind in ADDITIONS:
+            if (table, column) not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+
+
+def columns(conn: Any) -> set[tuple[str, str]]:
+    """(table, column) of runner's tables in the connection's schema."""
+    rows = conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name LIKE 'runner%%'").fetchall()
+    return {(table, column) for table, column in rows}
+
+
+def has_cost(conn: Any) -> bool:
+    return ("runner_task_runs", "cpu_user_s") in columns(conn)
 
 
 def _upsert_sql(table: str) -> str:
