@@ -8,6 +8,7 @@ powers the container off. The host reads /out afterwards.
 
 from __future__ import annotations
 
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -80,7 +81,8 @@ kill_grace = 2
 """
 
 
-def _install(guest: Path) -> None:
+def _install(guest: Path, probe_text: str = PROBE, tasks_text: dict[str, str] = TASKS,
+             config: str = CONFIG) -> None:
     site = guest / "usr/lib/python3/dist-packages/runner"
     shutil.copytree(ROOT / "runner", site, ignore=shutil.ignore_patterns("__pycache__"))
     entry = guest / "usr/bin/runner"
@@ -98,14 +100,14 @@ def _install(guest: Path) -> None:
     (wants / "probe.service").symlink_to("/etc/systemd/system/probe.service")
     probe = guest / "usr/local/sbin/probe"
     probe.parent.mkdir(parents=True, exist_ok=True)
-    probe.write_text(PROBE)
+    probe.write_text(probe_text)
     probe.chmod(0o755)
     tasks = guest / "etc/runner/tasks.d"
     tasks.mkdir(parents=True)
-    for name, body in TASKS.items():
+    for name, body in tasks_text.items():
         (tasks / name).write_text(f"#!/bin/sh\n{body}\n")
         (tasks / name).chmod(0o755)
-    (guest / "etc/runner/runner.cfg").write_text(CONFIG)
+    (guest / "etc/runner/runner.cfg").write_text(config)
 
 
 def test_runner_service_under_a_real_systemd(systemd_tree, tmp_path):
@@ -131,3 +133,101 @@ def test_runner_service_under_a_real_systemd(systemd_tree, tmp_path):
     # The journal has the tasks' output and runner's own lines.
     assert "[10-first.sh] first task says hello" in journal, context
     assert "30-worker.sh: STOPPED" in journal, context
+
+
+CELL_PROBE = r"""#!/bin/sh
+# runner with Delegate=yes: a cgroup per run. Observations go to /out.
+out=/out/result.txt
+say() { echo "$*" >> "$out"; }
+prop() { systemctl show runner -p "$1" --value; }
+wait_until() {
+    limit=$(( $1 * 10 )); shift
+    while [ "$limit" -gt 0 ]; do "$@" && return 0; sleep 0.1; limit=$((limit - 1)); done
+    return 1
+}
+status_has() { prop StatusText | grep -q "$1"; }
+wait_until 90 status_has "running task 30-idle.sh" || say "never-saw-idle"
+say "delegate=$(prop Delegate)"
+unit=/sys/fs/cgroup/unified/system.slice/runner.service
+[ -d "$unit" ] || unit=/sys/fs/cgroup/system.slice/runner.service
+say "cells=$(cd "$unit" && ls -d */ | tr -d / | tr '\n' ' ')"
+say "main-in=$(sed -n 's/^0:://p' /proc/$(prop MainPID)/cgroup)"
+say "hoppers=$(grep -l "hopper[-]mark" /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
+python3 -c '
+import sqlite3
+db = sqlite3.connect("/var/lib/runner/journal.sqlite")
+for task, result, user, system in db.execute(
+        "SELECT task, result, cpu_user_s, cpu_system_s FROM task_runs ORDER BY rowid"):
+    print(f"run={task}:{result}:{(user or 0) + (system or 0):.2f}")
+' >> "$out" 2>&1
+systemctl stop runner
+journalctl -u runner --no-pager -o cat > /out/journal.txt
+say "done"
+systemctl poweroff
+"""
+
+CELL_TASKS = {
+    # Try 1: a re-forker that hops to a new session every few ms, until TIMEOUT.
+    "10-hop.sh": textwrap.dedent("""\
+        [ "$RUNNER_TRY" -ge 2 ] && exit 0
+        python3 -c '
+        import os, time
+        while True:
+            if os.fork():
+                os._exit(0)
+            os.setsid()
+            time.sleep(0.005)
+        ' hopper-mark &
+        exec sleep 1000
+    """),
+    # A CPU burner the task does not wait for: only the task's cgroup counts it.
+    "20-burn.sh": textwrap.dedent("""\
+        ( python3 -c '
+        import time
+        end = time.process_time() + 0.5
+        n = 0
+        while time.process_time() < end:
+            for i in range(10000):
+                n += i
+        ' & )
+        sleep 2
+    """),
+    "30-idle.sh": "exec sleep 1000",
+    "halt.sh": "echo halt requested",
+}
+
+CELL_CONFIG = """\
+[runner]
+sleep_time = 0
+retry_jitter = 0
+kill_grace = 1
+[hop]
+max_time = 2
+"""
+
+
+def test_runner_service_with_delegate_runs_each_task_in_its_own_cgroup(systemd_tree, tmp_path):
+    """The packaged unit (Delegate=yes) under a real systemd: runner moves itself into
+    runner.service/supervisor, each run gets a cgroup of its own, the re-forker's TIMEOUT
+    leaves nothing behind, and the journal has the CPU the task's cgroup counted."""
+    guest, out = tmp_path / "guest", tmp_path / "out"
+    out.mkdir()
+    copy_tree(systemd_tree, guest)
+    _install(guest, CELL_PROBE, CELL_TASKS, CELL_CONFIG)
+    boot = boot_guest(guest, out)
+    result = (out / "result.txt").read_text() if (out / "result.txt").exists() else ""
+    journal = (out / "journal.txt").read_text() if (out / "journal.txt").exists() else ""
+    context = f"probe:\n{result}\njournal:\n{journal}\nnspawn:\n{boot.stdout[-3000:]}"
+    assert "done" in result, context
+    seen = dict(line.split("=", 1) for line in result.splitlines() if "=" in line)
+    assert seen["delegate"] == "yes", context
+    assert "containment: a cgroup per run under /sys/fs/cgroup" in journal, context
+    assert seen["main-in"].endswith("/system.slice/runner.service/supervisor"), context
+    cells = seen["cells"].split()
+    assert "supervisor" in cells and any(c.endswith("-30-idle.sh") for c in cells), context
+    assert not any("10-hop" in c or "20-burn" in c for c in cells), context  # emptied, gone
+    assert seen["hoppers"] == "0", context
+    assert "10-hop.sh: TIMEOUT" in journal and "left process" in journal, context
+    burn = [float(cpu) for task, _result, cpu in re.findall(r"run=(\S+):(\S+):([\d.]+)", result)
+            if task == "20-burn.sh"]
+    assert burn and burn[0] >= 0.4, context
