@@ -33,6 +33,7 @@ import itertools
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -248,6 +249,7 @@ class Tree:
         self.found = found
         self._numbers = itertools.count(1)
         self._lingering: list[Cell] = []
+        self._lock = threading.Lock()  # cells are made and released by worker threads
         leaf = self.base / LEAF
         leaf.mkdir(exist_ok=True)
         (leaf / "cgroup.procs").write_text(f"{os.getpid()}\n")
@@ -266,11 +268,17 @@ class Tree:
         return frozenset(_read(self.base / "cgroup.subtree_control").split())
 
     def _sweep_previous(self) -> None:
-        """Cells an earlier runner left: the empty ones go; those with processes stay."""
+        """Cells an earlier runner left: the empty ones go; those with processes stay,
+        and the numbering goes on past theirs (a cell's name is never taken twice)."""
+        highest = 0
         for child in self.base.iterdir():
             if child.is_dir() and child.name != LEAF:
-                with contextlib.suppress(OSError):
+                try:
                     child.rmdir()
+                except OSError:
+                    number = re.match(r"[a-z]+-(\d+)-", child.name)
+                    highest = max(highest, int(number[1]) if number else 0)
+        self._numbers = itertools.count(highest + 1)
 
     def controllers(self) -> frozenset[str]:
         return (self.v2 | frozenset(self.v1)) & set(CONTROLLERS)
@@ -292,11 +300,13 @@ class Tree:
             return None
 
     def linger(self, cell: Cell) -> None:
-        self._lingering.append(cell)
+        with self._lock:
+            self._lingering.append(cell)
 
     def sweep(self) -> None:
         """Remove the cells of finished runs that have emptied since."""
-        self._lingering = [cell for cell in self._lingering if not cell.remove()]
+        with self._lock:
+            self._lingering = [cell for cell in self._lingering if not cell.remove()]
 
     def close(self) -> None:
         self.sweep()

@@ -306,10 +306,11 @@ def test_a_worker_left_by_an_ok_task_keeps_running_and_its_cgroup_goes_when_empt
 
 def test_the_cost_of_a_run_counts_every_process_of_its_cgroup(ws, spot):
     """A CPU burner the task does not wait for (double-forked): wait4() never sees it,
-    the task's cgroup does."""
+    the task's cgroup does; and, with a memory controller, the run's peak memory."""
     ws.task("10-burn", """
         ( python3 -c '
 import time
+memory = bytearray(96 * 1024 * 1024)
 end = time.process_time() + 0.4
 while time.process_time() < end: pass' & )
         sleep 1
@@ -319,3 +320,28 @@ while time.process_time() < end: pass' & )
     [row] = journal_rows(ws.state / "journal.sqlite",
                          "SELECT * FROM task_runs WHERE task = '10-burn'")
     assert row["cpu_user_s"] + row["cpu_system_s"] >= 0.35, dict(row)
+    memory = "memory" in (spot.path / "cgroup.controllers").read_text() or any(
+        " - cgroup " in line and "memory" in line.rsplit(" ", 1)[-1].split(",")
+        for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    skip_unless(memory, "needs a memory controller (cgroup v2, or a cgroup v1 hierarchy)")
+    assert row["peak_memory_bytes"] >= 96 * 1024 * 1024, dict(row)
+    blame = ws.run("blame", tasks=False)
+    assert re.search(r"\b9\d\.\dM|\b1\d\d\.\dM", blame.stdout), blame.stdout
+
+
+def test_a_cell_left_by_an_earlier_runner_is_kept_and_its_name_never_reused(ws, spot):
+    """A worker an earlier runner's task left (runner restarted, the worker lives on):
+    its cell stays, the new runner numbers its cells past it, and empty ones go."""
+    (spot.path / "task-5-10-a").mkdir()
+    (spot.path / "hook-2-10-a").mkdir()
+    worker = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: (
+        spot.path / "task-5-10-a" / "cgroup.procs").write_text("0\n"))
+    try:
+        ws.task("10-a", "sed -n 's/^0:://p' /proc/self/cgroup")
+        result = run_in(spot, ws, "-n", "1")
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"\[10-a\] .*/task-6-10-a$", result.stderr, re.M), result.stderr
+        assert spot.cells() == ["supervisor", "task-5-10-a"]
+    finally:
+        worker.kill()
+        worker.wait()
