@@ -1,9 +1,41 @@
 """Packaging of runner; the version lives in runner/__init__.py only."""
 
+import os
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Distribution, find_packages, setup
+
+# distutils' command (setuptools has none of its own): the class, however it is vendored.
+build_scripts = Distribution().get_command_class("build_scripts")
+
+# runner-config is runner/lookup.py behind the line below. Tasks call it many times, and
+# a generated console script pays for site-packages (5x the interpreter's start in an
+# editable venv with setuptools' import finder) and `import re` before it answers. Run
+# as `python3 -S`, it answers from a snapshot or a cache without importing anything and
+# imports site itself only when it has to parse. The line is sh and a Python string;
+# the interpreter is the python3 beside the script (a venv's bin/, /usr/bin), else the
+# first on PATH. `#!python -S` would not do: pip and installer rewrite that line whole,
+# dropping the option.
+SH_PREAMBLE = (
+    "#!/bin/sh\n"
+    """''''true; p="${0%/*}/python3"; [ -x "$p" ] || p=python3; exec "$p" -S "$0" "$@" # '''\n"""
+)
+LOOKUP = "runner/lookup.py"
+
+
+class BuildScripts(build_scripts):
+    """Build the runner-config script from runner/lookup.py."""
+
+    def copy_scripts(self):
+        self.mkpath(self.build_dir)
+        target = os.path.join(self.build_dir, "runner-config")
+        text = SH_PREAMBLE + Path(LOOKUP).read_text(encoding="utf-8")
+        if not os.path.exists(target) or Path(target).read_text(encoding="utf-8") != text:
+            Path(target).write_text(text, encoding="utf-8")
+        os.chmod(target, 0o755)
+        return [target], [target]
+
 
 INIT = Path(__file__).with_name("runner") / "__init__.py"
 VERSION = re.search(r'^__version__ = "([^"]+)"', INIT.read_text(), re.M).group(1)
@@ -24,12 +56,9 @@ setup(
         "test": ["pytest>=7", "ruff", "mypy", "psycopg>=3.1", "prometheus_client",
                  "hypothesis"],
     },
-    entry_points={
-        "console_scripts": [
-            "runner = runner.cli:entry",
-            "runner-config = runner.getconf:entry",
-        ]
-    },
+    scripts=[LOOKUP],  # installed as runner-config (BuildScripts)
+    cmdclass={"build_scripts": BuildScripts},
+    entry_points={"console_scripts": ["runner = runner.cli:entry"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: POSIX :: Linux",

@@ -23,9 +23,11 @@ rounds (`--repeat`, default 5; `--quick`, for CI, takes fewer tasks and rounds: 
   getconf   latency of the real RUNNER_CONFIG_CMD (captured from a task that runner ran)
             `-g section.key`, against `PYTHON -I -S -c pass` with the very interpreter
             binary that command starts (the floor of any Python command) and against
-            `crudini --get` (skipped with a note when not installed). The console script
-            `runner-config -c runner.cfg -g` (parses the INI itself) is shown for
-            information. Targets: within 1.5x of the floor, faster than crudini.
+            `crudini --get` (skipped with a note when not installed). Targets: within 1.5x
+            of the floor, faster than crudini. The installed runner-config too: `-g` in a
+            task's environment (RUNNER_CONFIG_SNAPSHOT names the snapshot; within 1.3x of
+            the floor), `-c runner.cfg -g` from a warm cache (RUNNER_CACHE_DIR, primed by
+            the check run; within 2x) and with no cache, parsing (information).
   wait      runner on one task that sleeps 10 s (3 s with --quick): runner's CPU time
             (utime+stime of /proc/PID/stat) from the task's start line to its end line, and
             its peak RSS (the largest VmHWM of /proc/PID/status, sampled by this script).
@@ -93,7 +95,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This environment without what would change runner's behaviour or log format."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-                        "RUNTIME_DIRECTORY", "RUNNER_CONFIG_CMD", "LISTEN_FDS")}
+                        "RUNTIME_DIRECTORY", "RUNNER_CONFIG_CMD", "RUNNER_CONFIG_SNAPSHOT",
+                        "RUNNER_CACHE_DIR", "LISTEN_FDS")}
     env["TZ"] = "UTC"
     env.update(extra)
     return env
@@ -368,19 +371,33 @@ def is_binary(path: str) -> bool:
         return False
 
 
+def floor_ratio(samples: dict[str, list[float]], name: str) -> float:
+    """The median of `name`'s time over the interpreter's, paired within each round."""
+    return round(median([a / b for a, b in zip(samples[name], samples["python -I -S -c pass"],
+                                                strict=True)]), 3)
+
+
 def bench_getconf(root: Path, args, parts: list[str], config: Path
                   ) -> tuple[dict, list[dict]]:
     python = parts[0]
+    snapshot = parts[parts.index("--snapshot") + 1]
+    base_env = clean_env(RUNNER_CACHE_DIR="")
+    cached_env = clean_env(RUNNER_CACHE_DIR=str(root / "config-cache"))
+    task_env = clean_env(RUNNER_CONFIG_SNAPSHOT=snapshot, RUNNER_CACHE_DIR="")
+    get = ["-c", str(config), "-g", "section.key"]
+    # name: (command, environment); the installed runner-config three ways (issue 17).
     commands = {
-        "RUNNER_CONFIG_CMD -g": [*parts, "-g", "section.key"],
-        "python -I -S -c pass": [python, "-I", "-S", "-c", "pass"],
-        "runner-config -c -g": [RUNNER_CONFIG, "-c", str(config), "-g", "section.key"],
+        "RUNNER_CONFIG_CMD -g": ([*parts, "-g", "section.key"], base_env),
+        "python -I -S -c pass": ([python, "-I", "-S", "-c", "pass"], base_env),
+        "runner-config -g (task)": ([RUNNER_CONFIG, "-g", "section.key"], task_env),
+        "runner-config -c -g (cache)": ([RUNNER_CONFIG, *get], cached_env),
+        "runner-config -c -g": ([RUNNER_CONFIG, *get], base_env),
     }
     crudini = shutil.which("crudini")
     if crudini:
-        commands["crudini --get"] = [crudini, "--get", str(config), "section", "key"]
-    env = clean_env()
-    for name, cmd in commands.items():
+        commands["crudini --get"] = ([crudini, "--get", str(config), "section", "key"],
+                                     base_env)
+    for name, (cmd, env) in commands.items():
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         expected = "" if name.startswith("python") else "value\n"
         if proc.returncode != 0 or proc.stdout != expected:
@@ -388,7 +405,7 @@ def bench_getconf(root: Path, args, parts: list[str], config: Path
                          f"{last_lines(proc.stderr)}")
     samples: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.latency_rounds):
-        for name, cmd in commands.items():
+        for name, (cmd, env) in commands.items():
             started = time.perf_counter()
             subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, env=env)
@@ -405,9 +422,9 @@ def bench_getconf(root: Path, args, parts: list[str], config: Path
         "interpreter_is_binary": is_binary(python), "median_ms": ms,
         "ratio_to_floor": round(ratio_to("python -I -S -c pass"), 3),
         "ratio_to_crudini": round(ratio_to("crudini --get"), 3) if crudini else None,
-        "console_script_ratio_to_floor": round(median(
-            [a / b for a, b in zip(samples["runner-config -c -g"],
-                                   samples["python -I -S -c pass"], strict=True)]), 3),
+        "console_script_ratio_to_floor": floor_ratio(samples, "runner-config -c -g"),
+        "task_ratio_to_floor": floor_ratio(samples, "runner-config -g (task)"),
+        "cache_ratio_to_floor": floor_ratio(samples, "runner-config -c -g (cache)"),
         "crudini": crudini,
     }
     figure = f"{ms['RUNNER_CONFIG_CMD -g']:.1f} ms"
@@ -429,12 +446,19 @@ def bench_getconf(root: Path, args, parts: list[str], config: Path
         rows.append(row("getconf", name, value=None, unit="ms", text="-",
                         reference="crudini not installed", target="< 1x crudini",
                         status="SKIP"))
-    rows.append(row("getconf", "3 runner-config -c runner.cfg -g (console script)",
-                    value=ms["runner-config -c -g"], unit="ms",
-                    text=f"{ms['runner-config -c -g']:.1f} ms",
-                    reference=f"python -I -S -c pass {ms['python -I -S -c pass']:.1f} ms",
-                    reference_value=ms["python -I -S -c pass"],
-                    ratio=result["console_script_ratio_to_floor"]))
+    floor = f"python -I -S -c pass {ms['python -I -S -c pass']:.1f} ms"
+    for name, key, ratio, target in (
+            ("3 runner-config -g in a task (RUNNER_CONFIG_SNAPSHOT)", "runner-config -g (task)",
+             "task_ratio_to_floor", 1.3),
+            ("3 runner-config -c runner.cfg -g, cache warm", "runner-config -c -g (cache)",
+             "cache_ratio_to_floor", 2.0),
+            ("3 runner-config -c runner.cfg -g, no cache (parses)", "runner-config -c -g",
+             "console_script_ratio_to_floor", None)):
+        rows.append(row("getconf", name, value=ms[key], unit="ms", text=f"{ms[key]:.1f} ms",
+                        reference=floor, reference_value=ms["python -I -S -c pass"],
+                        ratio=result[ratio],
+                        **({"target": f"<= {target}x python -I -S",
+                            "status": verdict(result[ratio] <= target)} if target else {})))
     return result, rows
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError, NestingError
@@ -62,6 +62,8 @@ class Config:
     origins: dict[tuple[str, str], Origin]
     overrides: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # The bytes read from each of `files` (runner.confcache keeps answers for them).
+    contents: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
 
     def task_settings(self, short_name: str) -> TaskSettings:
         """Effective settings of a task: its section's overrides on top of [runner]."""
@@ -96,8 +98,9 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     path = path or DEFAULT_CONFIG
     origins: dict[tuple[str, str], Origin] = {}
     files: list[str] = []
+    contents: list[bytes] = []
     if explicit or os.path.lexists(path):
-        merged = _read_file(path, origins)
+        merged = _read_file(path, origins, contents)
         files.append(path)
     else:
         merged = ConfigObj(list_values=False, interpolation=False)
@@ -115,7 +118,7 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         include_key = spec.sections[RUNNER]["include_dir"]
         include_dir = _check(spec, include_key, include, origins, RUNNER)
         for fragment in _fragments(include_dir, origins[(RUNNER, "include_dir")]):
-            part = _read_file(fragment, origins)
+            part = _read_file(fragment, origins, contents)
             _refuse_strictness_in(part, origins)
             merged.merge(part)
             files.append(fragment)
@@ -144,6 +147,7 @@ def load(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         origins=origins,
         overrides=tuple(overrides),
         warnings=tuple(warnings),
+        contents=tuple(contents),
     )
 
 
@@ -214,12 +218,14 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key.strip(), value.strip()
 
 
-def _read_file(path: str, origins: dict[tuple[str, str], Origin]) -> ConfigObj:
+def _read_file(path: str, origins: dict[tuple[str, str], Origin],
+               contents: list[bytes]) -> ConfigObj:
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    contents.append(data)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

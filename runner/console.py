@@ -31,6 +31,29 @@ def format_value(value: object) -> str:
     return str(value)
 
 
+def flat_values(sections, exclude=frozenset()):
+    """{"section.key": value as runner.cfg writes it} for every value a plain `-g` can be
+    answered with from a file without parsing (runner.lookup, runner.confcache): not the
+    (section, key) pairs in `exclude`, nor a value holding a NUL (the separator) or a
+    character UTF-8 cannot encode (those stay to the full answer), nor a section name
+    with a dot, which `-g` (split at the first dot) could not name."""
+    flat = {}
+    for section, values in sections.items():
+        if "." in section:
+            continue
+        for key, value in values.items():
+            text = format_value(value)
+            name = f"{section}.{key}"
+            if (section, key) in exclude or "\0" in name + text:
+                continue
+            try:
+                (name + text).encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            flat[name] = text
+    return flat
+
+
 def keep_undecodable_bytes() -> None:
     """Let stdout write back the bytes of arguments that were not UTF-8 (Python holds them
     as surrogates) instead of failing with UnicodeEncodeError under a UTF-8 locale."""

@@ -18,7 +18,7 @@ import sys
 
 from runner.configquery import STRICT_KEY, InputError, answer, check_show_secrets, split_key
 from runner.console import EX_CONFIG, keep_undecodable_bytes, one_line
-from runner.lookup import private_path
+from runner.lookup import CONFIG_FIELD, SNAPSHOT_ENV, private_path
 
 TYPE_CHECKING = False  # typing's own, without importing typing: it costs start-up time
 if TYPE_CHECKING:
@@ -113,18 +113,44 @@ def _read_snapshot(path, opts):
     return data["sections"], {tuple(pair) for pair in data.get("private", ())}
 
 
+def _task_snapshot(opts):
+    """In a task ($RUNNER_CONFIG_SNAPSHOT set), the running runner's snapshot answers a
+    call that names no other config file and no -D (runner.lookup's rule)."""
+    import os
+
+    path = os.environ.get(SNAPSHOT_ENV)
+    if not path or opts["overrides"]:
+        return None
+    if opts["config"] is None:
+        return path
+    try:
+        with open(path, encoding="utf-8") as handle:
+            handle.readline()
+            fields = iter(handle.read().split("\0"))
+        read = dict(zip(fields, fields, strict=False)).get(CONFIG_FIELD)
+        same = read and os.path.samefile(opts["config"], read)
+    except (OSError, ValueError):
+        return None
+    return path if same else None
+
+
 def _load_sections(opts):
     """({section: {key: value}}, the (section, key) pairs withheld from this user)."""
-    if opts["snapshot"]:
-        return _read_snapshot(opts["snapshot"], opts)
+    snapshot = opts["snapshot"] or _task_snapshot(opts)
+    if snapshot:
+        opts["snapshot"] = snapshot
+        return _read_snapshot(snapshot, opts)
     # Only operators' calls (no snapshot) pay for importing configobj.
+    from runner import confcache
     from runner.config import load
     from runner.errors import ConfigError
 
     try:
-        return load(opts["config"], opts["overrides"]).snapshot()["sections"], set()
+        config = load(opts["config"], opts["overrides"])
     except ConfigError as exc:
         raise InputError(str(exc)) from None
+    confcache.store(config, explicit=opts["config"] is not None)
+    return config.snapshot()["sections"], set()
 
 
 def main(argv=None):

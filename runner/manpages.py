@@ -210,6 +210,21 @@ def runner_config_1() -> str:
     for flags, text in OPTIONS:
         lines += [".TP", f"\\fB{esc(flags)}\\fR", esc(text)]
     lines += [
+        ".SH ENVIRONMENT",
+        ".TP", "\\fBRUNNER_CONFIG_SNAPSHOT\\fR",
+        esc("Set by runner for its tasks: the snapshot of the configuration it runs with. "
+            "runner-config -g section.key in a task answers from it, importing "
+            "nothing, when the call names no other config file (no -c, or -c naming the "
+            "file runner read) and no -D; such a call then prints what $RUNNER_CONFIG_CMD "
+            "prints, -D overrides and reloads included."),
+        ".TP", "\\fBRUNNER_CACHE_DIR\\fR",
+        esc("Outside a task, -g answers from a cache of the validated configuration while "
+            "every file it came from (the config file, include_dir and its fragments, the "
+            "directories above them) is as it was, content included. The cache lives in "
+            "/var/cache/runner for root, $XDG_CACHE_HOME/runner (~/.cache/runner) for "
+            "another user; this variable names another directory, or, empty, turns the "
+            "cache off. A directory or file that is not the user's own and private "
+            "(0700, 0600) is ignored."),
         ".SH EXIT STATUS",
         ".TP", "\\fB0\\fR", esc("the value was printed; or the key or section is not set "
                                 "and strict mode is off (nothing printed, a warning on "

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import lookup, permissions
 from .config import Config
-from .console import format_value
+from .console import flat_values
 from .masking import public_snapshot
 from .states import TaskRun
 
@@ -45,23 +45,25 @@ def snapshot_texts(snapshot: Mapping[str, Any]) -> tuple[str, str]:
 def snapshot_text(snapshot: Mapping[str, Any],
                   exclude: Collection[tuple[str, str]] = frozenset()) -> str:
     """The snapshot file lookup.py reads: the JSON of `snapshot` on the first line, then
-    `section.key`, NUL, formatted value, NUL for every value that can go there. A NUL
-    or an unencodable character leaves a value to the JSON, and so does a section name
-    with a dot, which `-g` (split at the first dot) could not name."""
-    fields: list[str] = []
-    for section, values in snapshot["sections"].items():
-        for key, value in values.items():
-            if (section, key) in exclude:
-                continue  # a masked value: the fast path must not print "********"
-            pair = f"{section}.{key}\0{format_value(value)}\0"
-            if "." in section or pair.count("\0") != 2:
-                continue
-            try:
-                pair.encode("utf-8")
-            except UnicodeEncodeError:
-                continue
-            fields.append(pair)
+    `section.key`, NUL, formatted value, NUL for every value that can go there
+    (runner.console.flat_values), after `config`, NUL, the path of the config file
+    runner loaded (empty for none), NUL: a name without a dot, which no `-g` asks for;
+    `runner-config -c FILE -g` in a task answers from the snapshot when FILE is that
+    file."""
+    path = snapshot.get("config") or ""
+    fields = [f"{lookup.CONFIG_FIELD}\0{path if is_text(path) else ''}\0"]
+    fields += [f"{name}\0{value}\0"
+               for name, value in flat_values(snapshot["sections"], exclude).items()]
     return json.dumps(snapshot) + "\n" + "".join(fields)
+
+
+def is_text(text: str) -> bool:
+    """No NUL, and UTF-8 can encode it (a path of bytes that are not UTF-8 cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text
 
 
 def _safe_parent(parent: str) -> bool:
@@ -165,6 +167,8 @@ class TaskEnvironment:
         env = dict(self.base)
         env.update({
             "RUNNER_CONFIG_CMD": self.config_cmd,
+            # What a plain `runner-config -g` in the task answers from (runner.lookup).
+            lookup.SNAPSHOT_ENV: str(self.snapshot),
             "RUNNER_TASK": run.task.name,
             "RUNNER_TRY": str(run.try_num),
             "RUNNER_ITERATION": str(run.iteration),

@@ -23,6 +23,10 @@ BIN = Path(sys.executable).parent
 RUNNER = str(BIN / "runner")
 RUNNER_CONFIG = str(BIN / "runner-config")
 
+# runner-config's cache (runner.confcache) of every test goes to a directory of this
+# session's own (0700, mkdtemp), never to the machine's /var/cache/runner.
+os.environ.setdefault("RUNNER_CACHE_DIR", tempfile.mkdtemp(prefix="runner-test-cache-"))
+
 # Test defaults: no waiting between tries, a short kill grace, state in the workspace.
 BASE_RUNNER = {"sleep_time": "0", "retry_jitter": "0", "kill_grace": "1"}
 
