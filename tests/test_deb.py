@@ -152,7 +152,10 @@ def test_installed_package_runs_the_chain_at_boot_and_purges_clean(deb, systemd_
     # A sample chain dropped in by "configuration management"; the packaged
     # runner.cfg and halt.sh stay as shipped.
     tasks = guest / "etc/runner/tasks.d"
-    (tasks / "10-hello.sh").write_text("#!/bin/sh\necho hello from the package\n")
+    # The installed runner-config, as a task calls it (the running runner's snapshot).
+    (tasks / "10-hello.sh").write_text("#!/bin/sh\necho hello from the package\n"
+                                       "echo \"max_tries from a task: $(runner-config -g "
+                                       "runner.max_tries)\"\n")
     (tasks / "30-ready.sh").write_text("#!/bin/sh\necho machine ready\nexec sleep 1000\n")
     for task in ("10-hello.sh", "30-ready.sh"):
         (tasks / task).chmod(0o755)
@@ -174,6 +177,12 @@ def test_installed_package_runs_the_chain_at_boot_and_purges_clean(deb, systemd_
     assert "state=active" in result, context
     assert "[10-hello.sh] hello from the package" in journal, context
     assert "[30-ready.sh] machine ready" in journal, context
+    in_task = re.search(r"max_tries from a task: (\d+)$", journal, re.M)
+    assert in_task, context
+    # And as an operator types it in a shell (no snapshot: the config, then its cache).
+    for _ in range(2):
+        shell = in_guest(guest, "runner-config", "-g", "runner.max_tries")
+        assert shell.returncode == 0 and shell.stdout.strip() == in_task[1], shell
 
     for path in (tasks / "10-hello.sh", tasks / "30-ready.sh", probe, units / "probe.service",
                  units / "multi-user.target.wants/probe.service"):
