@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 
 log = logging.getLogger("runner")
@@ -80,6 +81,7 @@ def popen(argv: list[str], **kwargs) -> subprocess.Popen:
     with _lock:
         proc = subprocess.Popen(argv, **kwargs)
         _children.add(proc.pid)
+    _child_started.set()
     return proc
 
 
@@ -245,35 +247,72 @@ def reap_orphans(procs: dict[int, Proc] | None = None) -> list[int]:
 class OrphanReaper:
     """Reaps adopted orphans as they die, not when their task ends: a task that keeps
     double-forking short jobs would otherwise pile up runner's zombies (each holds a pid,
-    and counts against the task's tasks_max). SIGCHLD wakes a thread that reaps them."""
+    and counts against the task's tasks_max).
+
+    A thread blocks in waitid(P_ALL, WNOWAIT) (no signal handler, so nothing wakes the
+    main loop or interrupts a system call): when a child has exited it looks at which.
+    An adopted orphan it reaps; a child that another wait is for (registered by popen(),
+    or in runner's own session) it leaves to that wait, which comes at once, and looks
+    again once it is gone."""
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self._write, False)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="reaper")
-        self._previous: object = None
+        self._stopped = False
 
     def install(self) -> None:
-        """Call in the main thread (Python handles signals there)."""
-        self._previous = signal.signal(signal.SIGCHLD, self._wake)
         self._thread.start()
 
-    def _wake(self, _signum: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
-            os.write(self._write, b"\0")
-
     def _loop(self) -> None:
-        while os.read(self._read, 512):
+        my_sid = os.getsid(0)
+        while not self._stopped:
             try:
-                reap_orphans()
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:  # no child now: the next task brings one
+                _child_started.wait(IDLE_WAIT_S)
+                _child_started.clear()
+                continue
+            if found is None or self._stopped:
+                continue
+            try:
+                self._settle(found.si_pid, my_sid)
             except Exception:  # a reaper that dies would let zombies pile up again
                 log.exception("reaping orphans failed")
+                time.sleep(IDLE_WAIT_S)
+
+    @staticmethod
+    def _settle(pid: int, my_sid: int) -> None:
+        with _lock:
+            ours = pid in _children
+        proc = None if ours else read_proc(pid)
+        if not ours and proc is not None and proc.sid != my_sid:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return
+        pause, waited = 0.0002, 0.0
+        while _zombie(pid):  # another wait's: it reaps it in a moment
+            if not ours and waited > ABANDONED_S:  # a plain subprocess nobody waits for
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                return
+            time.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.1)
 
     def uninstall(self) -> None:
-        signal.signal(signal.SIGCHLD, self._previous or signal.SIG_DFL)  # type: ignore[arg-type]
-        os.close(self._write)  # the thread reads the end and stops
-        self._thread.join(timeout=5)
-        os.close(self._read)
+        self._stopped = True  # the thread is a daemon: blocked in waitid, it dies with runner
+        _child_started.set()
+
+
+IDLE_WAIT_S = 1.0
+ABANDONED_S = 10.0
+_child_started = threading.Event()  # set by popen(): waitid has a child to wait for
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return False
 
 
 # -- what one task run leaves behind ---------------------------------------------------

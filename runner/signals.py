@@ -76,11 +76,10 @@ class SignalState:
 
     def drain(self) -> None:
         """Empty the self-pipe, and pass the wake-up on to every view: whoever wakes on
-        the signals tells the task waits of other threads to look at them too. A wake-up
-        by SIGCHLD alone (runner.reaper's, many a second with some tasks) is not."""
-        if _drain(self._read_fd) - CHILD_ONLY:
-            for view in list(self._views):
-                view.poke()
+        the signals tells the task waits of other threads to look at them too."""
+        _drain(self._read_fd)
+        for view in list(self._views):
+            view.poke()
 
     def poke(self) -> None:
         """Wake the main loop from another thread (a control command arrived)."""
@@ -161,18 +160,12 @@ class SignalView:
         self._read_fd = self._write_fd = -1
 
 
-CHILD_ONLY = {signal.SIGCHLD}  # what the wakeup fd holds for a SIGCHLD
-
-
-def _drain(fd: int) -> set[int]:
-    """Empty the pipe; the bytes it held (signal numbers; 0 for a poke)."""
-    seen: set[int] = set()
+def _drain(fd: int) -> None:
     try:
-        while data := os.read(fd, 512):
-            seen.update(data)
+        while os.read(fd, 512):
+            pass
     except (BlockingIOError, OSError):
         pass
-    return seen
 
 
 def _poke(fd: int) -> None:
