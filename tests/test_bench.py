@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,16 @@ def test_the_journal_size_benchmark_trims_to_its_target_and_reports_every_figure
     assert result["file_bytes"] > 2 * 1024 * 1024 and result["trimmed"] > 0
     for key in ("start_s", "read_s", "write_s", "check_s", "trim_s", "prune_s"):
         assert result[key] > 0, key
+
+
+def test_the_task_profile_measures_every_part_of_a_task_run():
+    """bench/task_profile.py runs every part with runner's own classes and the whole
+    chain for real; each figure is a positive time."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "task_profile.py"
+    proc = subprocess.run([sys.executable, str(script), "--tasks", "5", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    figures = dict(re.findall(r"^  (\S+(?: \S+)?) +([\d.]+) ms/task", proc.stdout, re.M))
+    assert set(figures) == {"spawn floor", "process", "journal", "status file", "logging",
+                            "whole chain"}, proc.stdout
+    assert all(float(value) > 0 for value in figures.values()), proc.stdout
