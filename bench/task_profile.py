@@ -107,7 +107,7 @@ def status_file(root: Path, program: str):
 
 def logging_lines():
     log = logging.getLogger("runner.profile")
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    handler = logging.StreamHandler(open(os.devnull, "w"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
