@@ -28,7 +28,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 
 log = logging.getLogger("runner")
@@ -40,6 +39,7 @@ COMMAND_LIMIT = 200  # characters of a leftover's command line in the log
 
 _lock = threading.Lock()
 _children: set[int] = set()  # pids runner started and still waits for (subprocess)
+_released = threading.Condition(_lock)  # a pid left _children
 
 
 # -- runner as the subreaper of its tasks -------------------------------------------
@@ -88,6 +88,7 @@ def popen(argv: list[str], **kwargs) -> subprocess.Popen:
 def release(proc: subprocess.Popen) -> None:
     with _lock:
         _children.discard(proc.pid)
+        _released.notify_all()
 
 
 # -- /proc -----------------------------------------------------------------------------
@@ -277,24 +278,27 @@ class OrphanReaper:
                 self._settle(found.si_pid, my_sid)
             except Exception:  # a reaper that dies would let zombies pile up again
                 log.exception("reaping orphans failed")
-                time.sleep(IDLE_WAIT_S)
+                _child_started.wait(IDLE_WAIT_S)
 
     @staticmethod
     def _settle(pid: int, my_sid: int) -> None:
         with _lock:
-            ours = pid in _children
-        proc = None if ours else read_proc(pid)
-        if not ours and proc is not None and proc.sid != my_sid:
+            while pid in _children:  # popen()'s: its wait reaps it, then release() says so
+                _released.wait(IDLE_WAIT_S)
+        proc = read_proc(pid)
+        if proc is not None and proc.sid != my_sid:  # an adopted orphan
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
             return
+        # In runner's own session: a plain subprocess, whose own wait comes in a moment.
         pause, waited = 0.0002, 0.0
-        while _zombie(pid):  # another wait's: it reaps it in a moment
-            if not ours and waited > ABANDONED_S:  # a plain subprocess nobody waits for
+        while _zombie(pid):
+            if waited > ABANDONED_S:  # nobody waits for it after all
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
                 return
-            time.sleep(pause)
+            with _lock:  # not time.sleep(): a condition's wait is on the monotonic clock
+                _released.wait(pause)
             waited += pause
             pause = min(pause * 2, 0.1)
 
