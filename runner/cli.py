@@ -1,0 +1,149 @@
+"""The `runner` command line: what people type often starts fast (issue 17).
+
+`runner --help`, `runner status`, `runner history ...` and `runner ctl ...` are answered
+here, before argparse, logging, the settings or configobj are imported: each costs more
+than the interpreter's own start. Only argument lists whose meaning is beyond doubt take
+this path (`-c FILE`, `--config FILE`, the command and its own plain options); anything
+else (an abbreviation, `-v`, `-D`, a value that starts with `-`, a mistake) goes to the
+full parser in runner.arguments, which answers exactly as it always did. The light
+commands read state_dir, runtime_dir and journal_url from runner.confcache while it is
+true, and otherwise load the configuration (and remember it there).
+
+Module-level imports: `sys` only (tests/test_imports.py pins what each command loads).
+"""
+
+import sys
+
+
+def _columns():
+    """The width argparse formats --help for (shutil.get_terminal_size's rule)."""
+    import os
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            stdout = sys.__stdout__
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
+
+
+def _option_value(args, index, names):
+    """(value, next index) when args[index] is `NAME VALUE` or `--long=VALUE` for one of
+    `names` (the first is the long one), with a value argparse cannot read otherwise;
+    else None."""
+    arg = args[index]
+    long = names[0]
+    if arg.startswith(long + "="):
+        value, following = arg[len(long) + 1:], index + 1
+    elif arg in names and index + 1 < len(args):
+        value, following = args[index + 1], index + 2
+    else:
+        return None
+    if not value or value.startswith("-"):
+        return None
+    return value, following
+
+
+# The options of each light command: (long name, short name or None, takes a value).
+_LIGHT = {
+    "status": {"--json": False},
+    "history": {"--json": False, "--local": False, "--task": True, "--since": True,
+                "--host": True, "--run": True, "--limit": True},
+    "ctl": {},
+}
+_DESTINATIONS = {"--json": "as_json", "--run": "run_id"}
+
+
+def light_arguments(argv):
+    """(command, config path or None, options, positionals) when `argv` is a light
+    command whose meaning is plain, else None (the full parser decides)."""
+    command, config = None, None
+    options: dict[str, object] = {}
+    positionals: list[str] = []
+    index, interrupted = 0, False
+    while index < len(argv):
+        arg = argv[index]
+        if arg in ("-c", "--config") or arg.startswith("--config="):
+            found = _option_value(argv, index, ("--config", "-c"))
+            if found is None:
+                return None
+            config, index = found
+            # argparse reads `ctl skip -c F TASK` as TASK left over: an error it words
+            interrupted = bool(positionals)
+            continue
+        if command is None:
+            if arg not in _LIGHT:
+                return None
+            command, index = arg, index + 1
+            continue
+        known = _LIGHT[command]
+        name = arg.partition("=")[0] if arg.startswith("--") else arg
+        if name in known:
+            key = _DESTINATIONS.get(name, name[2:])
+            if known[name]:
+                found = _option_value(argv, index, (name,))
+                if found is None:
+                    return None
+                options[key], index = found
+            elif arg == name:
+                options[key], index = True, index + 1
+            else:
+                return None
+            continue
+        if arg.startswith("-") or command != "ctl" or interrupted:
+            return None
+        positionals.append(arg)
+        index += 1
+    if command is None:
+        return None
+    text = options.get("limit")
+    if isinstance(text, str):
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            return None  # the full parser says what is wrong with it
+        options["limit"] = int(text)
+    if command == "ctl":
+        from .ctlwords import ACTIONS
+
+        if not positionals or positionals[0] not in ACTIONS or len(positionals) > 2:
+            return None
+    return command, config, options, positionals
+
+
+def _light(argv):
+    """The exit status of a light command, or None when the full parser must answer."""
+    if argv in (["--help"], ["-h"]):
+        from .helptext import COLUMNS, HELP
+
+        if _columns() == COLUMNS:  # else argparse wraps it otherwise
+            sys.stdout.write(HELP)
+            return 0
+    parsed = light_arguments(argv)
+    if parsed is None:
+        return None
+    command, config, options, positionals = parsed
+    from .commands.light import light_command
+
+    return light_command(command, config, options, positionals)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    status = _light(argv)
+    if status is not None:
+        return status
+    from .arguments import main as full_main
+
+    return full_main(argv)
+
+
+def entry():
+    from .console import keep_undecodable_bytes
+
+    keep_undecodable_bytes()
+    sys.exit(main())
