@@ -22,19 +22,36 @@ SH_PREAMBLE = (
     """''''true; p="${0%/*}/python3"; [ -x "$p" ] || p=python3; exec "$p" -S "$0" "$@" # '''\n"""
 )
 LOOKUP = "runner/lookup.py"
+# runner itself: what a generated console script does, without its `import re` (a fifth
+# of the interpreter's start, for `runner status` and the other commands people type).
+# `#!python` becomes the interpreter build_scripts names (a wheel keeps `#!python`, which
+# the installer replaces), as for a console script.
+RUNNER_SCRIPT = """#!python
+import sys
+
+from runner.cli import entry
+
+if __name__ == "__main__":
+    sys.exit(entry())
+"""
 
 
 class BuildScripts(build_scripts):
-    """Build the runner-config script from runner/lookup.py."""
+    """Build the runner-config script from runner/lookup.py, and the runner script."""
 
     def copy_scripts(self):
         self.mkpath(self.build_dir)
-        target = os.path.join(self.build_dir, "runner-config")
-        text = SH_PREAMBLE + Path(LOOKUP).read_text(encoding="utf-8")
-        if not os.path.exists(target) or Path(target).read_text(encoding="utf-8") != text:
-            Path(target).write_text(text, encoding="utf-8")
-        os.chmod(target, 0o755)
-        return [target], [target]
+        built = []
+        for name, text in (("runner-config", SH_PREAMBLE + Path(LOOKUP).read_text(
+                encoding="utf-8")), ("runner", RUNNER_SCRIPT)):
+            target = os.path.join(self.build_dir, name)
+            if name == "runner":
+                text = text.replace("#!python", f"#!{self.executable}", 1)
+            if not os.path.exists(target) or Path(target).read_text(encoding="utf-8") != text:
+                Path(target).write_text(text, encoding="utf-8")
+            os.chmod(target, 0o755)
+            built.append(target)
+        return built, built
 
 
 INIT = Path(__file__).with_name("runner") / "__init__.py"
@@ -56,9 +73,8 @@ setup(
         "test": ["pytest>=7", "ruff", "mypy", "psycopg>=3.1", "prometheus_client",
                  "hypothesis"],
     },
-    scripts=[LOOKUP],  # installed as runner-config (BuildScripts)
+    scripts=[LOOKUP],  # installed as runner-config and runner (BuildScripts)
     cmdclass={"build_scripts": BuildScripts},
-    entry_points={"console_scripts": ["runner = runner.cli:entry"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Operating System :: POSIX :: Linux",

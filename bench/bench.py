@@ -43,6 +43,13 @@ rounds (`--repeat`, default 5; `--quick`, for CI, takes fewer tasks and rounds: 
             on, interleaved, per-task time as in `chain`; the difference is shown (it is
             within the noise: information only). Needs root (without it the check does
             not apply, and the rows say SKIP).
+  commands  the commands people type (issue 17): `runner status`, `runner ctl pause` (no
+            runner runs: its one-line refusal), `runner history --limit 20` (on the journal
+            of one run), `runner check TASKDIR` and `runner --help`, each against
+            `PYTHON -I -S -c pass` with the real interpreter binary, in interleaved rounds,
+            runner.confcache warm (RUNNER_CACHE_DIR, primed by the check run). Target:
+            within 3x of the floor each. `check` validates everything (configobj, the
+            task directory, preflight): it is shown against the same target.
 
 runner is the one beside this interpreter (the venv's), on a temporary config (state_dir
 and runtime_dir in the temporary directory, sleep_time = 0, max_tries = 1) with the
@@ -74,7 +81,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 RUNNER = str(BIN / "runner")
 RUNNER_CONFIG = str(BIN / "runner-config")
-BENCHMARKS = ("chain", "config", "getconf", "wait", "graph", "strict")
+BENCHMARKS = ("chain", "config", "getconf", "wait", "graph", "strict", "commands")
 NOOP = "#!/bin/sh\nexit 0\n"
 # The plain loop of the issue; `[ -e ]` only so that an empty directory (whose glob stays
 # unexpanded) runs nothing, and `|| exit 1` so that a failing task is noticed.
@@ -701,6 +708,59 @@ def bench_strict(root: Path, args) -> tuple[dict, list[dict]]:
     return result, rows
 
 
+# ------------------------------------------------------------- 7: commands people type
+
+
+def bench_commands(root: Path, args) -> tuple[dict, list[dict]]:
+    python = os.path.realpath(sys.executable)
+    config = write_config(root)
+    taskdir = root / "tasks.d"
+    taskdir.mkdir()
+    write_task(taskdir / "10-noop", NOOP)
+    cache = root / "cache"
+    cache.mkdir(mode=0o700)
+    env = clean_env(RUNNER_CACHE_DIR=str(cache), COLUMNS="80")
+    _, code, text = run_timed(runner_cmd(config, taskdir), env, root / "run.log")
+    if code != 0 or ok_tasks(text) != {"10-noop"}:
+        raise Broken(f"the run that fills the journal exited {code}: {last_lines(text)}")
+    base = [RUNNER, "-c", str(config)]
+    # name: (command, exit status, text its stdout or stderr must hold)
+    commands = {
+        "python -I -S -c pass": ([python, "-I", "-S", "-c", "pass"], 0, ""),
+        "runner status": ([*base, "status"], 0, "not running; last run"),
+        "runner ctl pause": ([*base, "ctl", "pause"], 1, "runner is not running"),
+        "runner history --limit 20": ([*base, "history", "--limit", "20"], 0, "10-noop"),
+        "runner check": ([*base, "check", str(taskdir)], 0, "OK ("),
+        "runner --help": ([RUNNER, "--help"], 0, "usage: runner"),
+    }
+    for name, (cmd, status, needle) in commands.items():
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != status or needle not in proc.stdout + proc.stderr:
+            raise Broken(f"{name} exited {proc.returncode} (expected {status}), without "
+                         f"{needle!r}: {last_lines(proc.stdout + proc.stderr)}")
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.latency_rounds):
+        for name, (cmd, _status, _needle) in commands.items():
+            started = time.perf_counter()
+            subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=env)
+            samples[name].append((time.perf_counter() - started) * 1000)
+    ms = {name: round(median(v), 3) for name, v in samples.items()}
+    ratios = {name: floor_ratio(samples, name) for name in commands
+              if name != "python -I -S -c pass"}
+    result = {"rounds": args.latency_rounds, "interpreter": python,
+              "interpreter_is_binary": is_binary(python), "median_ms": ms,
+              "ratio_to_floor": ratios}
+    floor = f"python -I -S -c pass {ms['python -I -S -c pass']:.1f} ms"
+    rows = [
+        row("commands", f"7 {name}", value=ms[name], unit="ms", text=f"{ms[name]:.1f} ms",
+            reference=floor, reference_value=ms["python -I -S -c pass"], ratio=ratio,
+            target="<= 3x python -I -S", status=verdict(ratio <= 3))
+        for name, ratio in ratios.items()
+    ]
+    return result, rows
+
+
 # ------------------------------------------------------------------------- the table
 
 
@@ -792,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[bench], new = bench_wait(root, args, python)
                 elif bench == "graph":
                     results[bench], new = bench_graph(root, args)
+                elif bench == "commands":
+                    results[bench], new = bench_commands(root, args)
                 else:
                     results[bench], new = bench_strict(root, args)
                 rows.extend(new)

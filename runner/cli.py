@@ -1,264 +1,149 @@
-"""The `runner` command line: parsing only; each command lives in runner.commands."""
+"""The `runner` command line: what people type often starts fast (issue 17).
 
-from __future__ import annotations
+`runner --help`, `runner status`, `runner history ...` and `runner ctl ...` are answered
+here, before argparse, logging, the settings or configobj are imported: each costs more
+than the interpreter's own start. Only argument lists whose meaning is beyond doubt take
+this path (`-c FILE`, `--config FILE`, the command and its own plain options); anything
+else (an abbreviation, `-v`, `-D`, a value that starts with `-`, a mistake) goes to the
+full parser in runner.arguments, which answers exactly as it always did. The light
+commands read state_dir, runtime_dir and journal_url from runner.confcache while it is
+true, and otherwise load the configuration (and remember it there).
 
-import argparse
-import logging
-import os
+Module-level imports: `sys` only (tests/test_imports.py pins what each command loads).
+"""
+
 import sys
-from typing import NoReturn
-
-from . import __version__, configquery, logs
-from .console import fail, keep_undecodable_bytes, one_line
-from .errors import ConfigError
-from .settings import RunOptions
-from .states import ExitStatus
-
-log = logging.getLogger("runner")
-DEFAULT_PIDFILE = "/run/runner.pid"
-
-COMMANDS = {
-    "run": "run the chain (the default when no command is given)",
-    "check": "validate the configuration and tasks, print the plan, run nothing",
-    "list": "list the tasks in run order with their effective settings",
-    "plan": "print the execution plan: waves of a parallel run, tasks skipped by frequency",
-    "graph": "print the dependency graph as Graphviz DOT (--format svg needs dot)",
-    "status": "what runs now, and the last result of every task",
-    "history": "task runs recorded in the journal, newest last",
-    "log": "the captured output of a task's last run",
-    "blame": "tasks by time spent, CPU time and peak memory (the newest run by default)",
-    "ctl": "control the running runner: retry-now, skip TASK, pause, resume, halt",
-    "reset": "forget that once/per-boot/per-instance tasks succeeded (all, or TASK)",
-}
-JOURNAL_COMMANDS = ("status", "history", "log", "blame")
-# Commands that print what the configuration says: secret values in it are masked.
-LISTINGS = ("check", "list", "plan", "graph")
-# Options that take a value, so the first positional word can be found before parsing.
-_VALUE_OPTIONS = {
-    "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
-    "--task", "--since", "--host", "--run", "--try", "--iteration", "--limit",
-    "--format",
-}
 
 
-class Parser(argparse.ArgumentParser):
-    """Usage errors are bad input too: one line and EX_CONFIG (2 would read as HALT)."""
+def _columns():
+    """The width argparse formats --help for (shutil.get_terminal_size's rule)."""
+    import os
 
-    def error(self, message: str) -> NoReturn:
-        print(one_line(f"{self.prog}: {message} (see {self.prog} --help)"),
-              file=sys.stderr)
-        sys.exit(ExitStatus.CONFIG)
-
-
-def _non_negative(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            stdout = sys.__stdout__
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
 
 
-def split_command(argv: list[str]) -> tuple[str, list[str]]:
-    """Find the command word; without one, the original form `runner [opts] TASKDIR` is `run`."""
-    index = 0
+def _option_value(args, index, names):
+    """(value, next index) when args[index] is `NAME VALUE` or `--long=VALUE` for one of
+    `names` (the first is the long one), with a value argparse cannot read otherwise;
+    else None."""
+    arg = args[index]
+    long = names[0]
+    if arg.startswith(long + "="):
+        value, following = arg[len(long) + 1:], index + 1
+    elif arg in names and index + 1 < len(args):
+        value, following = args[index + 1], index + 2
+    else:
+        return None
+    if not value or value.startswith("-"):
+        return None
+    return value, following
+
+
+# The options of each light command: (long name, short name or None, takes a value).
+_LIGHT = {
+    "status": {"--json": False},
+    "history": {"--json": False, "--local": False, "--task": True, "--since": True,
+                "--host": True, "--run": True, "--limit": True},
+    "ctl": {},
+}
+_DESTINATIONS = {"--json": "as_json", "--run": "run_id"}
+
+
+def light_arguments(argv):
+    """(command, config path or None, options, positionals) when `argv` is a light
+    command whose meaning is plain, else None (the full parser decides)."""
+    command, config = None, None
+    options: dict[str, object] = {}
+    positionals: list[str] = []
+    index, interrupted = 0, False
     while index < len(argv):
         arg = argv[index]
-        if arg == "--":
-            break
-        if arg.startswith("-") and arg != "-":
-            index += 2 if arg in _VALUE_OPTIONS else 1
+        if arg in ("-c", "--config") or arg.startswith("--config="):
+            found = _option_value(argv, index, ("--config", "-c"))
+            if found is None:
+                return None
+            config, index = found
+            # argparse reads `ctl skip -c F TASK` as TASK left over: an error it words
+            interrupted = bool(positionals)
             continue
-        if arg in COMMANDS:
-            return arg, argv[:index] + argv[index + 1:]
-        break
-    return "run", argv
+        if command is None:
+            if arg not in _LIGHT:
+                return None
+            command, index = arg, index + 1
+            continue
+        known = _LIGHT[command]
+        name = arg.partition("=")[0] if arg.startswith("--") else arg
+        if name in known:
+            key = _DESTINATIONS.get(name, name[2:])
+            if known[name]:
+                found = _option_value(argv, index, (name,))
+                if found is None:
+                    return None
+                options[key], index = found
+            elif arg == name:
+                options[key], index = True, index + 1
+            else:
+                return None
+            continue
+        if arg.startswith("-") or command != "ctl" or interrupted:
+            return None
+        positionals.append(arg)
+        index += 1
+    if command is None:
+        return None
+    text = options.get("limit")
+    if isinstance(text, str):
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            return None  # the full parser says what is wrong with it
+        options["limit"] = int(text)
+    if command == "ctl":
+        from .ctlwords import ACTIONS
+
+        if not positionals or positionals[0] not in ACTIONS or len(positionals) > 2:
+            return None
+    return command, config, options, positionals
 
 
-def build_parser(command: str) -> Parser:
-    parser = Parser(
-        prog="runner",
-        description="Run a directory of tasks in order, retrying with backoff, "
-        "and run a halt task when a task says the machine is beyond repair.",
-        epilog="commands: " + "; ".join(f"{name}: {text}" for name, text in COMMANDS.items()),
-    )
-    parser.add_argument("-c", "--config", help="config file (default /etc/runner/runner.cfg)")
-    parser.add_argument(
-        "-D", "--define", dest="overrides", action="append", default=[],
-        metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)",
-    )
-    parser.add_argument("-n", "--times", type=_non_negative,
-                        help="iterations of the chain (0 = forever; default [runner] times)")
-    parser.add_argument("-H", "--halt-after", action="store_true",
-                        help="run the halt task after the last iteration")
-    parser.add_argument("-v", "--verbose", dest="level", action="store_const",
-                        const=logging.DEBUG, default=logging.INFO, help="log debug messages")
-    parser.add_argument("-q", "--quiet", dest="level", action="store_const",
-                        const=logging.WARNING, help="log warnings and errors only")
-    parser.add_argument("--syslog", action="store_true", help="also log to syslog")
-    parser.add_argument("-g", "--get", metavar="SECTION.KEY",
-                        help="print one config value and exit (as runner-config -g)")
-    parser.add_argument("--strict", action="store_true",
-                        help="with -g: exit 1 when the key is not set "
-                        "(default: print nothing, warn and exit 0)")
-    parser.add_argument("--daemon", action="store_true",
-                        help="detach from the terminal (hosts without systemd)")
-    parser.add_argument("--pidfile", default=DEFAULT_PIDFILE,
-                        help=f"with --daemon: locked pidfile (default {DEFAULT_PIDFILE})")
-    parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
-    parser.add_argument("--version", action="version", version=f"runner {__version__}")
-    if command in ("list", "plan", *JOURNAL_COMMANDS):
-        parser.add_argument("--json", action="store_true", help=f"with {command}: print JSON")
-    if command in LISTINGS:
-        parser.add_argument("--show-secrets", action="store_true",
-                            help=f"with {command}: show secret values instead of ******** "
-                            "(root only)")
-    if command == "run":
-        parser.add_argument("--dry-run", action="store_true",
-                            help="run only the checks and print what would run")
-    if command == "graph":
-        parser.add_argument("--format", choices=("dot", "svg"), default="dot",
-                            help="with graph: DOT text (default) or SVG drawn by Graphviz's dot")
-    if command in JOURNAL_COMMANDS:
-        _journal_arguments(parser, command)
-    elif command == "ctl":
-        _ctl_arguments(parser)
-    elif command == "reset":
-        parser.add_argument("task", nargs="?",
-                            help="only this task (file name or short name; default all)")
-    else:
-        parser.add_argument("taskdir", nargs="?",
-                            help="task directory (default [runner] task_dir)")
-    return parser
+def _light(argv):
+    """The exit status of a light command, or None when the full parser must answer."""
+    if argv in (["--help"], ["-h"]):
+        from .helptext import COLUMNS, HELP
+
+        if _columns() == COLUMNS:  # else argparse wraps it otherwise
+            sys.stdout.write(HELP)
+            return 0
+    parsed = light_arguments(argv)
+    if parsed is None:
+        return None
+    command, config, options, positionals = parsed
+    from .commands.light import light_command
+
+    return light_command(command, config, options, positionals)
 
 
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _journal_arguments(parser: Parser, command: str) -> None:
-    if command == "status":
-        return
-    parser.add_argument("--local", action="store_true",
-                        help="read the local journal even when journal_url is set")
-    if command == "log":
-        parser.add_argument("task", help="task file name or short name")
-        parser.add_argument("--try", dest="try_num", type=_positive,
-                            help="the run of this try (default the newest)")
-        parser.add_argument("--iteration", type=_positive, help="the run in this iteration")
-    else:
-        parser.add_argument("--task", help="only this task (file name or short name)")
-        parser.add_argument("--since", help="only runs started since: 2h, 1d, today, "
-                            "yesterday, 2026-11-23, 2026-11-23T10:00")
-    parser.add_argument("--host", help="only this host (the fleet journal has many)")
-    parser.add_argument("--run", dest="run_id", help="only this run id")
-    if command == "history":
-        parser.add_argument("--limit", type=_positive, default=50,
-                            help="show the newest N task runs (default 50)")
-
-
-def _ctl_arguments(parser: Parser) -> None:
-    from .ctlsocket import ACTIONS
-
-    parser.add_argument("action", choices=list(ACTIONS), metavar="ACTION",
-                        help="one of: " + ", ".join(ACTIONS))
-    parser.add_argument("task", nargs="?", help="with skip: the task to skip")
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    command, rest = split_command(argv)
-    args = build_parser(command).parse_args(rest)
-    # Absolute now: daemon mode changes to / and SIGHUP reloads read the paths again.
-    taskdir = getattr(args, "taskdir", None)
-    options = RunOptions(
-        config_path=os.path.abspath(args.config) if args.config else None,
-        overrides=tuple(args.overrides),
-        task_dir=os.path.abspath(taskdir) if taskdir else None,
-        times=args.times,
-        halt_after=args.halt_after,
-    )
-    logs.setup(args.level, args.syslog)
-    try:
-        if args.get is not None:  # `-g ''` is a bad key, not "no -g": never run the chain
-            return _get(args)
-        if command in LISTINGS:
-            return _listing(command, options, args)
-        if command in JOURNAL_COMMANDS:
-            from .commands.report import report
-            return report(command, options, _report_options(args))
-        if command == "reset":
-            from .commands.reset import reset
-            return reset(options, args.task)
-        if command == "ctl":
-            from .commands.ctl import ctl
-            return ctl(options, [args.action, *([args.task] if args.task is not None else [])])
-        if getattr(args, "dry_run", False):
-            from .commands.dryrun import dry_run
-            return dry_run(options)
-        from .commands.run import DaemonOptions, run
-        daemon = DaemonOptions(args.pidfile, args.log_file, args.level) if args.daemon else None
-        return run(options, daemon)
-    except ConfigError as exc:
-        return fail(str(exc))
-    except KeyboardInterrupt:  # only outside the supervisor, which handles SIGINT itself
-        return ExitStatus.SIGINT
-    except BrokenPipeError:  # `runner history | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except Exception as exc:  # a bug in runner, not bad input: say so in one line
-        log.debug("internal error", exc_info=True)
-        log.critical("internal error: %s: %s (run with -v for the traceback)",
-                     type(exc).__name__, exc)
-        return ExitStatus.INTERNAL
+    status = _light(argv)
+    if status is not None:
+        return status
+    from .arguments import main as full_main
+
+    return full_main(argv)
 
 
-def _listing(command: str, options: RunOptions, args: argparse.Namespace) -> int:
-    show = args.show_secrets
-    try:
-        configquery.check_show_secrets(show)
-    except configquery.InputError as exc:
-        return fail(str(exc))
-    if command == "check":
-        from .commands.check import check
-        return check(options, show_secrets=show)
-    if command == "list":
-        from .commands.check import list_tasks
-        return list_tasks(options, as_json=args.json, show_secrets=show)
-    if command == "plan":
-        from .commands.plan import plan
-        return plan(options, as_json=args.json, show_secrets=show)
-    from .commands.plan import graph
-    return graph(options, args.format, show_secrets=show)
+def entry():
+    from .console import keep_undecodable_bytes
 
-
-def _report_options(args: argparse.Namespace):
-    from .commands.report import ReportOptions
-
-    names = ("as_json", "local", "task", "since", "host", "run_id", "try_num", "iteration",
-             "limit")
-    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
-    values["as_json"] = args.json
-    return ReportOptions(**values)
-
-
-def _get(args: argparse.Namespace) -> int:
-    from .config import load
-
-    opts = {"get": args.get, "default": None, "json": False, "section": None,
-            "strict": args.strict}
-    try:
-        configquery.split_key(args.get)
-    except configquery.InputError as exc:
-        return fail(str(exc))
-    sections = load(args.config, args.overrides).snapshot()["sections"]
-    return configquery.answer(sections, opts, prog="runner")
-
-
-def entry() -> None:
     keep_undecodable_bytes()
     sys.exit(main())

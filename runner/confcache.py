@@ -31,7 +31,7 @@ import marshal
 import os
 import sys
 
-FORMAT = 1
+FORMAT = 2  # 2: the names of the values left out, for runner status (runner.cli)
 DIR_ENV = "RUNNER_CACHE_DIR"
 ROOT_DIR = "/var/cache/runner"
 DEFAULT_CONFIG = "/etc/runner/runner.cfg"  # runner.config's (not imported here: its cost)
@@ -136,6 +136,14 @@ def _read(path):
 def lookup(config_path, key):
     """The cached answer to `-g key` for the config at `config_path` (None: the default
     file), or None when there is none that is still true."""
+    found = cached_values(config_path)
+    return found and found[0].get(key)
+
+
+def cached_values(config_path):
+    """({"section.key": value as -g prints it}, the names of values left out of it (a NUL,
+    not UTF-8: runner.console.flat_values)) of the config at `config_path` (None: the
+    default file) while every file it came from is as it was; else None."""
     from runner import __version__
 
     directory = cache_dir()
@@ -148,16 +156,17 @@ def lookup(config_path, key):
         record = marshal.loads(data) if data else None
     except (OSError, ValueError, EOFError, TypeError):
         return None
-    if (not isinstance(record, tuple) or len(record) != 5
+    if (not isinstance(record, tuple) or len(record) != 6
             or record[:3] != (FORMAT, __version__, (config_path is None, path))):
         return None
-    entries, values = record[3], record[4]
+    entries, values, omitted = record[3:]
     try:
         if any(_observe(kind, where) != seen for kind, where, seen in entries):
             return None
-        return values.get(key)
-    except (OSError, TypeError, ValueError, AttributeError):
+    except (OSError, TypeError, ValueError):
         return None
+    return (values, omitted) if isinstance(values, dict) and isinstance(omitted, list) \
+        else None
 
 
 def cached_answer(argv):
@@ -226,8 +235,11 @@ def store(config, explicit):
         entries = _entries(config, explicit, spec)
         if entries is None:
             return
-        record = (FORMAT, __version__, (not explicit, path), entries,
-                  flat_values(config.snapshot()["sections"]))
+        sections = config.snapshot()["sections"]
+        values = flat_values(sections)
+        omitted = sorted(f"{section}.{key}" for section, keys in sections.items()
+                         for key in keys if f"{section}.{key}" not in values)
+        record = (FORMAT, __version__, (not explicit, path), entries, values, omitted)
         temporary = f"{name}.{os.getpid()}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)

@@ -3,13 +3,12 @@ error is one line, whatever it quotes (runner.escape's rule); a configuration va
 written as in runner.cfg; bytes of arguments that were not UTF-8 are written back as they
 came (runner-config's values are data, which a task reads back byte for byte).
 
-Only `sys` at import time: runner-config, which a task may call many times, imports it
-(so the spec, which formats its defaults here too, is not imported for that).
+Only `sys` at import time: runner-config, which a task may call many times, and
+`runner status` import it (so the spec, which formats its defaults here too, is not
+imported for that, nor runner.escape and its `re` before there is an error to show).
 """
 
 import sys  # and no `from __future__ import annotations`: importing __future__ costs too
-
-from .escape import escape
 
 EX_CONFIG = 78  # sysexits(3): bad configuration or input (runner.states.ExitStatus.CONFIG)
 
@@ -17,6 +16,8 @@ EX_CONFIG = 78  # sysexits(3): bad configuration or input (runner.states.ExitSta
 def one_line(text: str) -> str:
     """`text` as one line (a message may quote a -D value, key or file name that holds a
     line break or a byte that is not UTF-8): runner.escape's rule, as in the log."""
+    from .escape import escape
+
     return escape(text)
 
 

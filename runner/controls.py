@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .ctlsocket import ControlError, ControlServer, socket_path
+from .ctlsocket import ControlServer
+from .ctlwords import ControlError, socket_path
 from .files import make_dir
 
 log = logging.getLogger("runner")

@@ -27,57 +27,14 @@ import threading
 import time
 from collections.abc import Callable
 
+from .ctlwords import ControlError, check_words
 from .files import make_dir
 
 log = logging.getLogger("runner.control")
 
-SOCKET_NAME = "control.sock"
 REQUEST_TIMEOUT = 2.0  # seconds a client has to send its whole request
 MAX_REQUEST = 64 * 1024
-# action -> its arguments (names for messages); the order is the order of the help text.
-ACTIONS: dict[str, tuple[str, ...]] = {
-    "retry-now": (),
-    "skip": ("TASK",),
-    "pause": (),
-    "resume": (),
-    "halt": (),
-}
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class ControlError(Exception):
-    """A refused or invalid command; str() is the one-line reply."""
-
-
-def socket_path(runtime_dir: str) -> str:
-    return os.path.join(runtime_dir, SOCKET_NAME)
-
-
-def usage(action: str) -> str:
-    return " ".join((action, *ACTIONS[action]))
-
-
-def valid_actions() -> str:
-    return ", ".join(usage(action) for action in ACTIONS)
-
-
-def check_words(words: object) -> list[str]:
-    """The command as a list of words, or ControlError saying what is wrong with it."""
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise ControlError("malformed request: command must be a list of strings")
-    if not words:
-        raise ControlError(f"no action given (valid: {valid_actions()})")
-    action, args = words[0], words[1:]
-    if action not in ACTIONS:
-        raise ControlError(f"unknown action {action!r} (valid: {valid_actions()})")
-    wanted = ACTIONS[action]
-    if len(args) != len(wanted):
-        if wanted:
-            raise ControlError(f"{action} takes {len(wanted)} argument(s): {usage(action)}")
-        raise ControlError(f"{action} takes no arguments")
-    if any(not arg.strip() for arg in args):
-        raise ControlError(f"{action}: empty argument")
-    return words
 
 
 class ControlServer:

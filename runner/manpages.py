@@ -84,7 +84,7 @@ def _metavar(action: argparse.Action) -> str:
 
 
 def runner_8() -> str:
-    from .cli import COMMANDS, build_parser
+    from .arguments import COMMANDS, build_parser
 
     lines = _header("runner", 8, "System Administration")
     lines += [

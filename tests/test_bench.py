@@ -46,7 +46,7 @@ def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     with capsys.disabled():
         print("\n" + report["table"])
     assert report["quick"] is True and report["broken"] == {}
-    benches = ("chain", "config", "getconf", "wait", "graph", "strict")
+    benches = ("chain", "config", "getconf", "wait", "graph", "strict", "commands")
     assert set(report["results"]) == set(benches)
     assert {r["benchmark"] for r in report["rows"]} == set(benches)
     assert all(r["status"] in ("PASS", "MISS", "INFO", "SKIP") for r in report["rows"])
@@ -93,6 +93,13 @@ def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     # Never shorter than the critical path (a dependency not waited for), never as long
     # as running the tasks one by one.
     assert graph["ratio"] >= 0.99 and graph["chain_s"] < graph["sum_s"]
+
+    commands = report["results"]["commands"]
+    assert commands["interpreter_is_binary"], commands["interpreter"]
+    assert set(commands["ratio_to_floor"]) == {
+        "runner status", "runner ctl pause", "runner history --limit 20", "runner check",
+        "runner --help"}
+    assert all(ratio > 0 for ratio in commands["ratio_to_floor"].values())
 
     strict = report["results"]["strict"]
     if os.geteuid() == 0:  # the check applies only to a runner running as root

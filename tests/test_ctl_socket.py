@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error
 
-from runner import ctlsocket
-from runner.ctlsocket import ControlError, ControlServer, send, socket_path
+from runner import ctlsocket, ctlwords
+from runner.ctlsocket import ControlServer, send
+from runner.ctlwords import ControlError, socket_path
 
 NOBODY = 65534
 
@@ -206,7 +207,7 @@ def test_socket_is_0600_and_close_removes_it(server):
 
 
 def test_start_creates_the_runtime_dir(tmp_path, recorder):
-    srv = ControlServer(str(tmp_path / "a" / "b" / ctlsocket.SOCKET_NAME), recorder)
+    srv = ControlServer(str(tmp_path / "a" / "b" / ctlwords.SOCKET_NAME), recorder)
     srv.start()
     try:
         assert send(srv.path, ["halt"]) == (True, "done: halt")
@@ -244,7 +245,7 @@ def test_a_stale_socket_is_replaced(tmp_path, recorder):
 
 
 def test_a_path_that_is_not_a_socket_is_left_alone(tmp_path, recorder, caplog):
-    path = tmp_path / ctlsocket.SOCKET_NAME
+    path = tmp_path / ctlwords.SOCKET_NAME
     path.write_text("precious\n")
     srv = ControlServer(str(path), recorder)
     with caplog.at_level(logging.WARNING, "runner.control"):
@@ -258,7 +259,7 @@ def test_a_path_that_is_not_a_socket_is_left_alone(tmp_path, recorder, caplog):
 def test_an_unusable_path_is_one_warning_not_a_crash(tmp_path, recorder, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    srv = ControlServer(str(blocker / ctlsocket.SOCKET_NAME), recorder)
+    srv = ControlServer(str(blocker / ctlwords.SOCKET_NAME), recorder)
     with caplog.at_level(logging.WARNING, "runner.control"):
         srv.start()
     assert not srv.listening

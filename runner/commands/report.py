@@ -6,56 +6,74 @@ Exit status: 0 with an answer, 1 when there is nothing to show or no journal to 
 
 from __future__ import annotations
 
-import json
-import socket
+import os
 import sys
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TextIO
 
-from .. import history, instance
-from ..config import Config, load
-from ..errors import ConfigError
-from ..escape import escape_bytes
-from ..history import Filters, JournalUnavailable, Reader
-from ..identity import still_running
-from ..journalfile import INTERRUPTED, RUNNING, journal_path, moved_aside_files
-from ..livestatus import read_status, status_path
-from ..settings import RunOptions
 from .table import print_table
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (its cost)
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import Any, TextIO, TypeAlias
+
+    from ..history import Filters, Reader
+    from ..settings import RunnerSettings, RunOptions
+    from .light import Locations
+
+    Where: TypeAlias = RunnerSettings | Locations
 
 NOTHING = 1
 
 
-@dataclass(frozen=True)
 class ReportOptions:
     """The journal commands' own arguments."""
 
-    as_json: bool = False
-    local: bool = False
-    task: str | None = None
-    since: str | None = None
-    host: str | None = None
-    run_id: str | None = None
-    try_num: int | None = None
-    iteration: int | None = None
-    limit: int = 50
+    __slots__ = (
+        "as_json",
+        "host",
+        "iteration",
+        "limit",
+        "local",
+        "run_id",
+        "since",
+        "task",
+        "try_num",
+    )
+
+    def __init__(self, as_json: bool = False, local: bool = False, task: str | None = None,
+                 since: str | None = None, host: str | None = None, run_id: str | None = None,
+                 try_num: int | None = None, iteration: int | None = None,
+                 limit: int = 50) -> None:
+        self.as_json = as_json
+        self.local = local
+        self.task = task
+        self.since = since
+        self.host = host
+        self.run_id = run_id
+        self.try_num = try_num
+        self.iteration = iteration
+        self.limit = limit
 
 
 def _since(text: str | None) -> datetime | None:
     if text is None:
         return None
+    from ..errors import ConfigError
+    from ..history import parse_since
+
     try:
-        return history.parse_since(text)
+        return parse_since(text)
     except ValueError as exc:
         raise ConfigError(f"--since: {exc}") from None
 
 
-def _open(config: Config, local: bool) -> Reader:
-    url = config.runner.journal_url
+def _open(where: Where, local: bool) -> Reader:
+    from .. import history
+
+    url = where.journal_url
     if url and not local:
         return history.open_postgres(url)
-    return history.open_local(config.runner.state_dir)
+    return history.open_local(where.state_dir)
 
 
 def _fail(message: str) -> int:
@@ -64,6 +82,8 @@ def _fail(message: str) -> int:
 
 
 def _filters(reader: Reader, opts: ReportOptions, host: str | None) -> Filters | None:
+    from ..history import Filters
+
     tasks = None
     if opts.task is not None:
         tasks = reader.resolve_task(opts.task)
@@ -77,12 +97,23 @@ def _filters(reader: Reader, opts: ReportOptions, host: str | None) -> Filters |
 
 def report(command: str, options: RunOptions, opts: ReportOptions,
            out: TextIO = sys.stdout) -> int:
+    from ..config import load
+
     config = load(options.config_path, options.overrides)
+    return report_at(command, config.runner, opts, out)
+
+
+def report_at(command: str, where: Where, opts: ReportOptions,
+              out: TextIO = sys.stdout) -> int:
+    """`command` on the journal and status file of `where` (runner.commands.light, or the
+    loaded configuration's [runner])."""
+    from ..history import JournalUnavailable
+
     _since(opts.since)  # a bad --since is bad input even when there is no journal
     if command == "status":
-        return status(config, opts, out)
+        return status(where, opts, out)
     try:
-        reader = _open(config, opts.local)
+        reader = _open(where, opts.local)
     except JournalUnavailable as exc:
         return _fail(str(exc))
     try:
@@ -113,7 +144,7 @@ def history_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
 
 def log_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
     # The fleet journal holds every host's runs; a log is about this one unless told.
-    host = opts.host or (socket.gethostname() if reader.postgres else None)
+    host = opts.host or (_hostname() if reader.postgres else None)
     filters = _filters(reader, opts, host)
     if filters is None:
         return _fail(f"no task {opts.task!r} in the journal {reader.source}")
@@ -124,6 +155,8 @@ def log_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
     if opts.as_json:
         # Line by line under runner.escape's rule: the lines the log showed, and valid
         # JSON whatever bytes the task printed.
+        from ..escape import escape_bytes
+
         record["output"] = "\n".join(map(escape_bytes, output.split(b"\n")))
         _dump(record, out)
         return 0
@@ -144,7 +177,9 @@ def blame_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
     if filters.since is None and filters.run_id is None:
         # Like systemd-analyze blame's "this boot": the newest runner run by default (of
         # this host in the fleet journal, which holds every host's runs).
-        runs = reader.runs(opts.host or (socket.gethostname() if reader.postgres else None))
+        from ..history import Filters
+
+        runs = reader.runs(opts.host or (_hostname() if reader.postgres else None))
         if not runs:
             return _fail(f"no runs recorded in the journal {reader.source}")
         filters = Filters(tasks=filters.tasks, host=filters.host, run_id=runs[0]["run_id"])
@@ -170,13 +205,21 @@ def blame_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
 
 # -- status -------------------------------------------------------------------
 
-def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
-    alive, pid, live = who_runs(config)
-    host = socket.gethostname()
+def _hostname() -> str:
+    """socket.gethostname(), without importing socket: on Linux both are uname(2)'s."""
+    return os.uname().nodename
+
+
+def status(where: Where, opts: ReportOptions, out: TextIO) -> int:
+    from ..history import Filters, JournalUnavailable, open_local
+    from ..journalfile import INTERRUPTED, RUNNING, journal_path, moved_aside_files
+
+    alive, pid, live = who_runs(where)
+    host = _hostname()
     tasks: list[dict[str, Any]] = []
     last_run, problem = None, None
     try:
-        reader = history.open_local(config.runner.state_dir)
+        reader = open_local(where.state_dir)
     except JournalUnavailable as exc:
         problem = str(exc)
     else:
@@ -197,7 +240,7 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
             reader.close()
     # A runner that has exited left its last word in the status file (until a reboot
     # empties runtime_dir): what its journal could not write is still worth saying.
-    last_word = live or _status_of(config, last_run) or {}
+    last_word = live or _status_of(where, last_run) or {}
     document = {
         "host": host,
         "running": alive,
@@ -207,18 +250,18 @@ def status(config: Config, opts: ReportOptions, out: TextIO) -> int:
         "forward": (live or {}).get("forward"),
         "journal_problem": problem,
         # Files, not a flag: the message stays until someone has looked and removed them.
-        "journal_moved_aside": moved_aside_files(journal_path(config.runner.state_dir)),
+        "journal_moved_aside": moved_aside_files(journal_path(where.state_dir)),
         "last_run": last_run,
         "tasks": tasks,
     }
     if opts.as_json:
         _dump(document, out)
     else:
-        _print_status(document, config, out)
+        _print_status(document, where, out)
     return 0 if (alive or last_run or tasks) else NOTHING
 
 
-def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
+def who_runs(where: Where) -> tuple[bool, int | None, dict[str, Any] | None]:
     """Whether a runner runs on this state_dir, its pid, and its live status (None when
     the status file is not that runner's).
 
@@ -226,10 +269,14 @@ def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
     apart. It is trusted only when the lock cannot be asked (no lock file to read) or
     when that runner says it runs without one (its state_dir was not writable).
     """
-    live = read_status(config.runner.runtime_dir) or {}  # {}: no live status
+    from .. import instance
+    from ..identity import still_running
+    from ..livestatus import read_status
+
+    live = read_status(where.runtime_dir) or {}  # {}: no live status
     live_alive = bool(live) and still_running(live.get("pid"), live.get("pid_start"),
                                               live.get("boot_id"))
-    lock = instance.probe(config.runner.state_dir)
+    lock = instance.probe(where.state_dir)
     if lock.held:
         # No pid in the lock file (a full state_dir): a live status file is the holder's.
         mine = live_alive and lock.pid in (None, live.get("pid"))
@@ -239,9 +286,11 @@ def who_runs(config: Config) -> tuple[bool, int | None, dict[str, Any] | None]:
     return False, None, None
 
 
-def _status_of(config: Config, run: dict[str, Any] | None) -> dict[str, Any] | None:
+def _status_of(where: Where, run: dict[str, Any] | None) -> dict[str, Any] | None:
     """The status file, when it is the one `run` (the journal's last run) left."""
-    left = read_status(config.runner.runtime_dir)
+    from ..livestatus import read_status
+
+    left = read_status(where.runtime_dir)
     return left if run and left and left.get("run_id") == run["run_id"] else None
 
 
@@ -250,11 +299,15 @@ def _live_run(runs: list[dict[str, Any]], pid: int | None,
     """The run id of the runner that runs now: from its status file, else the journal."""
     if live:
         return live.get("run_id")
+    from ..journalfile import RUNNING
+
     return next((r["run_id"] for r in runs if r["result"] == RUNNING and r.get("pid") == pid),
                 None)
 
 
-def _print_status(doc: dict[str, Any], config: Config, out: TextIO) -> None:
+def _print_status(doc: dict[str, Any], where: Where, out: TextIO) -> None:
+    from ..livestatus import status_path
+
     live = doc["runner"]
     if live:
         print(f"runner on {doc['host']}: running since {_local(live['started_at'])} "
@@ -262,7 +315,7 @@ def _print_status(doc: dict[str, Any], config: Config, out: TextIO) -> None:
         print(f"  now: {_now_line(live)}", file=out)
     elif doc["running"]:
         print(f"runner on {doc['host']}: running (pid {doc['pid'] or 'unknown'}); its live "
-              f"status is not in {status_path(config.runner.runtime_dir)}", file=out)
+              f"status is not in {status_path(where.runtime_dir)}", file=out)
     elif doc["last_run"]:
         run = doc["last_run"]
         ended = f" at {_local(run['ended_at'])}" if run.get("ended_at") else ""
@@ -364,6 +417,8 @@ def _local(text: str | None) -> str:
     """An ISO UTC time from the journal as local wall-clock time, for people."""
     if not text:
         return "-"
+    from datetime import datetime
+
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -382,6 +437,8 @@ def _write_bytes(data: bytes, out: TextIO) -> None:
 
 
 def _dump(data: Any, out: TextIO) -> None:
+    import json
+
     json.dump(data, out, indent=2, default=str)
     print(file=out)
 

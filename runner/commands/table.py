@@ -3,7 +3,9 @@ print (its own room, so the light commands need not import `runner check`)."""
 
 from __future__ import annotations
 
-from typing import TextIO
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (its cost)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 def print_table(columns: list[str], rows: list[list[str]], out: TextIO) -> None:
