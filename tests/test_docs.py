@@ -55,3 +55,16 @@ def test_docs_module_prints_the_table():
     proc = subprocess.run([sys.executable, "-m", "runner.docs", "config-table"],
                           capture_output=True, text=True, check=True)
     assert "| `max_tries` | integer ≥ 1 | 5 |" in proc.stdout
+
+
+def test_every_module_has_its_room_in_the_readme():
+    """The Architecture table names every module of the package (commands/* as a group):
+    a new module says there what concern it holds."""
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    table = text[text.index("### Architecture"):text.index("### Exit statuses")]
+    modules = [p.stem for p in (root / "runner").glob("*.py")
+               if p.stem not in ("__init__", "__main__")]
+    missing = [m for m in modules if f"`{m}`" not in table]
+    assert not missing, missing
+    assert "`commands/*`" in table
