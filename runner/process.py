@@ -177,6 +177,8 @@ def _run(argv: list[str], env: dict[str, str], cwd: str, limits: Limits,
         result = _Waiter(proc, limits, signals, started, env, label, cell).wait()
     except BaseException:
         _stop_group(proc, limits.kill_grace)  # an error in runner must not leave it running
+        if cell is not None:
+            cell.kill(proc.pid)  # nor anything it started, wherever it went
         raise
     finally:
         reaper.release(proc)
