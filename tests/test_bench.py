@@ -143,7 +143,10 @@ def test_the_task_profile_measures_every_part_of_a_task_run():
     proc = subprocess.run([sys.executable, str(script), "--tasks", "5", "--rounds", "1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    figures = dict(re.findall(r"^  (\S+(?: \S+)?) +([\d.]+) ms/task", proc.stdout, re.M))
+    figures = dict(re.findall(r"^  (\S+(?: \S+)?) +(-?[\d.]+) ms/task", proc.stdout, re.M))
     assert set(figures) == {"spawn floor", "process", "journal", "status file", "logging",
                             "whole chain"}, proc.stdout
-    assert all(float(value) > 0 for value in figures.values()), proc.stdout
+    # The whole chain is a difference of two noisy walls at this size: only the parts,
+    # each timed alone, must be positive.
+    assert all(float(figures[part]) > 0 for part in figures if part != "whole chain"), \
+        proc.stdout
