@@ -287,7 +287,8 @@ def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
     for number in range(4):
         ws.task(f"{number}0-task.sh", f"echo task {number} ran")
     # While runner runs, ask it what it knows (runner status from inside a task).
-    ws.task("50-ask.sh", f"'{RUNNER}' -c '{ws.cfg}' status > '{ws.root}/status.txt' 2>&1")
+    ws.task("50-ask.sh", ws.until_live("50-ask.sh")
+            + f"'{RUNNER}' -c '{ws.cfg}' status > '{ws.root}/status.txt' 2>&1")
     proc = run_on_small_disk(ws, f"mount -o remount,ro '{ws.state}'", "-n", "2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("ran") == 8  # 4 tasks x 2 iterations
