@@ -5,21 +5,24 @@ tables have the same columns; PostgreSQL's carry a `runner_` prefix), so every c
 answers from either. One difference: "newest" in the local journal is the journal's own
 order (runs.run_seq, then the task run's seq), which a wall clock far behind or ahead
 cannot reorder; the fleet journal mixes hosts, whose only common order is started_at.
+
+`runner status` and `runner history` start here (issue 17): at import time it loads
+`os`, `sqlite3`, `datetime` (which sqlite3 loads anyway) and runner's light modules only;
+`re`, runner.escape and runner.names come with the arguments that need them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
 
-from . import journalfile
-from .escape import escape
-from .identity import iso
-from .names import short_name
+from . import journalread
+from .clock import iso
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (its cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 # The fields of every record the commands print (and --json carries).
 RECORD_FIELDS = (
@@ -36,18 +39,27 @@ class JournalUnavailable(Exception):
     """There is no journal to read, or it cannot be read; the message says which."""
 
 
-@dataclass(frozen=True)
 class Filters:
-    tasks: tuple[str, ...] | None = None  # exact file names; None means all
-    since: datetime | None = None
-    host: str | None = None
-    run_id: str | None = None
-    try_num: int | None = None
-    iteration: int | None = None
+    """Which task runs a question is about; None means any. (A plain class: dataclasses
+    would import inspect and re.)"""
+
+    __slots__ = ("host", "iteration", "run_id", "since", "tasks", "try_num")
+
+    def __init__(self, tasks: tuple[str, ...] | None = None, since: datetime | None = None,
+                 host: str | None = None, run_id: str | None = None,
+                 try_num: int | None = None, iteration: int | None = None) -> None:
+        self.tasks = tasks  # exact file names
+        self.since = since
+        self.host = host
+        self.run_id = run_id
+        self.try_num = try_num
+        self.iteration = iteration
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`2h`, `30m`, `1d`, `today`, `yesterday`, `2026-11-23`, `2026-11-23T10:00` -> UTC."""
+    import re
+
     now = now or datetime.now(UTC)
     value = text.strip().lower()
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value)
@@ -115,7 +127,7 @@ class Reader:
         """ORDER BY terms for task runs, newest first."""
         if not self.by_run_seq:
             return "started_at DESC, seq DESC"
-        return f"{journalfile.RUN_ORDER} DESC, seq DESC"
+        return f"{journalread.RUN_ORDER} DESC, seq DESC"
 
     def _where(self, filters: Filters, alias: str = "") -> tuple[str, list[Any]]:
         prefix = f"{alias}." if alias else ""
@@ -146,6 +158,9 @@ class Reader:
         """The recorded file names a task argument means: a file name or a short name,
         as the file system has it (the journal holds it escaped, runner.escape) or as
         runner shows it (the escaped text, copied from a listing); the former first."""
+        from .escape import escape
+        from .names import short_name
+
         names = self.task_names()
         for wanted in dict.fromkeys((escape(name), name)):
             if wanted in names:
@@ -249,17 +264,17 @@ def _cost_totals(user_s: float | None, system_s: float | None,
 
 
 def open_local(state_dir: str) -> Reader:
-    path = journalfile.journal_path(state_dir)
+    path = journalread.journal_path(state_dir)
     if not os.path.exists(path):
         raise JournalUnavailable(f"no journal at {path}: runner has not run with this state_dir")
     try:
-        conn = journalfile.connect(path, readonly=True)
-    except journalfile.JournalError as exc:
+        conn = journalread.connect_readonly(path)
+    except journalread.JournalError as exc:
         raise JournalUnavailable(str(exc)) from None
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     return Reader(conn, postgres=False, source=path,
-                  run_seq=version >= journalfile.RUN_SEQ_SCHEMA,
-                  cost=version >= journalfile.COST_SCHEMA)
+                  run_seq=version >= journalread.RUN_SEQ_SCHEMA,
+                  cost=version >= journalread.COST_SCHEMA)
 
 
 def open_postgres(url: str) -> Reader:

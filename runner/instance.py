@@ -6,7 +6,7 @@ not to the process, so it survives python-daemon's forks. The descriptor is O_CL
 a task still running after runner died must not keep the next runner out.
 
 `runner status` asks the same lock whether runner runs (a shared, non-blocking probe)
-and reads the holder's pid from the file.
+and reads the holder's pid from the file: runner.lockprobe, re-exported here.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ import time
 from dataclasses import dataclass
 
 from .files import make_dir
+from .lockprobe import LOCK_NAME as LOCK_NAME
+from .lockprobe import LockState as LockState
+from .lockprobe import lock_path, read_pid
+from .lockprobe import probe as probe
 
 log = logging.getLogger("runner")
 
-LOCK_NAME = "runner.lock"
 EX_TEMPFAIL = 75  # sysexits(3): another runner already runs; try again later
 STATE_DIR_MODE = 0o755
 # A `runner status` probe holds a shared lock for microseconds: a runner starting at
@@ -62,19 +65,6 @@ class InstanceLock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-@dataclass(frozen=True)
-class LockState:
-    """What the lock says: held (and by which pid), free, or None when it cannot tell
-    (no lock file: runner never ran here, or ran without the lock)."""
-
-    held: bool | None
-    pid: int | None = None
-
-
-def lock_path(state_dir: str) -> str:
-    return os.path.join(state_dir, LOCK_NAME)
 
 
 def acquire(state_dir: str) -> InstanceLock | None:
@@ -132,32 +122,3 @@ def _refusal(fd: int, state_dir: str, path: str) -> str:
     pid = read_pid(fd)
     who = f"with pid {pid}" if pid else "(pid not yet written)"
     return f"{state_dir}: runner is already running {who} (it holds {path})"
-
-
-def read_pid(fd: int) -> int | None:
-    try:
-        first = os.pread(fd, 64, 0).split(b"\n", 1)[0]
-        return int(first) if first.strip() else None
-    except (OSError, ValueError):
-        return None
-
-
-def probe(state_dir: str) -> LockState:
-    """Whether a runner holds the lock of `state_dir`, without ever holding it long.
-
-    A shared lock: probes do not block one another, and a runner starting meanwhile
-    retries (ACQUIRE_WAIT_S). Needs only read access to the file.
-    """
-    try:
-        fd = os.open(lock_path(state_dir), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return LockState(None)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return LockState(True, read_pid(fd))
-    except OSError:
-        return LockState(None)
-    finally:
-        os.close(fd)  # releases the shared lock, if taken
-    return LockState(False)

@@ -1,11 +1,11 @@
-"""The local journal's SQLite file: its schema and migrations, opening it (and moving a
+"""The local journal's SQLite file: migrating it, opening it for writing (and moving a
 damaged one aside), and marking what dead runners left RUNNING as INTERRUPTED.
 runner.journal writes it; `runner history` and the forwarder read it; runner.retention
-decides what it keeps."""
+decides what it keeps. Its schema, path and read-only connection are runner.journalread's
+(what the light commands import), re-exported here."""
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import sqlite3
@@ -13,83 +13,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from .identity import RunIdentity, still_running, utc_now
-from .states import TaskState
+from .journalread import COST_SCHEMA as COST_SCHEMA
+from .journalread import DAMAGED_SUFFIX as DAMAGED_SUFFIX
+from .journalread import FILE_NAME as FILE_NAME
+from .journalread import INTERRUPTED as INTERRUPTED
+from .journalread import MIGRATIONS as MIGRATIONS
+from .journalread import RUN_ORDER as RUN_ORDER
+from .journalread import RUN_SEQ_SCHEMA as RUN_SEQ_SCHEMA
+from .journalread import RUNNING as RUNNING
+from .journalread import SCHEMA_VERSION as SCHEMA_VERSION
+from .journalread import SIDE_FILES as SIDE_FILES
+from .journalread import DamagedJournal as DamagedJournal
+from .journalread import JournalError as JournalError
+from .journalread import check_version, connect_readonly, opened
+from .journalread import is_damage as is_damage
+from .journalread import journal_path as journal_path
+from .journalread import moved_aside_files as moved_aside_files
 
 log = logging.getLogger("runner.journal")
-
-FILE_NAME = "journal.sqlite"
-INTERRUPTED = TaskState.INTERRUPTED.value
-RUNNING = TaskState.RUNNING.value
-
-# Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
-MIGRATIONS = (
-    """
-    CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY, host TEXT NOT NULL, boot_id TEXT, pid INTEGER,
-        pid_start INTEGER, version TEXT, config TEXT, task_dir TEXT,
-        started_at TEXT NOT NULL, ended_at TEXT, result TEXT NOT NULL, exit_status INTEGER,
-        rev INTEGER NOT NULL DEFAULT 1, synced_rev INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE tries (
-        run_id TEXT NOT NULL, iteration INTEGER NOT NULL, try_num INTEGER NOT NULL,
-        host TEXT NOT NULL, boot_id TEXT, started_at TEXT NOT NULL, ended_at TEXT,
-        result TEXT NOT NULL, failed_task TEXT,
-        rev INTEGER NOT NULL DEFAULT 1, synced_rev INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (run_id, iteration, try_num));
-    CREATE TABLE task_runs (
-        run_id TEXT NOT NULL, seq INTEGER NOT NULL, host TEXT NOT NULL, boot_id TEXT,
-        iteration INTEGER NOT NULL, try_num INTEGER NOT NULL, max_tries INTEGER NOT NULL,
-        task TEXT NOT NULL, kind TEXT NOT NULL, result TEXT NOT NULL, exit_code INTEGER,
-        signal INTEGER, error TEXT, started_at TEXT NOT NULL, ended_at TEXT,
-        duration_s REAL, output BLOB,
-        rev INTEGER NOT NULL DEFAULT 1, synced_rev INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (run_id, seq));
-    CREATE INDEX task_runs_by_task ON task_runs (task, started_at);
-    CREATE INDEX task_runs_by_time ON task_runs (started_at);
-    CREATE INDEX runs_unsynced ON runs (started_at) WHERE synced_rev < rev;
-    CREATE INDEX tries_unsynced ON tries (started_at) WHERE synced_rev < rev;
-    CREATE INDEX task_runs_unsynced ON task_runs (started_at) WHERE synced_rev < rev;
-    """,
-    # The journal's own order of runs, which a wrong wall clock cannot reorder: "latest"
-    # and retention follow it, never started_at alone. Existing runs keep the order they
-    # were inserted in (rowid); each new one gets the next number from the trigger.
-    """
-    ALTER TABLE runs ADD COLUMN run_seq INTEGER;
-    UPDATE runs SET run_seq = rowid;
-    CREATE UNIQUE INDEX runs_by_seq ON runs (run_seq);
-    CREATE TRIGGER runs_next_seq AFTER INSERT ON runs WHEN NEW.run_seq IS NULL
-    BEGIN
-        UPDATE runs SET run_seq = (SELECT coalesce(max(run_seq), 0) + 1 FROM runs)
-        WHERE run_id = NEW.run_id;
-    END;
-    """,
-    # What each task run cost (runner.usage): NULL where it is not known (it never
-    # started, a record written before schema 3, peak memory without a cgroup).
-    """
-    ALTER TABLE task_runs ADD COLUMN cpu_user_s REAL;
-    ALTER TABLE task_runs ADD COLUMN cpu_system_s REAL;
-    ALTER TABLE task_runs ADD COLUMN peak_memory_bytes INTEGER;
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-RUN_SEQ_SCHEMA = 2  # the first schema with runs.run_seq
-COST_SCHEMA = 3  # the first schema with task_runs.cpu_user_s, cpu_system_s, peak_memory_bytes
-# A task run's place in the journal's own order is its run's run_seq, then its seq.
-RUN_ORDER = "(SELECT run_seq FROM runs WHERE runs.run_id = task_runs.run_id)"
-
-
-# SQLite's word for a file that is not a database, or one whose pages contradict
-# each other: no retry can fix it (unlike a lock, a full disk or a read-only directory).
-DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-DAMAGED_SUFFIX = ".damaged-"
-SIDE_FILES = ("", "-wal", "-shm")
-
-
-class JournalError(Exception):
-    """The journal file cannot be opened, read or written."""
-
-
-class DamagedJournal(JournalError):
-    """The journal file is not a database or is corrupt."""
 
 
 @dataclass(frozen=True)
@@ -100,43 +41,21 @@ class MovedAside:
     reason: str
 
 
-def journal_path(state_dir: str) -> str:
-    return os.path.join(state_dir, FILE_NAME)
-
-
 def connect(path: str, *, readonly: bool = False, timeout: float = 5.0) -> sqlite3.Connection:
     """A connection to the journal, migrated to the current schema (unless read-only)."""
-    conn = None
-    try:
-        if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
-            conn.row_factory = sqlite3.Row
-            _check_version(conn, path)
-            return conn
+    if readonly:
+        return connect_readonly(path, timeout=timeout)
+
+    def make() -> sqlite3.Connection:
         _create_private(path)
-        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
-        conn.row_factory = sqlite3.Row
+        return sqlite3.connect(path, timeout=timeout, isolation_level=None)
+
+    def prepare(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # see the module's docstring
         _migrate(conn, path)
-        return conn
-    except BaseException as exc:
-        # Closed at once: a connection left to the garbage collector could still touch
-        # PATH-wal after a damaged file has been moved aside and a new one started.
-        if conn is not None:
-            conn.close()
-        if isinstance(exc, sqlite3.Error):
-            kind = DamagedJournal if is_damage(exc) else JournalError
-            raise kind(f"{path}: {exc}") from None
-        if isinstance(exc, OSError):
-            raise JournalError(f"{path}: {exc.strerror}") from None
-        raise
 
-
-def is_damage(exc: BaseException) -> bool:
-    """Whether an SQLite error says the file itself is broken (not busy, full or locked)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in DAMAGE_CODES
+    return opened(path, make, prepare)
 
 
 def open_journal(path: str) -> tuple[sqlite3.Connection, MovedAside | None]:
@@ -186,12 +105,6 @@ def move_aside(path: str) -> str:
     return target
 
 
-def moved_aside_files(path: str) -> list[str]:
-    """The damaged journals moved aside next to `path` and still there, oldest first."""
-    found = glob.glob(glob.escape(path + DAMAGED_SUFFIX) + "*")
-    return sorted(f for f in found if not f.endswith(SIDE_FILES[1:]))
-
-
 def _create_private(path: str) -> None:
     # Task output may hold secrets: the file (and SQLite's -wal/-shm, which copy its
     # mode) is readable by its owner only.
@@ -199,17 +112,8 @@ def _create_private(path: str) -> None:
     os.close(fd)
 
 
-def _check_version(conn: sqlite3.Connection, path: str) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise JournalError(
-            f"{path}: journal schema {version} is newer than this runner knows "
-            f"({SCHEMA_VERSION}); upgrade runner"
-        )
-
-
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    _check_version(conn, path)
+    check_version(conn, path)
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -3,13 +3,14 @@
 `runner status` reads it for what the journal cannot say: the task running this very
 moment, a backoff in progress, and whether the journal itself can be written. It lives
 in runtime_dir (tmpfs under systemd) so a full or read-only state_dir cannot silence it.
+Where it is and reading it back are runner.statusfile's (light, for `runner status`),
+re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,29 +23,17 @@ from .files import make_dir, write_atomic
 from .identity import RunIdentity, iso, utc_now
 from .masking import masked_json
 from .states import TaskRun, TaskState
+from .statusfile import FILE_NAME as FILE_NAME
+from .statusfile import read_status as read_status
+from .statusfile import status_path as status_path
 
 log = logging.getLogger("runner.status")
 
-FILE_NAME = "status.json"
 # Task starts and ends are written this long after they happen (or with the next write
 # that comes first): a task that runs for less is not worth showing, and in a chain of
 # short tasks this saves two file replacements per task. Waits, the end of an iteration
 # and runner's exit are written at once.
 DEFER_S = 0.05
-
-
-def status_path(runtime_dir: str) -> str:
-    return os.path.join(runtime_dir, FILE_NAME)
-
-
-def read_status(runtime_dir: str) -> dict[str, Any] | None:
-    """The live status, or None when there is none (or it cannot be read)."""
-    try:
-        with open(status_path(runtime_dir), "rb") as file:
-            data = json.load(file)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class LiveStatus(Listener):

@@ -115,6 +115,14 @@ class Workspace:
         path.chmod(mode)
         return path
 
+    def until_live(self, task: str) -> str:
+        """Shell that waits (up to 5 s) until the live status file names `task` running:
+        runner writes a task's start there up to 50 ms later (runner.livestatus.DEFER_S),
+        and `runner status` may start and read it sooner than that."""
+        needle = f'"task": "{task}"'
+        return (f"for i in $(seq 500); do grep -qF '{needle}' '{self.root}/run/status.json' "
+                "2>/dev/null && break; sleep 0.01; done; ")
+
     def config(self, text: str = "", **runner: object) -> Path:
         """Write runner.cfg: test defaults and `runner` keys in [runner], then `text`."""
         values = {**BASE_RUNNER, "state_dir": str(self.state),

@@ -3,14 +3,17 @@ only for argument lists argparse reads the same way, and with the same text."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from runner import arguments, cli, helptext
+from runner import arguments, cli, helptext, statusfile
 from runner.commands.light import cached_locations
 
 RUNNER = str(Path(sys.executable).with_name("runner"))
@@ -121,3 +124,50 @@ def test_a_broken_config_is_one_line_and_78_through_the_light_path(tmp_path):
     proc = subprocess.run([RUNNER, "-c", str(cfg), "ctl", "pause", "now"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 78 and "pause takes no arguments" in proc.stderr, proc.stderr
+
+
+# What a status file may hold: what runner writes (json.dumps of a dict), and worse.
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+def _json_says(data: bytes):
+    try:
+        return "value", repr(json.loads(data))
+    except ValueError as exc:
+        return "error", type(exc).__name__
+
+
+def _loads_says(data: bytes):
+    try:
+        return "value", repr(statusfile.loads(data))
+    except ValueError as exc:
+        return "error", type(exc).__name__
+
+
+@given(st.dictionaries(st.text(), _JSON, max_size=6), st.booleans())
+def test_the_status_file_reads_as_json_reads_it(document, ascii_only):
+    """runner.statusfile reads status.json without importing json (its `import re`); what
+    it makes of what runner writes is json.loads's."""
+    data = json.dumps(document, ensure_ascii=ascii_only).encode() + b"\n"
+    assert _loads_says(data) == _json_says(data)
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a": 1} x', b'{"a": 1}{', b"{", b"", b"[1]", b' {"a": 1}', b'{"a": "\x01"}',
+    b'{"a": NaN, "b": -Infinity}', b'{"a": 1}\n\n \t', b'{"a": 1, "a": 2}',
+    b'\xef\xbb\xbf{"a": 1}', b'{"a": "\xff"}', '{"a": 1}'.encode("utf-16"),
+    b'{"a": "\\ud800"}', b'{"a": 1e400}', b'{"a": 1}\x00'])
+def test_the_status_file_reads_as_json_reads_it_whatever_it_holds(data):
+    assert _loads_says(data) == _json_says(data)
+
+
+def test_reading_the_status_file_imports_no_json(tmp_path):
+    (tmp_path / "status.json").write_text('{"pid": 1, "tasks_running": ["a", "b"]}\n')
+    code = ("import sys\nfrom runner.statusfile import read_status\n"
+            f"print(read_status({str(tmp_path)!r}), 'json' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout == "{'pid': 1, 'tasks_running': ['a', 'b']} False\n"

@@ -196,6 +196,29 @@ def _config(tmp_path):
     return str(cfg)
 
 
+def _journal_and_status(tmp_path):
+    """What a runner that ran once and exited leaves for `runner status` and `history` to
+    read: a journal with its run and a task run, and its last status file."""
+    from runner import journalfile
+
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    conn = journalfile.connect(str(tmp_path / "state" / journalfile.FILE_NAME))
+    started = "2026-11-23T10:00:00.000Z"
+    run = {"run_id": "r1", "host": "h", "boot_id": "b", "pid": 1, "started_at": started,
+           "ended_at": started, "result": "DONE", "exit_status": 0}
+    task_run = {"run_id": "r1", "seq": 1, "host": "h", "iteration": 1, "try_num": 1,
+                "max_tries": 1, "task": "10-noop", "kind": "task", "result": "OK",
+                "exit_code": 0, "started_at": started, "ended_at": started,
+                "duration_s": 0.01}
+    for op in (journalfile.insert("runs", run), journalfile.insert("task_runs", task_run)):
+        conn.execute(*op)
+    conn.close()
+    (tmp_path / "run" / "status.json").write_text(
+        '{"run_id": "r1", "pid": 1, "pid_start": 1, "boot_id": "b", "state": "finished", '
+        '"started_at": "2026-11-23T10:00:00.000Z", "journal": {"ok": true}}\n')
+
+
 @pytest.mark.parametrize("command", [["status"], ["history", "--limit", "20"],
                                      ["ctl", "pause"]])
 def test_light_commands_do_not_import_the_run_machinery(tmp_path, command):
@@ -211,17 +234,28 @@ def test_light_commands_do_not_import_the_run_machinery(tmp_path, command):
 FULL_PARSER = {"argparse", "runner.arguments"}
 PARSING = {"configobj", "validate", "runner.config", "runner.spec", "runner.dialect",
            "runner.settings"}
+# What writes the journal and the status file, takes the lock or identifies a run, and
+# what that imports: none of it is a reader's.
+WRITERS = {"logging", "dataclasses", "inspect", "socket", "uuid", "typing", "enum",
+           "threading", "runner.journalfile", "runner.journal", "runner.livestatus",
+           "runner.instance", "runner.identity", "runner.states", "runner.tasks",
+           "runner.usage", "runner.events", "runner.masking", "runner.files",
+           "runner.escape", "runner.names"}
 LIGHT_IMPORTS = {
     "--help": FULL_PARSER | PARSING | {"logging", "re", "json", "sqlite3", "dataclasses",
                                        "typing", "enum"},
     "ctl": FULL_PARSER | PARSING | {"logging", "re", "json", "socket", "sqlite3",
                                     "dataclasses", "typing", "enum", "runner.ctlsocket",
                                     "runner.escape", "runner.logs"},
-    # The journal is read through runner.journalfile, which imports logging, re and
-    # dataclasses (and the run path is being changed meanwhile): not pinned yet.
-    "status": FULL_PARSER | PARSING | {"runner.ctlsocket", "runner.logs", "psycopg"},
-    "history": FULL_PARSER | PARSING | {"runner.ctlsocket", "runner.logs", "psycopg",
-                                        "runner.livestatus"},
+    # The journal, the status file and the lock are read through their light rooms
+    # (runner.journalread, runner.statusfile, runner.lockprobe, runner.liveness), never
+    # the writers' (logging, dataclasses, socket, uuid, the task states ...): os, sqlite3
+    # and datetime; the status file without json's `import re`.
+    "status": FULL_PARSER | PARSING | WRITERS | {"runner.ctlsocket", "runner.logs",
+                                                 "psycopg", "json", "re", "glob"},
+    "history": FULL_PARSER | PARSING | WRITERS | {"runner.ctlsocket", "runner.logs",
+                                                  "psycopg", "json", "re", "glob", "fcntl",
+                                                  "runner.statusfile", "runner.lockprobe"},
     "check": {"sqlite3", "psycopg", "runner.supervisor", "runner.scheduler",
               "runner.tasklife", "runner.process", "runner.journal", "runner.journalfile",
               "runner.pgjournal", "runner.ctlsocket"},
@@ -238,8 +272,12 @@ def test_each_command_people_type_imports_only_what_it_needs(tmp_path, argv):
     tasks.mkdir()
     argv = [str(tasks) if arg == "TASKS" else arg for arg in argv]
     config = [] if argv == ["--help"] else ["-c", _config(tmp_path)]
+    if argv[0] in ("status", "history"):
+        _journal_and_status(tmp_path)
     loaded, proc = _loaded_by(tmp_path, [*config, *argv])
     assert "runner.cli" in loaded, (proc.stdout, proc.stderr)
+    if argv[0] in ("status", "history"):  # it read them: the whole answer
+        assert "10-noop" in proc.stdout and proc.returncode == 0, proc
     if argv[0] in ("--help", "ctl"):  # the whole answer, without the full parser
         assert proc.stdout.startswith("usage: runner") if argv == ["--help"] else \
             "runner is not running" in proc.stderr, proc

@@ -287,7 +287,8 @@ def test_a_read_only_state_dir_warns_once_and_every_task_still_runs(ws):
     for number in range(4):
         ws.task(f"{number}0-task.sh", f"echo task {number} ran")
     # While runner runs, ask it what it knows (runner status from inside a task).
-    ws.task("50-ask.sh", f"'{RUNNER}' -c '{ws.cfg}' status > '{ws.root}/status.txt' 2>&1")
+    ws.task("50-ask.sh", ws.until_live("50-ask.sh")
+            + f"'{RUNNER}' -c '{ws.cfg}' status > '{ws.root}/status.txt' 2>&1")
     proc = run_on_small_disk(ws, f"mount -o remount,ro '{ws.state}'", "-n", "2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("ran") == 8  # 4 tasks x 2 iterations
@@ -352,3 +353,51 @@ def test_one_run_id_ties_the_journal_the_hook_json_and_the_task_environment(ws):
     hook_calls = [json.loads(line) for line in (ws.root / "hook.log").read_text().splitlines()]
     assert [call["run_id"] for call in hook_calls] == [run["run_id"]] * 2
     assert {r["run_id"] for r in task_runs(ws)} == {run["run_id"]}
+
+
+def test_the_readers_room_holds_the_writers_definitions():
+    """runner.journalread is what `runner status` and `history` import; runner.journalfile
+    writes with the very same schema, names and results."""
+    from runner import journalread
+    from runner.states import TaskState
+
+    assert journalread.RUNNING == TaskState.RUNNING.value
+    assert journalread.INTERRUPTED == TaskState.INTERRUPTED.value
+    for name in ("MIGRATIONS", "SCHEMA_VERSION", "RUN_ORDER", "FILE_NAME", "JournalError",
+                 "DamagedJournal", "journal_path", "moved_aside_files", "RUNNING"):
+        assert getattr(journalfile, name) is getattr(journalread, name), name
+
+
+def test_moved_aside_files_lists_the_damaged_journals_oldest_first(tmp_path):
+    path = str(tmp_path / journalfile.FILE_NAME)
+    names = ["journal.sqlite.damaged-20261123T100000Z",
+             "journal.sqlite.damaged-20261123T100000Z.2",
+             "journal.sqlite.damaged-20261122T090000Z", "journal.sqlite.damaged-[x]*?"]
+    others = ["journal.sqlite", "journal.sqlite-wal", "other.damaged-20261123T100000Z",
+              "journal.sqlite.damaged-20261123T100000Z-wal",
+              "journal.sqlite.damaged-20261123T100000Z-shm"]
+    for name in names + others:
+        (tmp_path / name).write_bytes(b"")
+    assert journalfile.moved_aside_files(path) == sorted(str(tmp_path / n) for n in names)
+    assert journalfile.moved_aside_files(str(tmp_path / "gone" / "journal.sqlite")) == []
+
+
+def test_a_read_only_connection_refuses_a_newer_schema_and_a_damaged_file(tmp_path):
+    path = tmp_path / journalfile.FILE_NAME
+    journalfile.connect(str(path)).close()
+    conn = journalfile.connect(str(path), readonly=True)
+    with pytest.raises(sqlite3.OperationalError):  # read-only: nothing is written
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(journalfile.JournalError, match="newer than this runner"):
+        journalfile.connect(str(path), readonly=True)
+    for side in journalfile.SIDE_FILES[1:]:
+        Path(f"{path}{side}").unlink(missing_ok=True)
+    path.write_bytes(b"not a database, and long enough to have a header" * 4)
+    with pytest.raises(journalfile.DamagedJournal):
+        journalfile.connect(str(path), readonly=True)
+    with pytest.raises(journalfile.JournalError, match="unable to open"):
+        journalfile.connect(str(tmp_path / "missing" / "journal.sqlite"), readonly=True)

@@ -114,7 +114,8 @@ def start_daemon(ws: Workspace, pidfile: Path, *args: str) -> subprocess.Complet
 def asking_task(ws: Workspace) -> Path:
     """A task that saves `runner status --json` as its runner runs; returns where."""
     out = ws.root / "asked-status.json"
-    ws.task("10-ask.sh", f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
+    ws.task("10-ask.sh", ws.until_live("10-ask.sh")
+            + f"'{ws.command()[0]}' -c '{ws.cfg}' status --json > '{out}'")
     return out
 
 

@@ -212,7 +212,7 @@ def _hostname() -> str:
 
 def status(where: Where, opts: ReportOptions, out: TextIO) -> int:
     from ..history import Filters, JournalUnavailable, open_local
-    from ..journalfile import INTERRUPTED, RUNNING, journal_path, moved_aside_files
+    from ..journalread import INTERRUPTED, RUNNING, journal_path, moved_aside_files
 
     alive, pid, live = who_runs(where)
     host = _hostname()
@@ -269,14 +269,14 @@ def who_runs(where: Where) -> tuple[bool, int | None, dict[str, Any] | None]:
     apart. It is trusted only when the lock cannot be asked (no lock file to read) or
     when that runner says it runs without one (its state_dir was not writable).
     """
-    from .. import instance
-    from ..identity import still_running
-    from ..livestatus import read_status
+    from ..liveness import still_running
+    from ..lockprobe import probe
+    from ..statusfile import read_status
 
     live = read_status(where.runtime_dir) or {}  # {}: no live status
     live_alive = bool(live) and still_running(live.get("pid"), live.get("pid_start"),
                                               live.get("boot_id"))
-    lock = instance.probe(where.state_dir)
+    lock = probe(where.state_dir)
     if lock.held:
         # No pid in the lock file (a full state_dir): a live status file is the holder's.
         mine = live_alive and lock.pid in (None, live.get("pid"))
@@ -288,7 +288,7 @@ def who_runs(where: Where) -> tuple[bool, int | None, dict[str, Any] | None]:
 
 def _status_of(where: Where, run: dict[str, Any] | None) -> dict[str, Any] | None:
     """The status file, when it is the one `run` (the journal's last run) left."""
-    from ..livestatus import read_status
+    from ..statusfile import read_status
 
     left = read_status(where.runtime_dir)
     return left if run and left and left.get("run_id") == run["run_id"] else None
@@ -299,14 +299,14 @@ def _live_run(runs: list[dict[str, Any]], pid: int | None,
     """The run id of the runner that runs now: from its status file, else the journal."""
     if live:
         return live.get("run_id")
-    from ..journalfile import RUNNING
+    from ..journalread import RUNNING
 
     return next((r["run_id"] for r in runs if r["result"] == RUNNING and r.get("pid") == pid),
                 None)
 
 
 def _print_status(doc: dict[str, Any], where: Where, out: TextIO) -> None:
-    from ..livestatus import status_path
+    from ..statusfile import status_path
 
     live = doc["runner"]
     if live:
