@@ -13,7 +13,8 @@ rounds (`--repeat`, default 5; `--quick`, for CI, takes fewer tasks and rounds: 
             `for f in dir/*; do "$f"; done` loop. Per-task time =
             (wall of the N-task chain - wall of the same command on an empty directory) / N,
             paired within a round, so start-up is not counted; the totals are reported too.
-            Targets: runner within 2x of run-parts per task, and under 5 ms per task.
+            Targets: runner within 1.5x of run-parts per task (issue 17), under 5 ms per
+            task.
   config    the same with 50 tasks that each call `$RUNNER_CONFIG_CMD -g section.key` 10
             times (run-parts and the loop get runner's real RUNNER_CONFIG_CMD, on a copy of
             its snapshot). Per-task time as above, within 2x of run-parts. The lookups
@@ -287,8 +288,8 @@ def bench_chain(root: Path, args) -> tuple[dict, list[dict]]:
     ref = f"run-parts {per['run-parts']:.2f} ms/task"
     rows = [
         row("chain", name, value=per["runner"], unit="ms/task", text=text, reference=ref,
-            reference_value=per["run-parts"], ratio=ratio["runner"], target="<= 2x run-parts",
-            status=verdict(ratio["runner"] <= 2)),
+            reference_value=per["run-parts"], ratio=ratio["runner"],
+            target="<= 1.5x run-parts", status=verdict(ratio["runner"] <= 1.5)),
         row("chain", name, value=per["runner"], unit="ms/task", text=text,
             target="< 5 ms/task", status=verdict(per["runner"] < 5)),
         row("chain", f"1 chain, {n} no-op tasks: shell loop", value=per["shell loop"],
