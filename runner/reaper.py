@@ -283,8 +283,13 @@ class OrphanReaper:
     @staticmethod
     def _settle(pid: int, my_sid: int) -> None:
         with _lock:
-            while pid in _children:  # popen()'s: its wait reaps it, then release() says so
-                _released.wait(IDLE_WAIT_S)
+            ours = pid in _children
+        if ours:
+            # popen()'s: its own wait reaps it in a moment. Look again a little later, not
+            # when it is released: a wake-up at every task's end costs a chain of short
+            # tasks more than a look every OWNED_WAIT_S.
+            _nobody.wait(OWNED_WAIT_S)
+            return
         proc = read_proc(pid)
         if proc is not None and proc.sid != my_sid:  # an adopted orphan
             with contextlib.suppress(ChildProcessError):
@@ -308,7 +313,9 @@ class OrphanReaper:
 
 
 IDLE_WAIT_S = 1.0
+OWNED_WAIT_S = 0.02
 ABANDONED_S = 10.0
+_nobody = threading.Event()  # never set: a wait on the monotonic clock
 _child_started = threading.Event()  # set by popen(): waitid has a child to wait for
 
 
