@@ -39,7 +39,6 @@ COMMAND_LIMIT = 200  # characters of a leftover's command line in the log
 
 _lock = threading.Lock()
 _children: set[int] = set()  # pids runner started and still waits for (subprocess)
-_released = threading.Condition(_lock)  # a pid left _children
 
 
 # -- runner as the subreaper of its tasks -------------------------------------------
@@ -88,7 +87,6 @@ def popen(argv: list[str], **kwargs) -> subprocess.Popen:
 def release(proc: subprocess.Popen) -> None:
     with _lock:
         _children.discard(proc.pid)
-        _released.notify_all()
 
 
 # -- /proc -----------------------------------------------------------------------------
@@ -254,7 +252,7 @@ class OrphanReaper:
     main loop or interrupts a system call): when a child has exited it looks at which.
     An adopted orphan it reaps; a child that another wait is for (registered by popen(),
     or in runner's own session) it leaves to that wait, which comes at once, and looks
-    again once it is gone."""
+    again a moment later."""
 
     def __init__(self) -> None:
         self._thread = threading.Thread(target=self._loop, daemon=True, name="reaper")
@@ -302,8 +300,7 @@ class OrphanReaper:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
                 return
-            with _lock:  # not time.sleep(): a condition's wait is on the monotonic clock
-                _released.wait(pause)
+            _nobody.wait(pause)
             waited += pause
             pause = min(pause * 2, 0.1)
 
@@ -315,7 +312,8 @@ class OrphanReaper:
 IDLE_WAIT_S = 1.0
 OWNED_WAIT_S = 0.02
 ABANDONED_S = 10.0
-_nobody = threading.Event()  # never set: a wait on the monotonic clock
+# Never set: a wait on the monotonic clock (time.sleep fails under libfaketime's jumps).
+_nobody = threading.Event()
 _child_started = threading.Event()  # set by popen(): waitid has a child to wait for
 
 
