@@ -343,32 +343,33 @@ class _Waiter:
             if not self.processes.group_alive(procs) and not self.processes.leftovers_alive(
                     procs):
                 break
-            now = time.monotonic()
-            if not self.killed and (now >= (self.kill_at or 0)
-                                    or self.signals.stop_count > self.limits.stop_after):
-                self._kill()
-            if self.killed:
-                give_up = give_up or now + KILL_WAIT_S
-                if now >= give_up:
-                    break
+            give_up = self._escalate(give_up)
+            if give_up is not None and time.monotonic() >= give_up:
+                break
             time.sleep(GROUP_POLL_S)
         reaper.reap_orphans(procs)
         why = "TIMEOUT" if self.result.timed_out else "STOPPED"
         self.result.leftovers = self.processes.report(self.label, why, reaper.scan())
+
+    def _escalate(self, give_up: float | None) -> float | None:
+        """One step of a stop's end: SIGKILL once kill_grace is over (or at a second
+        stop signal); from then on, the moment runner stops waiting (KILL_WAIT_S)."""
+        now = time.monotonic()
+        if not self.killed and (now >= (self.kill_at or 0)
+                                or self.signals.stop_count > self.limits.stop_after):
+            self._kill()
+        if self.killed and give_up is None:
+            give_up = now + KILL_WAIT_S
+        return give_up
 
     def _finish_cell(self, cell: Cell) -> None:
         """After a stop, what is left in the cell gets the rest of kill_grace, then
         cgroup.kill; runner goes on when the cell is empty."""
         give_up = None
         while cell.populated():
-            now = time.monotonic()
-            if not self.killed and (now >= (self.kill_at or 0)
-                                    or self.signals.stop_count > self.limits.stop_after):
-                self._kill()
-            if self.killed:
-                give_up = give_up or now + KILL_WAIT_S
-                if now >= give_up:
-                    break
+            give_up = self._escalate(give_up)
+            if give_up is not None and time.monotonic() >= give_up:
+                break
             time.sleep(GROUP_POLL_S)
         why = "TIMEOUT" if self.result.timed_out else "STOPPED"
         self.result.leftovers = cell.report(self.label, why)
