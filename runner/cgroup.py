@@ -247,7 +247,6 @@ class Tree:
         assert found.base is not None
         self.base = found.base
         self.found = found
-        self._numbers = itertools.count(1)
         self._lingering: list[Cell] = []
         self._lock = threading.Lock()  # cells are made and released by worker threads
         leaf = self.base / LEAF
@@ -266,6 +265,8 @@ class Tree:
             with contextlib.suppress(OSError):  # e.g. cpu with a realtime process inside
                 (self.base / "cgroup.subtree_control").write_text(f"+{controller}\n")
         return frozenset(_read(self.base / "cgroup.subtree_control").split())
+
+    _numbers: itertools.count[int]  # set by _sweep_previous: past any cell left running
 
     def _sweep_previous(self) -> None:
         """Cells an earlier runner left: the empty ones go; those with processes stay,
