@@ -12,6 +12,7 @@ import re
 import shutil
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import boot_guest, copy_tree
@@ -110,16 +111,24 @@ def _install(guest: Path, probe_text: str = PROBE, tasks_text: dict[str, str] = 
     (guest / "etc/runner/runner.cfg").write_text(config)
 
 
-def test_runner_service_under_a_real_systemd(systemd_tree, tmp_path):
+def _boot(systemd_tree: Path, tmp_path: Path, *install: Any) -> tuple[str, str, str]:
+    """Boot a copy of the tree with runner and a probe installed; (what the probe wrote,
+    runner's journal, both with nspawn's output for an assertion message). The probe must
+    have finished ("done")."""
     guest, out = tmp_path / "guest", tmp_path / "out"
     out.mkdir()
     copy_tree(systemd_tree, guest)
-    _install(guest)
+    _install(guest, *install)
     boot = boot_guest(guest, out)
     result = (out / "result.txt").read_text() if (out / "result.txt").exists() else ""
     journal = (out / "journal.txt").read_text() if (out / "journal.txt").exists() else ""
     context = f"probe:\n{result}\njournal:\n{journal}\nnspawn:\n{boot.stdout[-3000:]}"
     assert "done" in result, context
+    return result, journal, context
+
+
+def test_runner_service_under_a_real_systemd(systemd_tree, tmp_path):
+    result, journal, context = _boot(systemd_tree, tmp_path)
     seen = dict(line.split("=", 1) for line in result.splitlines() if "=" in line)
     # Not active while the notify_ready task has not passed; STATUS names it.
     assert seen["gate-state"] == "activating", context
@@ -210,15 +219,8 @@ def test_runner_service_with_delegate_runs_each_task_in_its_own_cgroup(systemd_t
     """The packaged unit (Delegate=yes) under a real systemd: runner moves itself into
     runner.service/supervisor, each run gets a cgroup of its own, the re-forker's TIMEOUT
     leaves nothing behind, and the journal has the CPU the task's cgroup counted."""
-    guest, out = tmp_path / "guest", tmp_path / "out"
-    out.mkdir()
-    copy_tree(systemd_tree, guest)
-    _install(guest, CELL_PROBE, CELL_TASKS, CELL_CONFIG)
-    boot = boot_guest(guest, out)
-    result = (out / "result.txt").read_text() if (out / "result.txt").exists() else ""
-    journal = (out / "journal.txt").read_text() if (out / "journal.txt").exists() else ""
-    context = f"probe:\n{result}\njournal:\n{journal}\nnspawn:\n{boot.stdout[-3000:]}"
-    assert "done" in result, context
+    result, journal, context = _boot(systemd_tree, tmp_path, CELL_PROBE, CELL_TASKS,
+                                     CELL_CONFIG)
     seen = dict(line.split("=", 1) for line in result.splitlines() if "=" in line)
     assert seen["delegate"] == "yes", context
     assert "containment: a cgroup per run under /sys/fs/cgroup" in journal, context
