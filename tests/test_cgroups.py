@@ -345,3 +345,34 @@ def test_a_cell_left_by_an_earlier_runner_is_kept_and_its_name_never_reused(ws, 
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_an_unprivileged_process_of_a_task_cannot_leave_its_cgroup(ws, spot):
+    """The attacker's steps as a real unprivileged user: a task's process running as
+    nobody tries to move itself into runner's own cgroup and into the root of the tree;
+    both are refused, and the TIMEOUT still kills it."""
+    mark = f"ESCAPE_{uuid.uuid4().hex}"
+    targets = f"{spot.path}/supervisor/cgroup.procs {spot.path.parent}/cgroup.procs"
+    ws.task("10-escape", f"""
+        runuser -u nobody -- sh -c '
+            for target in {targets}; do
+                if echo $$ > "$target" 2>/dev/null; then echo "escaped to $target"
+                else echo "refused: $target"; fi
+            done
+            exec sleep 30' &
+        exec sleep 30
+    """)
+    ws.config(f"[escape]\nmax_time = 1.5\n[env]\n{mark} = 1\n", kill_grace=0.5, max_tries=1)
+    result = run_in(spot, ws, "-n", "1")
+    assert "escaped" not in result.stderr, result.stderr
+    assert result.stderr.count("[10-escape] refused: ") == 2, result.stderr
+    assert "10-escape: TIMEOUT" in result.stderr
+    time.sleep(0.3)
+    assert marked(mark) == []
+
+
+def test_a_size_that_is_not_one_is_refused_with_one_line(ws):
+    ws.task("10-hog", "exit 0")
+    ws.config("[hog]\nmemory_max = lots\n")
+    assert_one_line_error(ws.run("-n", "1"), "runner.cfg:", "[hog] memory_max",
+                          "'lots' is not a size")
