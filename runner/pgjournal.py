@@ -236,7 +236,12 @@ class Forwarder(Listener):
         self.remote: Any = None
 
     def wake(self) -> None:
-        self.wakeup.set()
+        """A journal write: forward it now, unless forwarding is backing off from a
+        failure (every write would reconnect at once, and the forwarder's reads of the
+        local journal at every attempt kept SQLite from checkpointing its WAL, past
+        journal_max_mb). runner's exit still makes the last attempt (finished)."""
+        if self.health.ok:
+            self.wakeup.set()
 
     def started(self) -> None:
         try:
