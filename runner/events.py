@@ -16,6 +16,14 @@ SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
 class Listener:
     """Something that wants to know what runner does. Every method is optional."""
 
+    # True for a listener that may make runner wait (it runs a process: the hooks). The
+    # listeners before it are told idle() first, as when runner waits for anything else.
+    waits = False
+
+    def idle(self) -> None:
+        """runner is about to wait (for a task, a check, a hook, a backoff): anything
+        kept back to be written together with the next event is written now."""
+
     def started(self) -> None:
         """The configuration is read and the plan is valid; the first iteration begins."""
 
@@ -62,6 +70,10 @@ class Dispatcher:
         _log_transition(run)
         self._emit("task_changed", run)
 
+    def idle(self) -> None:
+        """runner is about to wait: see Listener.idle."""
+        self._emit("idle")
+
     def started(self) -> None:
         self._emit("started")
 
@@ -72,26 +84,38 @@ class Dispatcher:
         self._emit("iteration_done", iteration)
 
     def backoff(self, seconds: float, cause: str) -> None:
+        self.idle()
         self._emit("backoff", seconds, cause)
 
     def paused(self) -> None:
+        self.idle()
         self._emit("paused")
 
     def resumed(self) -> None:
         self._emit("resumed")
 
     def rebooting(self, after: str) -> None:
+        self.idle()
         self._emit("rebooting", after)
 
     def finished(self, status: int) -> None:
         self._emit("finished", status)
 
     def _emit(self, method: str, *args: object) -> None:
-        for listener in self.listeners:
+        for index, listener in enumerate(self.listeners):
+            if listener.waits:
+                self._settle(index)
             try:
                 getattr(listener, method)(*args)
             except Exception as exc:  # a listener must never change a task's result
                 log.error("%s failed in %s: %s", type(listener).__name__, method, exc)
+
+    def _settle(self, before: int) -> None:
+        for listener in self.listeners[:before]:
+            try:
+                listener.idle()
+            except Exception as exc:
+                log.error("%s failed in idle: %s", type(listener).__name__, exc)
 
 
 class FailureSummary(Listener):

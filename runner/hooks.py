@@ -48,6 +48,8 @@ def hook_stats(run: TaskRun, hostname: str, run_id: str = "") -> dict[str, Any]:
 class HookListener(Listener):
     """Runs the hook command with the stats as one extra argument; no shell involved."""
 
+    waits = True
+
     def __init__(
         self,
         argv: list[str],

@@ -1,16 +1,22 @@
 """The local journal: every run, try and task run in SQLite under state_dir.
 
-Crash safety comes from SQLite itself: WAL mode and one short transaction per event,
-so a SIGKILL at any point loses at most the event being written and never corrupts the
-file. Commits are synchronous=NORMAL (in WAL mode: safe against any crash of runner, and
-no fsync per event, which would cost more than the task it records); the commits before
-a halt or reboot task and the last one of a run are FULL, which makes everything before
-them durable against a power cut too. A later start marks what a dead runner left RUNNING as
-INTERRUPTED. A journal that cannot be written never stops a task: the listener warns
-once, holds the records in memory (bounded) and writes them when it can again. A record
-that SQLite refuses for what it holds (a constraint, a trigger, a value it cannot bind)
-would be refused forever: it is reported, counted in Health.rejected and dropped, and the
-records after it are written.
+Crash safety comes from SQLite itself: WAL mode and short transactions, so a SIGKILL at
+any point never corrupts the file. A task's start is committed before its process
+starts; the end of a short task after which the chain goes on (OK or SKIPPED, output
+up to KEEP_BACK_BYTES) is committed with the next record, in the same transaction as
+the next task's start, or when runner is about to wait for anything (Listener.idle):
+one commit per task instead of two. So a
+SIGKILL can lose at most the end of the one task that ended last (its row stays RUNNING
+and becomes INTERRUPTED) and never a task's start. Commits are synchronous=NORMAL (in
+WAL mode: safe against any crash of runner, and no fsync per event, which would cost
+more than the task it records); the commits before a halt or reboot task and the last
+one of a run are FULL, which makes everything before them durable against a power cut
+too. A later start marks what a dead runner left RUNNING as INTERRUPTED. A journal that
+cannot be written never stops a task: the listener warns once, holds the records in
+memory (bounded) and writes them when it can again. A record that SQLite refuses for
+what it holds (a constraint, a trigger, a value it cannot bind) would be refused
+forever: it is reported, counted in Health.rejected and dropped, and the records after
+it are written.
 
 Text goes in under runner.escape's rule (the task column holds `10-\\xff.sh` for a file
 name with the byte 0xff), so every text column is valid UTF-8 that the fleet journal
@@ -31,6 +37,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import checkpoint
+from .checkpoint import Checkpointer
 from .escape import escape
 from .events import Listener
 from .identity import RunIdentity, iso, utc_now
@@ -58,6 +66,14 @@ MAX_HELD = 1000  # records kept in memory while the journal cannot be written
 RECORD_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
                  sqlite3.ProgrammingError, ValueError, TypeError, OverflowError)
 PRUNE_EVERY_S = 3600.0
+# journal_max_mb is looked at again after this much was written (at most a 64th of it),
+# counting a task run's row as ROW_BYTES plus its output: a chain of 200 silent tasks
+# looks about once, one whose tasks print 64 KiB each looks after every task.
+CHECK_EVERY_BYTES = 64 * 1024
+ROW_BYTES = 512
+# The end of a task with more output than this is written at once, as before: it is no
+# short task, and its pages in the -wal file are checkpointed before the next task runs.
+KEEP_BACK_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -116,11 +132,16 @@ class JournalListener(Listener):
         self.max_bytes = max_bytes  # 0: no size bound
         self.iteration = 0  # the iteration in progress, which the size bound never drops
         self.warned: set[str] = set()  # size bound warnings, each given once per run
+        # Bytes of task runs written since the size was last looked at.
+        self.unchecked = 0
+        self.check_every = min(CHECK_EVERY_BYTES, max_bytes // 64) if max_bytes else 0
         self.forwarding = forwarding
         self.on_write = on_write  # called after each successful write (wakes the forwarder)
         self.health = Health(path)
         self.conn: sqlite3.Connection | None = None
+        self.checkpointer: Checkpointer | None = None
         self.held: deque[Record] = deque()
+        self.kept_back: list[Record] = []  # written with the next record, or at idle()
         self.seq = 0
         self.seqs: dict[int, int] = {}  # id(TaskRun) -> seq of its row
         self.open_try: tuple[int, int] | None = None
@@ -159,10 +180,20 @@ class JournalListener(Listener):
             return
         ops = [] if id(run) in self.seqs else [self._task_started(run)]  # SKIPPED: no RUNNING
         ops.append(self._task_ended(run))
-        if run.kind is Kind.TASK and run.state not in (TaskState.OK, TaskState.SKIPPED):
+        # A task's output is what makes the file grow: the size is looked at once enough
+        # has been written since the last look to matter (each look costs three PRAGMAs).
+        self.unchecked += len(run.output_tail or b"") + ROW_BYTES
+        if (run.kind is Kind.TASK and run.state in (TaskState.OK, TaskState.SKIPPED)
+                and len(run.output_tail or b"") <= KEEP_BACK_BYTES):
+            self.kept_back.extend(ops)  # the chain goes on: see the module's docstring
+            return
+        if run.kind is Kind.TASK:
             ops.extend(self._end_try(run.state.value, run.task.name))
         self._write(*ops)
-        self._bound_size()  # a task's output is what makes the file grow
+
+    def idle(self) -> None:
+        if self.kept_back:
+            self._write()
 
     def iteration_done(self, iteration: int) -> None:
         self._write(*self._end_try(TaskState.OK.value, None))
@@ -231,7 +262,11 @@ class JournalListener(Listener):
     def _open(self) -> None:
         try:
             self.conn, moved = open_journal(self.path)
-            bound_wal(self.conn, self.max_bytes)
+            wal_bytes = bound_wal(self.conn, self.max_bytes)
+            if checkpoint.in_background(wal_bytes, self.max_bytes):
+                self.checkpointer = Checkpointer(self.path, wal_bytes,
+                                                 wal_bytes if self.max_bytes else None)
+                self.checkpointer.adopt(self.conn)
             interrupted = recover_interrupted(self.conn, self.identity)
         except (JournalError, sqlite3.Error, OSError) as exc:
             self._failed(exc)
@@ -244,6 +279,8 @@ class JournalListener(Listener):
     def _write(self, *records: Record, durable: bool = False) -> None:
         """Append records to what is held and try to write everything in one transaction;
         `durable`: fsync it, and with it every earlier commit (one WAL file)."""
+        self.held.extend(self.kept_back)
+        self.kept_back.clear()
         self.held.extend(records)
         while len(self.held) > MAX_HELD:
             self.held.popleft()
@@ -271,6 +308,11 @@ class JournalListener(Listener):
             with self.health.lock:
                 self.health.ok, self.health.error, self.health.since = True, None, None
         self._sync_health()
+        if self.checkpointer is not None:
+            self.checkpointer.committed(self.conn)
+        if self.unchecked >= self.check_every:
+            self.unchecked = 0
+            self._bound_size()
         if self.on_write is not None:
             self.on_write()
 
@@ -391,6 +433,8 @@ class JournalListener(Listener):
             log.warning("journal %s: " + message, self.path, *args)
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         if self.conn is not None:
             self.conn.close()
             self.conn = None

@@ -39,7 +39,6 @@ import fcntl
 import logging
 import os
 import select
-import selectors
 import signal
 import struct
 import subprocess
@@ -54,6 +53,7 @@ from .cgroup import Cell
 from .masking import Masker
 from .signals import SignalState, SignalView
 from .states import ended_by
+from .workers import Job, Pool
 
 log = logging.getLogger("runner")
 
@@ -238,23 +238,25 @@ class _Waiter:
         self.processes = reaper.RunProcesses(proc.pid, env or {})
 
     def wait(self) -> ProcessResult:
-        with selectors.DefaultSelector() as selector:
-            pidfd = os.pidfd_open(self.proc.pid)
-            try:
-                selector.register(pidfd, selectors.EVENT_READ)
-                if self.signals.fd >= 0:
-                    selector.register(self.signals.fd, selectors.EVENT_READ)
-                while not self._reaped():
-                    now = time.monotonic()
-                    self._react(now)
-                    timeout = self._timeout(now)
-                    self.signals.expect_wake_by(None if timeout is None else now + timeout)
-                    # The loop re-checks the deadlines: a huge max_time needs no huge wait.
-                    selector.select(None if timeout is None else min(timeout, MAX_WAIT_S))
-                    self.signals.expect_wake_by(time.monotonic())  # awake: report again soon
-                    self.signals.drain()
-            finally:
-                os.close(pidfd)
+        # poll(), not a selector: an epoll instance per task cost a file descriptor and
+        # three system calls more than this one wait needs.
+        poller = select.poll()
+        pidfd = os.pidfd_open(self.proc.pid)
+        try:
+            poller.register(pidfd, select.POLLIN)
+            if self.signals.fd >= 0:
+                poller.register(self.signals.fd, select.POLLIN)
+            while not self._reaped():
+                now = time.monotonic()
+                self._react(now)
+                timeout = self._timeout(now)
+                self.signals.expect_wake_by(None if timeout is None else now + timeout)
+                # The loop re-checks the deadlines: a huge max_time needs no huge wait.
+                poller.poll(None if timeout is None else min(timeout, MAX_WAIT_S) * 1000)
+                self.signals.expect_wake_by(time.monotonic())  # awake: report again soon
+                self.signals.drain()
+        finally:
+            os.close(pidfd)
         self._record_status(self.proc.returncode)
         try:
             if self.kill_at is not None and self.cell is not None:
@@ -402,7 +404,7 @@ def signal_group(pgid: int, signum: int) -> bool:
         return True
 
 
-class _OutputReader(threading.Thread):
+class _OutputReader:
     """Reads a task's output, masks it and passes it on piece by piece (a line, or
     LINE_LIMIT bytes of a longer one); keeps the last TAIL_BYTES of the task's own.
 
@@ -424,7 +426,6 @@ class _OutputReader(threading.Thread):
 
     def __init__(self, stream, wake: int, on_line: OnLine, on_background: OnLine,
                  masker: Masker) -> None:
-        super().__init__(daemon=True, name="output")
         self.stream = stream
         self.fd = stream.fileno()
         self.outputs = [on_line, on_background]  # one per part: the task's, background
@@ -443,6 +444,14 @@ class _OutputReader(threading.Thread):
         self._ended = False  # the pipe and the wake-up fd are closed
         self._task_done = threading.Event()
         self._wake = wake  # a non-blocking eventfd: finish() and close() wake the reader
+        self._job: Job | None = None
+
+    def start(self) -> None:
+        self._job = _reader_threads.submit(self.run, "output reader")
+
+    def join(self) -> None:
+        if self._job is not None:
+            self._job.join()
 
     def run(self) -> None:
         try:
@@ -598,6 +607,9 @@ class _Readers:
 
 
 _background = _Readers()
+# The readers' threads, reused from task to task (runner.workers): process-wide, like
+# _background, since any run_process (tasks, checks, hooks) needs one.
+_reader_threads = Pool("output")
 # At exit, before logging's own handler (registered earlier, so run later) closes the log.
 atexit.register(_background.close)
 

@@ -97,16 +97,21 @@ def file_bytes(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA page_count").fetchone()[0] * page_size)
 
 
-def bound_wal(conn: sqlite3.Connection, max_bytes: int) -> None:
+DEFAULT_WAL_PAGES = 1000  # SQLite's wal_autocheckpoint
+
+
+def bound_wal(conn: sqlite3.Connection, max_bytes: int) -> int:
     """Keep the -wal file small next to a small bound: checkpoint after an eighth of it
     (SQLite's default, 1000 pages = 4 MiB, is kept for bounds of 32 MiB and more), and
-    cut the file back to that after each checkpoint."""
-    if not max_bytes:
-        return
+    cut the file back to that after each checkpoint. Returns that size in bytes (the
+    checkpoints themselves are runner.checkpoint's)."""
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    pages = max(16, min(1000, max_bytes // page_size // 8))
+    if not max_bytes:
+        return DEFAULT_WAL_PAGES * page_size
+    pages = max(16, min(DEFAULT_WAL_PAGES, max_bytes // page_size // 8))
     conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
     conn.execute(f"PRAGMA journal_size_limit = {pages * page_size}")
+    return pages * page_size
 
 
 def trim_to_size(conn: sqlite3.Connection, max_bytes: int, current: Current, *,

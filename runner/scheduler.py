@@ -6,7 +6,8 @@ run at once. Sequential runs are max_parallel = 1: each task then waits for the 
 before it in plan order, because plan order is exactly this rule applied one at a time
 (tasks.order). `runner plan` draws its waves with the same `ready()`.
 
-Each task runs in a worker thread with a SignalView of its own; the main thread makes
+Each task runs in a worker thread (kept in a pool and reused: runner.workers) with a
+SignalView of its own; the main thread makes
 every state change (skip, RUNNING, the result), so hooks and listeners are only ever
 called from it.
 """
@@ -17,7 +18,6 @@ import logging
 import os
 import queue
 import selectors
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from .signals import SignalState, SignalView
 from .states import TaskRun, TaskState
 from .tasklife import Execution, Refusal, TaskLife
 from .tasks import Task
+from .workers import Job, Pool
 
 log = logging.getLogger("runner")
 
@@ -63,7 +64,7 @@ class TryResult:
 class _Worker:
     run: TaskRun
     view: SignalView
-    thread: threading.Thread
+    job: Job
 
 
 class Scheduler:
@@ -87,6 +88,7 @@ class Scheduler:
         self.refresh = refresh
         # How many tasks runner's file descriptors allow at once (runner.fdlimit).
         self.capacity = 1 << 30
+        self.pool = Pool("task")  # the threads that wait for the tasks' processes
 
     def run_try(self, tasks: list[Task], needs: dict[str, set[str]], done: set[str],
                 iteration: int, try_num: int) -> TryResult:
@@ -128,7 +130,7 @@ class Scheduler:
             worker.view.cancel()
         for worker in workers.values():
             grace = worker.run.task.settings.kill_grace
-            worker.thread.join(grace + 10)
+            worker.job.join(grace + 10)
 
     def _halted(self) -> bool:
         return (self.signals.stop_signal is not None or bool(self.controls.halt)
@@ -136,7 +138,7 @@ class Scheduler:
 
     def _start_ready(self, pending: list[Task], needs: dict[str, set[str]],
                      workers: dict[str, _Worker], result: TryResult, at: tuple[int, int],
-                     spawn: Callable[[TaskRun, SignalView], threading.Thread]) -> bool:
+                     spawn: Callable[[TaskRun, SignalView], Job]) -> bool:
         """Start what may start; True when nothing more may start (stop, halt, refusal)."""
         while len(workers) < min(self.life.config.runner.max_parallel, self.capacity):
             if self._halted():
@@ -170,11 +172,9 @@ class Scheduler:
         return False
 
     def _spawn(self, run: TaskRun, view: SignalView, finished: queue.Queue,
-               wake_w: int) -> threading.Thread:
-        thread = threading.Thread(target=self._work, args=(run, view, finished, wake_w),
-                                  name=f"task {run.task.name}", daemon=True)
-        thread.start()
-        return thread
+               wake_w: int) -> Job:
+        return self.pool.submit(lambda: self._work(run, view, finished, wake_w),
+                                f"task {run.task.name}")
 
     def _work(self, run: TaskRun, view: SignalView, finished: queue.Queue,
               wake_w: int) -> None:
@@ -186,6 +186,7 @@ class Scheduler:
         os.write(wake_w, b"\0")
 
     def _wait_for_workers(self, wake_r: int) -> None:
+        self.life.dispatcher.idle()
         with selectors.DefaultSelector() as selector:
             selector.register(wake_r, selectors.EVENT_READ)
             if self.signals.fd >= 0:
@@ -202,7 +203,7 @@ class Scheduler:
 
     def _finish(self, worker: _Worker, execution: Execution, result: TryResult) -> bool:
         """Conclude a run whose worker is done; True when no new task may start."""
-        worker.thread.join()
+        worker.job.join()
         name = worker.run.task.name
         skipped = self.life.unregister(name)
         self.signals.forget(worker.view)

@@ -193,6 +193,7 @@ class TaskLife:
 
     def _check(self, run: TaskRun, signals: Signals) -> ProcessResult | None:
         """The task's check before the run; None when refused (strict_permissions)."""
+        self.dispatcher.idle()  # runner waits for the check
         result = self._check_process(run, signals, "check")
         if self.refusal.of(result):
             return None

@@ -178,6 +178,45 @@ def test_task_runs_are_written_as_they_happen_not_at_exit(ws):
     ]
 
 
+
+def result_of(ws: Workspace, task: str) -> str | None:
+    try:
+        found = rows(ws, "SELECT result FROM task_runs WHERE task = ?", (task,))
+    except sqlite3.OperationalError:  # not created or not migrated yet
+        return None
+    return found[-1]["result"] if found else None
+
+
+@pytest.mark.parametrize("waits_for", ["another task", "a check", "a hook"])
+def test_a_task_that_ended_is_in_the_journal_before_runner_waits_for_anything(ws, waits_for):
+    """The end of a short task is written together with the next task's start (one commit
+    per task); whenever runner waits instead (for a task still running, a check, a hook),
+    it is written first: a finished task never shows RUNNING for longer than that."""
+    release = ws.root / "release"
+    hold = f'while [ ! -e {release} ]; do sleep 0.05; done'
+    ws.task("10-quick.sh")
+    if waits_for == "another task":
+        ws.task("20-slow.sh", hold)
+        ws.config(max_parallel=2)
+    elif waits_for == "a check":
+        ws.task("20-checked.sh")
+        ws.config(text=f"[checked]\ncheck = /bin/sh -c '{hold}; exit 0'\n")
+    else:
+        hook = ws.root / "hook.sh"
+        hook.write_text(f"#!/bin/sh\ncase \"$1\" in *'\"OK\"'*) {hold};; esac\n")
+        hook.chmod(0o755)
+        ws.config(task_hook=str(hook))
+    proc = ws.start("-n", "1")
+    try:
+        wait_for(lambda: result_of(ws, "10-quick.sh") == "OK", timeout=10,
+                 what="10-quick.sh OK in the journal while runner waits")
+    finally:
+        release.touch()
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert {r["result"] for r in task_runs(ws)} <= {"OK", "SKIPPED"}  # the check passed
+
+
 # -- SIGKILL --------------------------------------------------------------------
 
 def kill_while_running(ws: Workspace, task: str) -> None:

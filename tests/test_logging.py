@@ -45,3 +45,19 @@ def test_config_error_under_journald_has_error_priority(ws):
     ws.config(max_tries="five")
     lines = _run_with_stderr_file(ws, journal=True)
     assert len(lines) == 1 and lines[0].startswith("<3>runner: "), lines
+
+
+def test_the_text_format_of_log_lines_is_the_logging_modules_own_to_the_millisecond():
+    """logs.TextFormatter works the time of the second out once per second: the lines it
+    writes are the standard Formatter's, at any moment of a second and across seconds."""
+    import logging as stdlib_logging
+
+    from runner.logs import TEXT_FORMAT, TextFormatter
+
+    ours, theirs = TextFormatter(), stdlib_logging.Formatter(TEXT_FORMAT)
+    for created in (1_700_000_000.0, 1_700_000_000.0005, 1_700_000_000.9995,
+                    1_700_000_001.25, 1_700_000_000.5, 1_800_000_000.999):
+        record = stdlib_logging.LogRecord("runner", stdlib_logging.INFO, __file__, 1,
+                                          "%s: OK", ("10-a.sh",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record)
