@@ -1,7 +1,8 @@
 """The `runner` command line: what people type often starts fast (issue 17).
 
 `runner --help`, `runner status`, `runner history ...` and `runner ctl ...` are answered
-here, before argparse, logging, the settings or configobj are imported: each costs more
+here, before argparse, logging, the settings or configobj are imported; `runner check
+[TASKDIR]` needs the configuration and the tasks, but not argparse: each costs more
 than the interpreter's own start. Only argument lists whose meaning is beyond doubt take
 this path (`-c FILE`, `--config FILE`, the command and its own plain options); anything
 else (an abbreviation, `-v`, `-D`, a value that starts with `-`, a mistake) goes to the
@@ -56,8 +57,10 @@ _LIGHT = {
     "history": {"--json": False, "--local": False, "--task": True, "--since": True,
                 "--host": True, "--run": True, "--limit": True},
     "ctl": {},
+    "check": {},  # and one task directory
 }
 _DESTINATIONS = {"--json": "as_json", "--run": "run_id"}
+_POSITIONALS = ("ctl", "check")  # the light commands that take words
 
 
 def light_arguments(argv):
@@ -96,7 +99,7 @@ def light_arguments(argv):
             else:
                 return None
             continue
-        if arg.startswith("-") or command != "ctl" or interrupted:
+        if arg.startswith("-") or command not in _POSITIONALS or interrupted:
             return None
         positionals.append(arg)
         index += 1
@@ -112,6 +115,8 @@ def light_arguments(argv):
 
         if not positionals or positionals[0] not in ACTIONS or len(positionals) > 2:
             return None
+    if command == "check" and len(positionals) > 1:
+        return None
     return command, config, options, positionals
 
 

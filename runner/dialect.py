@@ -19,7 +19,7 @@ to change, rather than guessed at.
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass, field
 
 from configobj import ConfigObj
@@ -53,7 +53,9 @@ class Translated:
     lines: list[str] = field(default_factory=list)
     values: dict[str, str] = field(default_factory=dict)
     # A marker no file can contain by chance: configobj gets it in place of a joined value.
-    token: str = field(default_factory=lambda: f"\x00{secrets.token_hex(8)}:")
+    # (os.urandom, what secrets.token_hex reads, without importing secrets: its hashlib
+    # and random cost every command that loads the configuration.)
+    token: str = field(default_factory=lambda: f"\x00{os.urandom(8).hex()}:")
 
 
 def translate(lines: list[str]) -> Translated:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 import time
@@ -132,6 +131,8 @@ def setup_daemon(level: int, log_file: str | None) -> logging.Logger:
     _lean_records()
     logger = _runner_logger(level)
     if log_file:
+        import logging.handlers  # here: it imports pickle, a cost to every command
+
         handler = logging.handlers.WatchedFileHandler(log_file)
         handler.setFormatter(TextFormatter())
         _add(logger, handler)
@@ -141,6 +142,8 @@ def setup_daemon(level: int, log_file: str | None) -> logging.Logger:
 
 
 def _add_syslog(logger: logging.Logger) -> None:
+    import logging.handlers
+
     address = "/dev/log"
     try:
         handler = logging.handlers.SysLogHandler(

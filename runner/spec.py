@@ -7,11 +7,11 @@ the docs) reads it from here, so they cannot drift apart.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from configobj import ConfigObj
@@ -240,5 +240,8 @@ def _doc(comments: list[str]) -> tuple[str, ...]:
 @cache
 def load_spec() -> Spec:
     """The configspec shipped in the package (parsed once per process)."""
-    text = resources.files("runner").joinpath(SPEC_FILE).read_text(encoding="utf-8")
+    # Beside this module in every way runner is installed (venv, .deb, .rpm): read as a
+    # file, not through importlib.resources, which imports zipfile for every command.
+    with open(os.path.join(os.path.dirname(__file__), SPEC_FILE), encoding="utf-8") as spec:
+        text = spec.read()
     return Spec(text.splitlines())

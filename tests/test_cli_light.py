@@ -1,4 +1,5 @@
-"""runner.cli answers `--help`, `status`, `history` and `ctl` without argparse (issue 17):
+"""runner.cli answers `--help`, `status`, `history`, `ctl` and `check` without argparse
+(issue 17):
 only for argument lists argparse reads the same way, and with the same text."""
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ PLAIN = [
     ["history", "--task=x y", "--limit", "20", "--limit", "3"],
     ["ctl", "pause"], ["ctl", "skip", "20-x.sh"], ["-c", "a.cfg", "ctl", "retry-now"],
     ["ctl", "pause", "-c", "a.cfg"], ["ctl", "pause", "extra"],
+    ["check"], ["check", "tasks.d"], ["-c", "a.cfg", "check", "/srv/tasks.d"],
+    ["check", "-c", "a.cfg"],
 ]
 # Left to argparse: abbreviations, other options, odd values, mistakes, other commands.
 NOT_LIGHT = [
-    [], ["run"], ["check"], ["log", "x"], ["status", "-v"], ["-v", "status"],
+    [], ["run"], ["check", "a", "b"], ["check", "--show-secrets"], ["check", "-v"],
+    ["check", "-D", "runner.times=1"], ["log", "x"], ["status", "-v"], ["-v", "status"],
     ["status", "--js"], ["--conf", "x", "status"], ["-cx.cfg", "status"],
     ["status", "extra"], ["status", "--json=1"], ["history", "--limit", "0"],
     ["history", "--limit", "x"], ["history", "--limit", "+3"], ["history", "--limit", "٣"],
@@ -48,8 +52,10 @@ def argparse_reading(argv: list[str]) -> tuple:
                if name in ("json", "local", "task", "since", "host", "run_id", "limit")
                and command != "ctl"}
     options = {("as_json" if k == "json" else k): v for k, v in options.items()}
-    words = [args.action, *([args.task] if args.task is not None else [])] \
-        if command == "ctl" else []
+    if command == "ctl":
+        words = [args.action, *([args.task] if args.task is not None else [])]
+    else:
+        words = [args.taskdir] if getattr(args, "taskdir", None) else []
     return command, args.config, options, words
 
 

@@ -66,6 +66,8 @@ def light_command(command, config, options, words):
 
     config_path = os.path.abspath(config) if config else None
     try:
+        if command == "check":
+            return _check(config_path, words)
         if command == "ctl":
             from .ctl import checked, send_command
 
@@ -95,3 +97,18 @@ def light_command(command, config, options, words):
         log.critical("internal error: %s: %s (run with -v for the traceback)",
                      type(exc).__name__, exc)
         return EX_SOFTWARE
+
+
+def _check(config_path, words):
+    """`runner check [TASKDIR]` as runner.arguments runs it, without argparse."""
+    import logging
+
+    from ..logs import setup
+    from ..settings import RunOptions
+    from .check import check
+
+    setup(logging.INFO)
+    options = RunOptions(config_path=config_path, overrides=(),
+                         task_dir=os.path.abspath(words[0]) if words else None,
+                         times=None, halt_after=False)
+    return check(options)
