@@ -178,8 +178,8 @@ def _plot_arguments(parser: Parser) -> None:
                        "the runs it resumed after reboots)")
     which.add_argument("--since", help="every run started since: 2h, 1d, today, "
                        "yesterday, 2026-11-23, 2026-11-23T10:00")
-    parser.add_argument("--host", help="this host's runs (the fleet journal has many; "
-                        "default this host)")
+    parser.add_argument("--host", help="only this host's runs (in the fleet journal the "
+                        "default is this host)")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="write the SVG here (default standard output)")
 

@@ -402,7 +402,7 @@ def render(timeline: Timeline) -> str:
         row.y, y = y, y + row.height
     layout.bottom = y if special else special_y - 24
     width = axis.right + SUMMARY_W + MARGIN
-    height = layout.bottom + 110
+    height = layout.bottom + 80
     canvas = Canvas()
     # Back to front: backgrounds, the grid, the bands between tries and runs, the bars.
     _frame(canvas, timeline, segments, bars, width, height)
