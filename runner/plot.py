@@ -410,7 +410,7 @@ def render(timeline: Timeline) -> str:
     if special:
         _special_heading(canvas, special, special_y, axis)
     _grid(canvas, axis, layout)
-    _breaks(canvas, axis, layout)
+    _breaks(canvas, axis, layout, {b.row["run_id"] for b in bars if b.row.get("kind") == "reboot"})
     _backoffs(canvas, timeline, axis, layout, by_run)
     _tries(canvas, timeline, axis, layout, by_run)
     if parallel:
@@ -470,10 +470,13 @@ def _grid(canvas: Canvas, axis: Axis, layout: Layout) -> None:
                    f"{local_time(segment.start, True)}")
 
 
-def _breaks(canvas: Canvas, axis: Axis, layout: Layout) -> None:
+def _breaks(canvas: Canvas, axis: Axis, layout: Layout, rebooting: set[str]) -> None:
+    """Between two runs: a reboot (another boot, or the run before ran the reboot task
+    and waited for it), else a restart of runner."""
     for before, after in pairwise(axis.segments):
         x = before.x + (before.end - before.start) * axis.px_per_s
-        reboot = before.run.get("boot_id") != after.run.get("boot_id")
+        reboot = (before.run.get("boot_id") != after.run.get("boot_id")
+                  or before.run["run_id"] in rebooting)
         what = "reboot" if reboot else "restart"
         gap = max(after.start - before.end, 0.0)
         canvas.add("rect", {"x": x + 4, "y": layout.axis_y, "width": BREAK_PX - 8,

@@ -11,6 +11,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, assert_one_line_error, journal_rows, skip_unless
+from conftest import LogWatcher, Workspace, assert_one_line_error, journal_rows, skip_unless
 
 from runner import plot
 from runner.clock import iso
@@ -170,6 +171,74 @@ def test_run_picks_one_run_by_id_or_by_its_start(ws):
     assert {b.get("data-run") for b in bars(root)} == {r["run_id"] for r in runs}
     breaks = [e for e in root.iter(f"{SVG}rect") if (e.get("class") or "").startswith("break")]
     assert [b.get("class") for b in breaks] == ["break restart"]
+
+
+def test_a_reboot_asked_by_a_task_joins_both_runs_in_the_default_plot(ws):
+    ws.task("10-a.sh", "exit 0")
+    ws.task("20-asks.sh", """
+        [ -e "$RUNNER_STATE_DIR/asked" ] && exit 0
+        touch "$RUNNER_STATE_DIR/asked"
+        exit 4
+    """)
+    ws.task("30-c.sh", "exit 0")
+    ws.task("reboot.sh", "exit 0")
+    ws.config(reboot_task="reboot.sh")
+    with LogWatcher(ws.start("-n", "1")) as watcher:
+        watcher.wait_for(r"waiting for the reboot")
+        watcher.proc.kill()  # the machine goes down
+        watcher.finish()
+    assert ws.run("-n", "1").returncode == 0  # the next boot resumes
+    root = plot_svg(ws)
+    drawn = assert_bars_are_the_journal(root, ws)  # both runs
+    assert len({b.get("data-run") for b in drawn}) == 2
+    kinds = {b.get("data-task"): (b.get("data-kind"), b.get("data-result")) for b in drawn}
+    assert kinds["20-asks.sh"] == ("task", "REBOOT") and kinds["reboot.sh"] == ("reboot", "OK")
+    breaks = [e for e in root.iter(f"{SVG}rect") if (e.get("class") or "").startswith("break")]
+    assert [b.get("class") for b in breaks] == ["break reboot"]
+    reboot_bar = next(b for b in drawn if b.get("data-kind") == "reboot")
+    c_bar = next(b for b in drawn if b.get("data-task") == "30-c.sh")
+    assert x_span(reboot_bar)[1] <= x_span(breaks[0])[0] + 0.5 <= x_span(c_bar)[0]
+    # --run draws one of them.
+    assert len({b.get("data-run") for b in bars(plot_svg(ws, "--run", c_bar.get("data-run")))}) == 1
+
+
+def test_a_task_running_now_is_drawn_up_to_now_and_interrupted_once_runner_died(ws):
+    go = ws.root / "go"
+    ws.task("10-waits.sh", f"while [ ! -e '{go}' ]; do sleep 0.02; done")
+    with LogWatcher(ws.start("-n", "1")) as watcher:
+        watcher.wait_for(r"10-waits\.sh: starting")
+        time.sleep(0.3)
+        [bar] = bars(plot_svg(ws))
+        assert bar.get("data-result") == "RUNNING" and bar.get("data-end") == ""
+        assert float(bar.get("width")) > plot.MIN_BAR_PX
+        watcher.proc.kill()  # runner dies; its task record stays open in the journal
+        watcher.finish()
+    go.touch()
+    [bar] = bars(plot_svg(ws))
+    assert bar.get("data-result") == "INTERRUPTED"
+
+
+def test_the_fleet_journal_is_plotted_for_this_host_or_the_one_asked(ws, pg_url, tmp_path):
+    import psycopg
+
+    ws.config(journal_url=pg_url)
+    ws.task("10-mine.sh", "exit 0")
+    assert ws.run("-n", "1").returncode == 0
+    (tmp_path / "other").mkdir()
+    other = Workspace(tmp_path / "other")
+    other.config(journal_url=pg_url)
+    other.task("10-theirs.sh", "exit 0")
+    assert other.run("-n", "1").returncode == 0
+    [theirs] = journal(other, "runs")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for table in ("runner_runs", "runner_tries", "runner_task_runs"):
+            conn.execute(f"UPDATE {table} SET host = 'other-host' WHERE run_id = %s",
+                         (theirs["run_id"],))
+    assert {b.get("data-task") for b in bars(plot_svg(ws))} == {"10-mine.sh"}
+    assert {b.get("data-task") for b in bars(plot_svg(ws, "--host", "other-host"))} == {
+        "10-theirs.sh"}
+    root = plot_svg(ws, "--local")
+    assert {b.get("data-task") for b in bars(root)} == {"10-mine.sh"}
 
 
 def test_an_unknown_run_is_one_line_and_status_1(ws):
