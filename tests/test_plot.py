@@ -129,6 +129,33 @@ def test_retries_backoff_and_a_halt_are_drawn_as_the_journal_recorded_them(ws):
     assert any(t.endswith("ms") or t.endswith("s") for t in texts if t[:1].isdigit())
 
 
+def test_timeout_skipped_and_stopped_runs_have_their_result_and_colour(ws):
+    go = ws.root / "go"
+    ws.task("10-once.sh", "exit 0")
+    ws.task("20-slow-first.sh", """
+        if [ -e "$RUNNER_STATE_DIR/slow-ran" ]; then exit 0; fi
+        touch "$RUNNER_STATE_DIR/slow-ran"
+        sleep 5
+    """)
+    ws.task("30-waits.sh", f"[ -e '{go}' ] && exit 0; sleep 30")
+    ws.config("[once]\nfrequency = once\n[slow-first]\nmax_time = 0.5\n", max_tries="3")
+    go.touch()
+    assert ws.run("-n", "1").returncode == 0  # TIMEOUT, then 10-once SKIPPED on try 2
+    go.unlink()
+    with LogWatcher(ws.start("-n", "1")) as watcher:
+        watcher.wait_for(r"30-waits\.sh: starting")
+        watcher.proc.terminate()
+        watcher.finish()
+        assert watcher.proc.returncode == 143
+    root = plot_svg(ws, "--since", "1h")
+    drawn = assert_bars_are_the_journal(root, ws)
+    results = {b.get("data-result") for b in drawn}
+    assert {"OK", "TIMEOUT", "SKIPPED", "STOPPED"} <= results, results
+    for bar in drawn:
+        colour = plot.COLOURS[bar.get("data-result")]
+        assert colour in (bar.get("fill"), bar.get("stroke")), bar.attrib
+
+
 def test_tasks_run_side_by_side_overlap_on_the_axis_and_in_the_parallel_strip(ws):
     for name in ("10-a.sh", "20-b.sh", "30-c.sh"):
         ws.task(name, "sleep 0.4")

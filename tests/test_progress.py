@@ -126,3 +126,16 @@ def test_no_line_with_no_progress_or_when_stderr_is_a_pipe(ws):
     assert proc.returncode == 0, proc.stderr
     assert "\x1b" not in proc.stderr and "\r" not in proc.stderr
     assert "runner: iteration" not in proc.stderr and "10-slow.sh: OK" in proc.stderr
+
+
+def test_tasks_running_side_by_side_are_each_on_the_line(ws):
+    ws.task("10-a.sh", "sleep 0.9")
+    ws.task("20-b.sh", "sleep 0.9")
+    ws.config(max_parallel="2")
+    status, received = on_pty(ws, "-n", "1")
+    assert status == 0, received
+    both = [t for t in progress_texts(received) if " | " in t]
+    assert both, progress_texts(received)
+    first, second = both[0].split(" | ")
+    assert "task 1/2 10-a.sh" in first and re.fullmatch(r"task 2/2 20-b\.sh \d+\.\ds/600s",
+                                                        second)
