@@ -116,20 +116,25 @@ def ellipsize(text: str, columns: int) -> str:
     tell names apart, so both ends stay)."""
     if text_width(text) <= columns:
         return text
-    keep = max(columns - 1, 2)
-    head, tail = "", ""
+    room = max(columns - 1, 2)  # the ellipsis takes one
+    head: list[str] = []
+    tail: list[str] = []
+    widths = {"head": 0, "tail": 0}
     left, right = 0, len(text) - 1
     while left <= right:
-        if text_width(head) <= text_width(tail) and text_width(head + text[left]) + \
-                text_width(tail) < keep + 1:
-            head += text[left]
-            left += 1
-        elif text_width(text[right] + tail) + text_width(head) < keep + 1:
-            tail = text[right] + tail
-            right -= 1
-        else:
+        side = "head" if widths["head"] <= widths["tail"] else "tail"
+        char = text[left] if side == "head" else text[right]
+        width = text_width(char)
+        if widths["head"] + widths["tail"] + width > room:
             break
-    return head + "…" + tail
+        widths[side] += width
+        if side == "head":
+            head.append(char)
+            left += 1
+        else:
+            tail.insert(0, char)
+            right -= 1
+    return "".join(head) + "…" + "".join(tail)
 
 
 def duration(seconds: float) -> str:
@@ -381,6 +386,8 @@ class Layout:
 
 def render(timeline: Timeline) -> str:
     """The SVG document of `timeline` (at least one run)."""
+    if not timeline.runs:
+        raise ValueError("nothing to draw: no runs")
     segments = segments_of(timeline)
     axis = Axis(segments, MARGIN + NAME_W)
     by_run = {s.run["run_id"]: s for s in segments}
@@ -543,28 +550,27 @@ def _parallel(canvas: Canvas, steps: list[tuple[float, int]], axis: Axis,
     top, height = layout.parallel_y, 34.0
     canvas.add("text", {"x": MARGIN, "y": top + 22, "class": "name"},
                f"running at once (≤{peak})")
-    run_of = _run_at(axis)
     points: list[str] = []
+    level: float | None = None  # the y of the step before: a step is across, then up/down
     for when, count in steps:
-        segment = run_of(when)
-        if segment is None:
+        run_id = _run_at(axis, when)
+        if run_id is None:
             continue
-        x = axis.x(segment, when)
-        y = top + height - height * count / peak
-        if points:
-            points.append(f"{x:.1f},{points[-1].split(',')[1]}")
-        points.append(f"{x:.1f},{y:.1f}")
+        x = axis.x(run_id, when)
+        if level is not None:
+            points.append(f"{x:.1f},{level:.1f}")
+        level = top + height - height * count / peak
+        points.append(f"{x:.1f},{level:.1f}")
     canvas.add("polyline", {"points": " ".join(points), "fill": "none", "stroke": "#1f6fb2",
                             "stroke_width": 1.5, "class": "parallel", "data_peak": peak})
 
 
-def _run_at(axis: Axis):
-    def find(when: float) -> str | None:
-        for segment in axis.segments:
-            if segment.start <= when <= segment.end:
-                return str(segment.run["run_id"])
-        return None
-    return find
+def _run_at(axis: Axis, when: float) -> str | None:
+    """The run whose segment holds `when`."""
+    for segment in axis.segments:
+        if segment.start <= when <= segment.end:
+            return str(segment.run["run_id"])
+    return None
 
 
 def _stripes(canvas: Canvas, rows: list[TaskRow], axis: Axis) -> None:
