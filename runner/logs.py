@@ -107,7 +107,10 @@ class ConsoleHandler(logging.StreamHandler):
 
 
 class Overlay(Protocol):
-    def before_log(self) -> None: ...
+    """A line drawn on the console between log records (runner.progress.ProgressLine)."""
+
+    def before_log(self) -> None:
+        """Clear it; called with the handler's lock held, before the record is written."""
 
 
 _console: list[ConsoleHandler] = []  # the handler setup() made, for runner.progress

@@ -266,6 +266,11 @@ def test_the_fleet_journal_is_plotted_for_this_host_or_the_one_asked(ws, pg_url,
         "10-theirs.sh"}
     root = plot_svg(ws, "--local")
     assert {b.get("data-task") for b in bars(root)} == {"10-mine.sh"}
+    # The same questions in PostgreSQL's SQL: a run by the start of its id, and --since.
+    mine = {b.get("data-run") for b in bars(root)}.pop()
+    assert {b.get("data-run") for b in bars(plot_svg(ws, "--run", mine[:6]))} == {mine}
+    assert {b.get("data-task") for b in bars(plot_svg(ws, "--since", "1h", "--host",
+                                                      "other-host"))} == {"10-theirs.sh"}
 
 
 def test_an_unknown_run_is_one_line_and_status_1(ws):

@@ -104,8 +104,7 @@ def supervise(options: RunOptions, config: Config,
         supervisor = Supervisor(options, config, signals, listeners=listeners,
                                 identity=identity, masker=masker, tree=tree, found=found)
         if line is not None:  # "task i of N": N is the plan of the try that runs
-            line.tasks = lambda: [t.name for t in supervisor.plan.tasks] if supervisor.plan \
-                else []
+            line.tasks = lambda: _task_names(supervisor)
         status = supervisor.run()
     finally:
         orphans.uninstall()
@@ -121,6 +120,13 @@ def _progress_line(config: Config) -> ProgressLine | None:
     from ..progress import progress_line
 
     return progress_line(max_tries=config.runner.max_tries)
+
+
+def _task_names(supervisor: Supervisor) -> list[str]:
+    """The chain of the try that runs (the progress line's thread asks, 4 times a second
+    at most)."""
+    plan = supervisor.plan
+    return [task.name for task in plan.tasks] if plan is not None else []
 
 
 def recorders(options: RunOptions, config: Config, identity: RunIdentity,
