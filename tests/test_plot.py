@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import struct
 import subprocess
 import time
@@ -286,6 +287,18 @@ def test_without_a_journal_plot_is_one_line_and_status_1(ws):
     assert_one_line_error(proc, "no journal", status=1)
 
 
+def test_a_journal_without_runs_is_one_line_and_status_1(ws):
+    ws.task("10-one.sh", "exit 0")
+    assert ws.run("-n", "1").returncode == 0
+    conn = sqlite3.connect(ws.state / "journal.sqlite")
+    with conn:
+        for table in ("task_runs", "tries", "runs"):
+            conn.execute(f"DELETE FROM {table}")
+    conn.close()
+    proc = ws.run("plot", tasks=False)
+    assert_one_line_error(proc, "no runs recorded in the journal", status=1)
+
+
 def test_since_with_nothing_after_it_is_one_line_and_status_1(ws):
     ws.task("10-one.sh", "exit 0")
     assert ws.run("-n", "1").returncode == 0
@@ -380,6 +393,16 @@ def test_runs_on_two_boots_are_separated_by_a_reboot():
     first, second = (sorted(x_span(b)[0] for b in bars(root) if b.get("data-run") == r["run_id"])
                      for r in timeline.runs)
     assert first[-1] < x_span(breaks[0])[0] and x_span(breaks[0])[1] <= second[0]
+
+
+def test_runs_of_one_row_that_overlap_get_lanes_of_their_own():
+    def bar(start: float, end: float) -> plot.Bar:
+        return plot.Bar({}, start, end, "OK")
+
+    bars = [bar(0, 10), bar(2, 4), bar(5, 12), bar(10, 11)]
+    assert plot.assign_lanes(bars) == 2
+    assert [b.lane for b in bars] == [0, 1, 1, 0]
+    assert plot.concurrency(bars) == [(0, 1), (2, 2), (4, 1), (5, 2), (10, 2), (11, 1), (12, 0)]
 
 
 @pytest.mark.parametrize(("px_per_s", "label"), [
