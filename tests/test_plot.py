@@ -130,6 +130,7 @@ def test_retries_backoff_and_a_halt_are_drawn_as_the_journal_recorded_them(ws):
     assert any(t.endswith("ms") or t.endswith("s") for t in texts if t[:1].isdigit())
 
 
+@pytest.mark.slow
 def test_timeout_skipped_and_stopped_runs_have_their_result_and_colour(ws):
     go = ws.root / "go"
     ws.task("10-once.sh", "exit 0")
@@ -246,6 +247,7 @@ def test_a_task_running_now_is_drawn_up_to_now_and_interrupted_once_runner_died(
     assert bar.get("data-result") == "INTERRUPTED"
 
 
+@pytest.mark.slow
 def test_the_fleet_journal_is_plotted_for_this_host_or_the_one_asked(ws, pg_url, tmp_path):
     import psycopg
 
@@ -507,6 +509,7 @@ def inked(rows: list[bytes], channels: int) -> tuple[int, int]:
     return ink, colour
 
 
+@pytest.mark.slow
 def test_chromium_draws_the_plot_of_a_real_run(ws, tmp_path):
     ws.task("10-first.sh", "sleep 0.2")
     ws.task("20-flaky.sh", FLAKY)

@@ -15,6 +15,7 @@ import subprocess
 import termios
 import time
 
+import pytest
 from conftest import Workspace
 
 CLEAR = "\r\x1b[K"
@@ -68,11 +69,12 @@ def progress_texts(received: str) -> list[str]:
 
 
 def slow_flaky_chain(ws: Workspace) -> None:
-    ws.task("10-slow.sh", "sleep 1.2")
+    ws.task("10-slow.sh", "sleep 2")
     ws.task("20-flaky.sh", FLAKY)
     ws.config(sleep_time="1.2", max_tries="3", max_time="30")
 
 
+@pytest.mark.slow
 def test_the_line_appears_moves_and_counts_the_backoff_down(ws):
     slow_flaky_chain(ws)
     status, received = on_pty(ws, "-n", "1")
@@ -87,11 +89,12 @@ def test_the_line_appears_moves_and_counts_the_backoff_down(ws):
     assert len(set(elapsed)) >= 3 and elapsed == sorted(elapsed), elapsed
     # The backoff counts down.
     left = [float(m.group(1)) for m in map(WAITING.match, texts) if m]
-    assert len(left) >= 3 and left == sorted(left, reverse=True) and left[0] > left[-1]
-    # At most about 4 redraws a second: about 3.6 s of run.
-    assert len(texts) <= 4 * 5
+    assert len(left) >= 2 and left == sorted(left, reverse=True) and left[0] > left[-1]
+    # At most about 4 redraws a second: 5.4 s of run (2 + 1.4 of backoff + 2).
+    assert len(texts) <= 4 * 7
 
 
+@pytest.mark.slow
 def test_log_lines_never_hold_any_of_the_line_and_it_is_gone_at_the_end(ws):
     ws.task("10-talk.sh", 'for i in $(seq 30); do echo "line $i"; sleep 0.03; done')
     ws.task("20-slow.sh", "sleep 0.8")
@@ -115,6 +118,7 @@ def test_a_narrow_terminal_gets_one_cut_line(ws):
     assert texts and all(len(t) < 40 for t in texts) and texts[0].endswith("...")
 
 
+@pytest.mark.slow
 def test_no_line_with_no_progress_or_when_stderr_is_a_pipe(ws):
     slow_flaky_chain(ws)
     status, received = on_pty(ws, "-n", "1", "--no-progress")
