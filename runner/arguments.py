@@ -30,6 +30,7 @@ COMMANDS = {
     "history": "task runs recorded in the journal, newest last",
     "log": "the captured output of a task's last run",
     "blame": "tasks by time spent, CPU time and peak memory (the newest run by default)",
+    "plot": "an SVG timeline of a run: every task run, try, backoff and reboot",
     "ctl": "control the running runner: retry-now, skip TASK, pause, resume, halt",
     "reset": "forget that once/per-boot/per-instance tasks succeeded (all, or TASK)",
 }
@@ -40,7 +41,7 @@ LISTINGS = ("check", "list", "plan", "graph")
 _VALUE_OPTIONS = {
     "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
     "--task", "--since", "--host", "--run", "--try", "--iteration", "--limit",
-    "--format",
+    "--format", "-o", "--output",
 }
 
 
@@ -120,11 +121,15 @@ def build_parser(command: str) -> Parser:
     if command == "run":
         parser.add_argument("--dry-run", action="store_true",
                             help="run only the checks and print what would run")
+        parser.add_argument("--no-progress", action="store_true",
+                            help="no live progress line on a terminal (stderr)")
     if command == "graph":
         parser.add_argument("--format", choices=("dot", "svg"), default="dot",
                             help="with graph: DOT text (default) or SVG drawn by Graphviz's dot")
     if command in JOURNAL_COMMANDS:
         _journal_arguments(parser, command)
+    elif command == "plot":
+        _plot_arguments(parser)
     elif command == "ctl":
         _ctl_arguments(parser)
     elif command == "reset":
@@ -164,6 +169,21 @@ def _journal_arguments(parser: Parser, command: str) -> None:
                             help="show the newest N task runs (default 50)")
 
 
+def _plot_arguments(parser: Parser) -> None:
+    parser.add_argument("--local", action="store_true",
+                        help="read the local journal even when journal_url is set")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--run", dest="run_id",
+                       help="this run (an id or its start; default the newest run, with "
+                       "the runs it resumed after reboots)")
+    which.add_argument("--since", help="every run started since: 2h, 1d, today, "
+                       "yesterday, 2026-11-23, 2026-11-23T10:00")
+    parser.add_argument("--host", help="only this host's runs (in the fleet journal the "
+                        "default is this host)")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write the SVG here (default standard output)")
+
+
 def _ctl_arguments(parser: Parser) -> None:
     from .ctlwords import ACTIONS
 
@@ -194,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         if command in JOURNAL_COMMANDS:
             from .commands.report import report
             return report(command, options, _report_options(args))
+        if command == "plot":
+            from .commands.plot import PlotOptions, plot
+            return plot(options, PlotOptions(args.run_id, args.since, args.host, args.output,
+                                             args.local))
         if command == "reset":
             from .commands.reset import reset
             return reset(options, args.task)
@@ -205,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(options)
         from .commands.run import DaemonOptions, run
         daemon = DaemonOptions(args.pidfile, args.log_file, args.level) if args.daemon else None
-        return run(options, daemon)
+        return run(options, daemon, progress=not args.no_progress)
     except ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:  # only outside the supervisor, which handles SIGINT itself

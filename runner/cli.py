@@ -56,10 +56,12 @@ _LIGHT = {
     "status": {"--json": False},
     "history": {"--json": False, "--local": False, "--task": True, "--since": True,
                 "--host": True, "--run": True, "--limit": True},
+    "plot": {"--local": False, "--since": True, "--host": True, "--run": True,
+             "--output": True, "-o": True},
     "ctl": {},
     "check": {},  # and one task directory
 }
-_DESTINATIONS = {"--json": "as_json", "--run": "run_id"}
+_DESTINATIONS = {"--json": "as_json", "--run": "run_id", "-o": "output", "--output": "output"}
 _POSITIONALS = ("ctl", "check")  # the light commands that take words
 
 
@@ -105,6 +107,8 @@ def light_arguments(argv):
         index += 1
     if command is None:
         return None
+    if command == "plot" and "run_id" in options and "since" in options:
+        return None  # plot takes one of them: the full parser says so
     text = options.get("limit")
     if isinstance(text, str):
         if not (text.isascii() and text.isdigit()) or int(text) < 1:

@@ -7,7 +7,7 @@ HELP = (
     'usage: runner [-h] [-c CONFIG] [-D SECTION.KEY=VALUE] [-n TIMES] [-H] [-v]\n'
     '              [-q] [--syslog] [-g SECTION.KEY] [--strict] [--daemon]\n'
     '              [--pidfile PIDFILE] [--log-file LOG_FILE] [--version]\n'
-    '              [--dry-run]\n'
+    '              [--dry-run] [--no-progress]\n'
     '              [taskdir]\n'
     '\n'
     'Run a directory of tasks in order, retrying with backoff, and run a halt task\n'
@@ -39,6 +39,7 @@ HELP = (
     '  --log-file LOG_FILE   with --daemon: log here instead of syslog\n'
     "  --version             show program's version number and exit\n"
     '  --dry-run             run only the checks and print what would run\n'
+    '  --no-progress         no live progress line on a terminal (stderr)\n'
     '\n'
     'commands: run: run the chain (the default when no command is given); check:\n'
     'validate the configuration and tasks, print the plan, run nothing; list: list\n'
@@ -48,7 +49,8 @@ HELP = (
     'what runs now, and the last result of every task; history: task runs recorded\n'
     "in the journal, newest last; log: the captured output of a task's last run;\n"
     'blame: tasks by time spent, CPU time and peak memory (the newest run by\n'
-    'default); ctl: control the running runner: retry-now, skip TASK, pause,\n'
-    'resume, halt; reset: forget that once/per-boot/per-instance tasks succeeded\n'
-    '(all, or TASK)\n'
+    'default); plot: an SVG timeline of a run: every task run, try, backoff and\n'
+    'reboot; ctl: control the running runner: retry-now, skip TASK, pause, resume,\n'
+    'halt; reset: forget that once/per-boot/per-instance tasks succeeded (all, or\n'
+    'TASK)\n'
 )

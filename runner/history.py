@@ -30,6 +30,9 @@ RECORD_FIELDS = (
     "duration_s", "exit_code", "signal", "error", "kind", "run_id", "host", "boot_id",
     "cpu_user_s", "cpu_system_s", "peak_memory_bytes",
 )
+RUN_FIELDS = ("run_id, host, boot_id, pid, pid_start, version, config, task_dir, "
+              "started_at, ended_at, result, exit_status")
+TRY_FIELDS = "run_id, iteration, try_num, host, boot_id, started_at, ended_at, result, failed_task"
 # What a run cost (runner.usage): columns a journal of an older schema does not have yet.
 COST_FIELDS = ("cpu_user_s", "cpu_system_s", "peak_memory_bytes")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -211,16 +214,50 @@ class Reader:
         )
         return {row["task"]: row["ended_at"] for row in rows}
 
-    def runs(self, host: str | None, limit: int = 1) -> list[dict[str, Any]]:
-        """The newest runner runs (processes), newest first."""
-        where, params = ("host = ?", [host]) if host else ("1 = 1", [])
+    def runs(self, host: str | None, limit: int = 1, *, since: datetime | None = None,
+             run_id: str | None = None) -> list[dict[str, Any]]:
+        """The newest runner runs (processes), newest first: of `host` (None: any), started
+        since `since`, whose id is `run_id` or starts with it."""
+        clauses: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if host:
+            clauses.append("host = ?")
+            params.append(host)
+        if since is not None:
+            clauses.append("started_at >= ?")
+            params.append(since)
+        if run_id is not None:
+            # A prefix, as the plot's header shows it; `_` and `%` are no pattern here.
+            clauses.append("substr(run_id, 1, ?) = ?")
+            params += [len(run_id), run_id]
         order = "run_seq DESC" if self.by_run_seq else "started_at DESC"
         return self.rows(
-            f"SELECT run_id, host, boot_id, pid, pid_start, version, config, task_dir, "
-            f"started_at, ended_at, result, exit_status FROM {self.table('runs')} "
-            f"WHERE {where} ORDER BY {order} LIMIT ?",
+            f"SELECT {RUN_FIELDS} FROM {self.table('runs')} "
+            f"WHERE {' AND '.join(clauses)} ORDER BY {order} LIMIT ?",
             (*params, limit),
         )
+
+    def of_runs(self, table: str, run_ids: list[str]) -> list[dict[str, Any]]:
+        """Every row of `tries` or `task_runs` (without the output) of these runs."""
+        if not run_ids:
+            return []
+        fields = self.record_fields() + ", seq" if table == "task_runs" else TRY_FIELDS
+        marks = ", ".join("?" for _ in run_ids)
+        return self.rows(
+            f"SELECT {fields} FROM {self.table(table)} WHERE run_id IN ({marks}) "
+            "ORDER BY started_at", tuple(run_ids),
+        )
+
+    def rebooted(self, run_ids: list[str]) -> set[str]:
+        """Which of these runs ran a reboot task (the next start resumed after it)."""
+        if not run_ids:
+            return set()
+        marks = ", ".join("?" for _ in run_ids)
+        rows = self.rows(
+            f"SELECT DISTINCT run_id FROM {self.table('task_runs')} "
+            f"WHERE kind = 'reboot' AND run_id IN ({marks})", tuple(run_ids),
+        )
+        return {row["run_id"] for row in rows}
 
     def blame(self, filters: Filters) -> list[dict[str, Any]]:
         """Per task: time spent, runs and failures, longest first, with its last run."""

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from .escape import escape
 
@@ -110,11 +111,40 @@ def _lean_records() -> None:
     logging.logMultiprocessing = False
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """stderr. A line drawn over the terminal (runner.progress) is cleared first, under
+    this handler's lock, which the drawing holds too: a record never lands inside it."""
+
+    overlay: Overlay | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        overlay = self.overlay
+        if overlay is not None:
+            overlay.before_log()
+        super().emit(record)
+
+
+class Overlay(Protocol):
+    """A line drawn on the console between log records (runner.progress.ProgressLine)."""
+
+    def before_log(self) -> None:
+        """Clear it; called with the handler's lock held, before the record is written."""
+
+
+_console: list[ConsoleHandler] = []  # the handler setup() made, for runner.progress
+
+
+def console_handler() -> ConsoleHandler | None:
+    """The stderr handler of the `runner` logger, when setup() made one."""
+    return _console[0] if _console else None
+
+
 def setup(level: int, use_syslog: bool = False) -> logging.Logger:
     """Configure the `runner` logger (called once, by the command line)."""
     _lean_records()
     logger = _runner_logger(level)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = ConsoleHandler(sys.stderr)
+    _console[:] = [handler]
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:
@@ -130,6 +160,7 @@ def setup_daemon(level: int, log_file: str | None) -> logging.Logger:
     or to syslog when no file is given."""
     _lean_records()
     logger = _runner_logger(level)
+    _console.clear()  # stderr is /dev/null now
     if log_file:
         import logging.handlers  # here: it imports pickle, a cost to every command
 

@@ -93,7 +93,7 @@ def runner_8() -> str:
         "[\\fBrun\\fR|\\fBcheck\\fR|\\fBlist\\fR] [\\fITASKDIR\\fR]",
         ".br",
         "\\fBrunner\\fR [\\fIoptions\\fR] "
-        "\\fBstatus\\fR|\\fBhistory\\fR|\\fBlog\\fR \\fITASK\\fR|\\fBblame\\fR "
+        "\\fBstatus\\fR|\\fBhistory\\fR|\\fBlog\\fR \\fITASK\\fR|\\fBblame\\fR|\\fBplot\\fR "
         "[\\fIjournal options\\fR]",
         ".SH DESCRIPTION",
         esc("runner reads its configuration (runner.cfg(5)), runs the executables of the task "
@@ -110,11 +110,15 @@ def runner_8() -> str:
     common = frozenset(flag for action in base._actions for flag in action.option_strings)
     lines += [
         ".SH COMMAND OPTIONS",
-        esc("status, history, log and blame read the journal named by the configuration: "
-            "the fleet journal at journal_url when it is set (--local for the local one), "
-            "else state_dir/journal.sqlite; status always reads this machine's. They exit 0 "
-            "with an answer, 1 when there is nothing to show or no journal, 78 on bad "
-            "arguments. ctl talks to the running runner over runtime_dir/control.sock."),
+        esc("status, history, log, blame and plot read the journal named by the "
+            "configuration: the fleet journal at journal_url when it is set (--local for the "
+            "local one), else state_dir/journal.sqlite; status always reads this machine's. "
+            "They exit 0 with an answer, 1 when there is nothing to show or no journal, 78 on "
+            "bad arguments. plot writes an SVG timeline (a bar per task run, coloured by its "
+            "result; tries, backoff pauses, reboots; the halt task apart) to standard output "
+            "or -o FILE. run draws a live progress line on stderr when it is a terminal "
+            "(--no-progress: none). ctl talks to the running runner over "
+            "runtime_dir/control.sock."),
     ]
     for name in COMMANDS:
         parser = build_parser(name)

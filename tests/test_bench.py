@@ -150,3 +150,19 @@ def test_the_task_profile_measures_every_part_of_a_task_run():
     # each timed alone, must be positive.
     assert all(float(figures[part]) > 0 for part in figures if part != "whole chain"), \
         proc.stdout
+
+
+def test_the_plot_and_progress_benchmark_measures_both_on_real_runs():
+    """bench/plot_progress.py, small: both chains ran (on a pty, with and without the
+    line), the plot had a bar for each of the 5N task runs (the script checks it)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "plot_progress.py"), "--tasks", "10",
+         "--rounds", "1", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    result = json.loads(proc.stdout)
+    assert result["progress"]["tasks"] == 10 and result["plot"]["task_runs"] == 50
+    for figure in ("progress_s", "no_progress_s", "progress_cpu_s", "cpu_ratio"):
+        assert result["progress"][figure] > 0
+    assert result["plot"]["plot_s"] > 0 and result["plot"]["svg_bytes"] > 10000

@@ -30,6 +30,8 @@ PLAIN = [
     ["ctl", "pause", "-c", "a.cfg"], ["ctl", "pause", "extra"],
     ["check"], ["check", "tasks.d"], ["-c", "a.cfg", "check", "/srv/tasks.d"],
     ["check", "-c", "a.cfg"],
+    ["plot"], ["plot", "-o", "x.svg", "--run", "abc"],
+    ["plot", "--since", "2h", "--host", "h", "--local", "--output=f.svg"],
 ]
 # Left to argparse: abbreviations, other options, odd values, mistakes, other commands.
 NOT_LIGHT = [
@@ -42,6 +44,7 @@ NOT_LIGHT = [
     ["-c", "", "status"], ["-D", "runner.times=1", "status"], ["ctl"], ["ctl", "paws"],
     ["ctl", "skip", "-c", "a.cfg", "x"], ["ctl", "--", "pause"], ["ctl", "a", "b", "c"],
     ["--help", "status"], ["status", "--help"], ["--version"], ["-g", "runner.times"],
+    ["plot", "--run", "a", "--since", "2h"], ["plot", "-ox.svg"], ["plot", "--limit", "3"],
 ]
 
 
@@ -49,7 +52,8 @@ def argparse_reading(argv: list[str]) -> tuple:
     command, rest = arguments.split_command(argv)
     args = arguments.build_parser(command).parse_args(rest)
     options = {name: value for name, value in vars(args).items()
-               if name in ("json", "local", "task", "since", "host", "run_id", "limit")
+               if name in ("json", "local", "task", "since", "host", "run_id", "limit",
+                           "output")
                and command != "ctl"}
     options = {("as_json" if k == "json" else k): v for k, v in options.items()}
     if command == "ctl":
@@ -68,7 +72,7 @@ def test_light_arguments_mean_what_argparse_makes_of_them(argv):
     assert (command, config, words) == (want_command, want_config, want_words)
     # argparse fills in every default; the light reading only what was given.
     defaults = {"as_json": False, "local": False, "task": None, "since": None, "host": None,
-                "run_id": None, "limit": 50}
+                "run_id": None, "limit": 50, "output": None}
     assert {k: options.get(k, defaults[k]) for k in want_options} == want_options
     assert set(options) <= set(want_options)
 

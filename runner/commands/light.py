@@ -1,7 +1,7 @@
-"""`runner status`, `runner history` (local journal) and `runner ctl`, as runner.cli starts
-them without the full parser: the three settings they need, from runner.confcache while
-it is true (else the configuration is loaded, and remembered there), and the same exit
-statuses and one-line errors as through runner.arguments.main.
+"""`runner status`, `runner history` and `runner plot` (local journal) and `runner ctl`,
+as runner.cli starts them without the full parser: the three settings they need, from
+runner.confcache while it is true (else the configuration is loaded, and remembered
+there), and the same exit statuses and one-line errors as through runner.arguments.main.
 
 Imports `os` and `sys` only at import time; what a command needs it imports itself.
 """
@@ -74,12 +74,15 @@ def light_command(command, config, options, words):
             words = checked(words)  # before the configuration, as runner.arguments does
             return send_command(locations(config_path).runtime_dir, words)
         where = locations(config_path)
+        if command in ("history", "plot") and where.journal_url and not options.get("local"):
+            return None
+        if command == "plot":
+            from .plot import PlotOptions, plot_at
+
+            return plot_at(where, PlotOptions(**options))
         from .report import ReportOptions, report_at
 
-        opts = ReportOptions(**options)
-        if command == "history" and where.journal_url and not opts.local:
-            return None
-        return report_at(command, where, opts)
+        return report_at(command, where, ReportOptions(**options))
     except ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import cgroup, fdlimit, instance, logs, preflight, statedir
 from ..config import Config, load
@@ -18,6 +19,9 @@ from ..states import ExitStatus
 from ..supervisor import Supervisor
 from ..tasks import discover
 
+if TYPE_CHECKING:
+    from ..progress import ProgressLine
+
 log = logging.getLogger("runner")
 
 
@@ -30,7 +34,10 @@ class DaemonOptions:
     level: int
 
 
-def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int:
+def run(options: RunOptions, daemon_options: DaemonOptions | None = None, *,
+        progress: bool = False) -> int:
+    """Run the chain; `progress`: a live progress line when stderr is a terminal (never
+    with --daemon)."""
     config = load(options.config_path, options.overrides)
     if daemon_options is not None:  # report a bad plan before detaching
         preflight.check(config, discover(config, task_dir_of(options, config)))
@@ -43,7 +50,7 @@ def run(options: RunOptions, daemon_options: DaemonOptions | None = None) -> int
         return fail(str(exc), instance.EX_TEMPFAIL)
     try:
         if daemon_options is None:
-            return supervise(options, config, lock)
+            return supervise(options, config, lock, progress=progress)
         return _daemon(options, config, daemon_options, lock)
     finally:
         if lock is not None:
@@ -70,7 +77,7 @@ def _daemon(options: RunOptions, config: Config, daemon_options: DaemonOptions,
 
 
 def supervise(options: RunOptions, config: Config,
-              lock: instance.InstanceLock | None = None) -> int:
+              lock: instance.InstanceLock | None = None, *, progress: bool = False) -> int:
     from ..reaper import OrphanReaper, enable_subreaper
 
     # Descendants that escape a task's process group (setsid daemons) are re-parented to
@@ -87,12 +94,18 @@ def supervise(options: RunOptions, config: Config,
     identity = RunIdentity.current()
     lock_file = lock.path if lock is not None else None
     listeners = (*recorders(options, config, identity, masker, lock_file), notifier)
+    line = _progress_line(config) if progress else None
+    if line is not None:
+        listeners = (*listeners, line)
     tree, found = cgroup.take(cgroup.probe())
     signals.install()
     orphans.install()
     try:
-        status = Supervisor(options, config, signals, listeners=listeners,
-                            identity=identity, masker=masker, tree=tree, found=found).run()
+        supervisor = Supervisor(options, config, signals, listeners=listeners,
+                                identity=identity, masker=masker, tree=tree, found=found)
+        if line is not None:  # "task i of N": N is the plan of the try that runs
+            line.tasks = lambda: _task_names(supervisor)
+        status = supervisor.run()
     finally:
         orphans.uninstall()
         signals.uninstall()
@@ -101,6 +114,19 @@ def supervise(options: RunOptions, config: Config,
     if status is not ExitStatus.DONE:
         log.info("runner exits with status %d (%s)", status, status.name)
     return int(status)
+
+
+def _progress_line(config: Config) -> ProgressLine | None:
+    from ..progress import progress_line
+
+    return progress_line(max_tries=config.runner.max_tries)
+
+
+def _task_names(supervisor: Supervisor) -> list[str]:
+    """The chain of the try that runs (the progress line's thread asks, 4 times a second
+    at most)."""
+    plan = supervisor.plan
+    return [task.name for task in plan.tasks] if plan is not None else []
 
 
 def recorders(options: RunOptions, config: Config, identity: RunIdentity,
