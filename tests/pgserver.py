@@ -120,8 +120,9 @@ class PgServer:
         return server
 
     @classmethod
-    def throwaway(cls, timeout: float = 30) -> PgServer:
-        """initdb into a temporary directory and start a private server on 127.0.0.1."""
+    def throwaway(cls, timeout: float = 30, settings: dict[str, str] | None = None) -> PgServer:
+        """initdb into a temporary directory and start a private server on 127.0.0.1;
+        `settings` go to postgresql.conf over SERVER_SETTINGS (max_connections ...)."""
         problem = cls.unavailable_reason()
         if problem:
             raise RuntimeError(problem)
@@ -142,10 +143,11 @@ class PgServer:
             for attempt in range(3):  # a free port may be taken before postgres binds it
                 port = free_port()
                 with (datadir / "postgresql.conf").open("a") as conf:
-                    settings = {**SERVER_SETTINGS, "listen_addresses": "127.0.0.1",
-                                "port": str(port), "unix_socket_directories": str(tmpdir)}
+                    conf_settings = {**SERVER_SETTINGS, **(settings or {}),
+                                     "listen_addresses": "127.0.0.1", "port": str(port),
+                                     "unix_socket_directories": str(tmpdir)}
                     conf.write("\n# runner tests\n")
-                    conf.writelines(f"{k} = '{v}'\n" for k, v in settings.items())
+                    conf.writelines(f"{k} = '{v}'\n" for k, v in conf_settings.items())
                 try:
                     _run_as_pg([str(bindir / "pg_ctl"), "start", "-w", "-t", str(int(timeout)),
                                 "-D", str(datadir), "-l", str(tmpdir / "server.log")],
@@ -280,6 +282,8 @@ class TcpProxy:
 
     `stop()` closes the listening socket and cuts every open connection, so clients see
     a dead server (new connections are refused); `start()` listens again on the same port.
+    `reject()` is an outage that counts: open connections are cut, and every new one is
+    accepted and closed at once, counted in `rejected` (a client's connection attempts).
     """
 
     def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
@@ -290,6 +294,8 @@ class TcpProxy:
         self._accepter: threading.Thread | None = None
         self._links: set[_Link] = set()
         self.accepted = 0  # connections forwarded since creation
+        self.rejected = 0  # connections closed at once while rejecting
+        self._rejecting = False
 
     @property
     def running(self) -> bool:
@@ -301,7 +307,8 @@ class TcpProxy:
             return len(self._links)
 
     def start(self) -> TcpProxy:
-        """Listen (again) on `port`; the first start picks a free port."""
+        """Listen (again) on `port`, forwarding; the first start picks a free port."""
+        self._rejecting = False
         if self._listener is not None:
             return self
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -331,6 +338,18 @@ class TcpProxy:
         if self._accepter is not None:
             self._accepter.join(5)
         listener.close()
+        self._cut(links)
+
+    def reject(self) -> None:
+        """Outage, counted: cut the open connections; accept and close every new one."""
+        self.start()
+        with self._lock:
+            self._rejecting = True
+            links, self._links = self._links, set()
+        self._cut(links)
+
+    @staticmethod
+    def _cut(links: set[_Link]) -> None:
         for link in links:
             for sock in link.socks:
                 with contextlib.suppress(OSError):
@@ -352,6 +371,11 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # stop() shut the listener down
+            if self._rejecting:
+                with self._lock:
+                    self.rejected += 1
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
