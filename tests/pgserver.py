@@ -412,3 +412,94 @@ class TcpProxy:
                 self._links.discard(link)
         if last:
             link.close()
+
+
+PGBOUNCER_INI = """\
+[databases]
+* = host={host} port={port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {dir}/users.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 1000
+pidfile = {dir}/pgbouncer.pid
+logfile = {dir}/pgbouncer.log
+"""
+
+
+class PgBouncer:
+    """A pgbouncer process in transaction pooling mode in front of a PostgreSQL server:
+    `pool_size` server connections per database and user, shared by every client."""
+
+    def __init__(self, target_host: str, target_port: int, user: str,
+                 pool_size: int = 2) -> None:
+        self.target = (target_host, target_port)
+        self.user = user
+        self.pool_size = pool_size
+        self.port = 0
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("pgbouncer") or next(
+            (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)),
+            None)
+
+    def start(self, timeout: float = 15) -> PgBouncer:
+        binary = self.binary()
+        if binary is None:
+            raise RuntimeError("no pgbouncer (Debian: apt-get install pgbouncer)")
+        self.dir = Path(tempfile.mkdtemp(prefix="runner-pgbouncer-"))
+        self.port = free_port()
+        (self.dir / "users.txt").write_text(f'"{self.user}" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(PGBOUNCER_INI.format(
+            host=self.target[0], port=self.target[1], listen_port=self.port,
+            dir=self.dir, pool_size=self.pool_size))
+        if os.geteuid() == 0:  # pgbouncer refuses to run as root
+            entry = pwd.getpwnam(PG_USER)
+            for path in (self.dir, *self.dir.iterdir()):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.proc = subprocess.Popen([binary, str(self.dir / "pgbouncer.ini")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     **_pg_user_kwargs())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=1):
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = self.dir / "pgbouncer.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        self.stop()
+        raise RuntimeError(f"pgbouncer did not start:\n{tail}")
+
+    def url(self, server_url: str) -> str:
+        """`server_url` (a database on the target server) through this pgbouncer."""
+        return via(server_url, self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> PgBouncer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
