@@ -40,7 +40,8 @@ from .pgjournal import CONNECT_TIMEOUT_S, ForwardHealth, pending_count
 log = logging.getLogger("runner.journal")
 
 IDLE_S = 60.0  # look for rows to forward at least this often: earlier runs, recoveries
-LINGER_S = 3.0  # the forwarding process and its connection outlive the last write by this
+LINGER_S = 3.0  # the forwarding process outlives the last write by this
+GATHER_S = 1.0  # a write waits this long for the writes after it: one pass, one connection
 BACKOFF_FIRST_S = 1.0
 MAX_BACKOFF_S = 60.0
 FLUSH_AT_EXIT_S = 5.0  # README: "runner keeps trying for up to 5 s at exit"
@@ -201,6 +202,9 @@ class Forwarder(Listener):
             if self.permanent or (not woke and not self._pending_here()):
                 delay = IDLE_S
                 continue
+            if woke and self.stopping.wait(GATHER_S):
+                break
+            self.wakeup.clear()
             result = self._pass(CONNECT_TIMEOUT_S, PASS_TIMEOUT_S)
             failures = 0 if result.ok else failures + 1
             delay = IDLE_S if result.ok else backoff_delay(failures)
@@ -214,7 +218,7 @@ class Forwarder(Listener):
             left = self.exit_deadline - time.monotonic()
             if left <= 0:
                 break
-            result = self._pass(min(CONNECT_TIMEOUT_S, max(left, 2.0)), left)
+            result = self._pass(min(CONNECT_TIMEOUT_S, max(left, 2.0)), left, keep=True)
             if result.ok and not result.pending:
                 break
             if not result.ok:
@@ -237,15 +241,16 @@ class Forwarder(Listener):
         finally:
             local.close()
 
-    def _pass(self, connect_timeout: float, wait: float) -> Pass:
-        """Forward everything pending through the running process, or a new one."""
-        result = self._attempt(connect_timeout, wait)
+    def _pass(self, connect_timeout: float, wait: float, keep: bool = False) -> Pass:
+        """Forward everything pending through the running process, or a new one;
+        `keep`: the process stays after a failure (a retry soon needs no new one)."""
+        result = self._attempt(connect_timeout, wait, keep)
         if result.gone and self.child is None and not self.stopping.is_set():
-            result = self._attempt(connect_timeout, wait)  # the old one died: a new one
+            result = self._attempt(connect_timeout, wait, keep)  # it died: a new one
         self._record(result)
         return result
 
-    def _attempt(self, connect_timeout: float, wait: float) -> Pass:
+    def _attempt(self, connect_timeout: float, wait: float, keep: bool) -> Pass:
         fresh = self.child is None
         try:
             if self.child is None:
@@ -257,15 +262,15 @@ class Forwarder(Listener):
             result = self.child.answer(wait)
         except OSError as exc:
             result = Pass(ok=False, error=f"forwarding process: {exc}", gone=True)
-        if not result.ok:
-            self._let_go()
-            result.gone = result.gone and not fresh  # a new one failing is an outage
+        if not result.ok and (result.gone or result.permanent or not keep):
+            self._let_go()  # backing off, it need not wait with psycopg loaded
+        result.gone = result.gone and not fresh  # a new one failing is an outage
         return result
 
     def _let_go(self) -> None:
         child, self.child = self.child, None
-        if child is not None:
-            child.close()
+        if child is not None:  # at exit, a pass cut short is sent again next time
+            child.close(0.5 if self.stopping.is_set() else 5.0)
 
     def _record(self, result: Pass) -> None:
         if not result.ok:

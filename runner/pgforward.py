@@ -1,12 +1,14 @@
 """The forwarding process: what talks to PostgreSQL for `journal_url`, so runner does not.
 
-runner's forwarder thread (runner.pgjournal.Forwarder) starts `python -P -m
+runner's forwarder thread (runner.forwarder.Forwarder) starts `python -P -m
 runner.pgforward` when the local journal has rows to send. Only this process imports
 psycopg and libpq (with OpenSSL, Kerberos, LDAP: some 14 MB of resident memory that
-runner itself never carries), and it holds the one database connection. It lives as long
-as the work does: the thread closes its stdin once nothing was written for a moment
-(pgjournal.LINGER_S), and the process closes the connection and exits. So the
-connections a fleet holds follow how much it writes, not how many hosts are up.
+runner itself never carries). It lives as long as the writes keep coming: the thread
+closes its stdin once nothing was written for forwarder.LINGER_S, and it exits. Its
+connection lives shorter still: it goes after CONNECTION_IDLE_S without a write, and at
+the first pause after CONNECTION_MAX_S (a runner writing all the time must not keep a
+slot that runners refused are waiting for). So the connections a fleet holds follow how
+much it writes, not how many hosts are up.
 
 The conversation, one JSON object a line:
 
@@ -15,7 +17,7 @@ The conversation, one JSON object a line:
   stdin, then         an empty line per "forward now"; EOF: close and exit
   stdout              one report per pass: {"ok": true, "sent": N, "pending": M}, or
                       {"ok": false, "error": "...", "pending": M, "permanent": bool}
-                      after which the process exits (the thread backs off)
+                      (the next request retries; a permanent failure ends the process)
 
 Every statement runs in a transaction of its own (autocommit, explicit transactions)
 and psycopg prepares nothing (prepare_threshold=None), so the connection may be a
@@ -26,13 +28,19 @@ transactions (the migration's lock is pg_advisory_xact_lock).
 from __future__ import annotations
 
 import json
+import os
 import select
 import sqlite3
 import sys
+import time
 from typing import Any, TextIO
 
 from . import journalfile
 from .pgjournal import SchemaTooNew, forward_batch, import_psycopg, pending_count, pg_connect
+
+# The connection is held while writes keep coming, not while the process waits for them.
+CONNECTION_IDLE_S = 0.5
+CONNECTION_MAX_S = 5.0  # then let go at the next pass: a turn for the runners refused
 
 
 def report(out: TextIO, **fields: Any) -> None:
@@ -48,16 +56,31 @@ def forward_all(local: sqlite3.Connection, remote: Any) -> int:
     return sent
 
 
-def next_request(source: TextIO) -> bool:
-    """Wait for the next "forward now" line; False on EOF (the thread let go of us).
-    Lines that arrived together are one request: the pass sends everything anyway."""
-    line = source.readline()
-    if not line:
-        return False
-    while select.select([source], [], [], 0)[0]:
-        if not source.readline():
-            return False  # EOF right after: this pass is the last
-    return True
+class Requests:
+    """runner's side of the pipe, read unbuffered (select() must see what is unread)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def first_line(self) -> bytes:
+        while b"\n" not in self.buffer:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def wait(self, timeout: float | None) -> bool | None:
+        """True: "forward now" (lines that came together are one request: a pass sends
+        everything anyway); False: EOF, runner let go of us; None: `timeout` passed."""
+        if self.buffer:
+            self.buffer = b""
+            return True
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return None
+        return bool(os.read(self.fd, 65536))
 
 
 def _pending(local: sqlite3.Connection | None) -> int | None:
@@ -67,31 +90,60 @@ def _pending(local: sqlite3.Connection | None) -> int | None:
         return None
 
 
-def serve(hello: dict[str, Any], source: TextIO, out: TextIO) -> int:
-    """Forward on every request until EOF; a failure is reported and ends the process."""
+def _close(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # a broken connection: nothing more to lose
+            pass
+
+
+def serve(hello: dict[str, Any], requests: Requests, out: TextIO) -> int:
+    """Forward on every request until EOF. A failure is reported, and the next request
+    tries again with a new connection (runner's exit flush retries within a second; the
+    thread lets go of the process while it backs off); psycopg missing or a newer schema
+    end the process. The connection goes after CONNECTION_IDLE_S without a request, or at
+    the first pause after CONNECTION_MAX_S: a runner that writes all the time takes its
+    turn like the others, and a fleet's connections follow its writes."""
     local = remote = None
+    migrate = bool(hello.get("migrate", True))
+    connected = 0.0
     try:
         local = journalfile.connect(hello["db"])
         import_psycopg()
-        remote = pg_connect(hello["url"], migrate_schema=hello.get("migrate", True),
-                            timeout=hello.get("connect_timeout"))
         while True:
-            sent = forward_all(local, remote)
-            report(out, ok=True, sent=sent, pending=pending_count(local))
-            if not next_request(source):
+            try:
+                if remote is None:
+                    remote = pg_connect(hello["url"], migrate_schema=migrate,
+                                        timeout=hello.get("connect_timeout"))
+                    migrate, connected = False, time.monotonic()
+                sent = forward_all(local, remote)
+                report(out, ok=True, sent=sent, pending=pending_count(local))
+            except SchemaTooNew:
+                raise
+            except Exception as exc:  # an outage: reported, the next request retries
+                _close(remote)
+                remote = None
+                report(out, ok=False, error=reason(exc), pending=_pending(local))
+                if not requests.wait(None):
+                    return 1
+                continue
+            request = requests.wait(CONNECTION_IDLE_S)
+            if request is None or time.monotonic() - connected > CONNECTION_MAX_S:
+                _close(remote)
+                remote = None
+            if request is None:
+                request = requests.wait(None)
+            if not request:
                 return 0
-    except Exception as exc:  # reported to the thread, which masks it and backs off
+    except Exception as exc:  # retrying cannot mend it: psycopg, the schema, the journal
         permanent = isinstance(exc, (ImportError, SchemaTooNew))
         report(out, ok=False, error=reason(exc), pending=_pending(local),
                permanent=permanent)
         return 1
     finally:
-        for conn in (remote, local):
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # a broken connection: nothing more to lose
-                    pass
+        _close(remote)
+        _close(local)
 
 
 def reason(exc: BaseException) -> str:
@@ -100,13 +152,13 @@ def reason(exc: BaseException) -> str:
 
 
 def main() -> int:
-    line = sys.stdin.readline()
+    requests = Requests(sys.stdin.fileno())
     try:
-        hello = json.loads(line)
+        hello = json.loads(requests.first_line())
     except ValueError:
         report(sys.stdout, ok=False, error="forwarder: no start line", permanent=True)
         return 2
-    return serve(hello, sys.stdin, sys.stdout)
+    return serve(hello, requests, sys.stdout)
 
 
 if __name__ == "__main__":
