@@ -22,6 +22,8 @@ Reports:
                      PostgreSQL
   lost               task runs in a host's local journal that PostgreSQL does not have
                      (or has with another result) at the end: must be 0
+  unforwarded_at_exit  records (runs, tries, task runs) still unsynced after every
+                     runner's exit flush
   restarted          hosts that needed the next start for their last rows
   rss_mb             runners' peak resident memory (VmHWM): max and median
 
@@ -55,7 +57,7 @@ RUNNER = str(Path(sys.executable).parent / "runner")
 RESERVED = 3  # superuser_reserved_connections: this script's own session gets in
 
 
-@dataclass
+@dataclass(eq=False)
 class Host:
     root: Path
     proc: subprocess.Popen | None = None
@@ -262,7 +264,8 @@ def run(args: argparse.Namespace) -> dict:
             sampling.set()
             stop_all(hosts, 60)
             wall_s = time.monotonic() - began
-            leftover = [host for host in hosts if host.unsynced()]
+            unsynced = {host: host.unsynced() for host in hosts}
+            leftover = [host for host in hosts if unsynced[host]]
             for host in leftover:  # the next start sends what the exit could not
                 host.start("1")
             for host in leftover:
@@ -285,7 +288,8 @@ def run(args: argparse.Namespace) -> dict:
             "mean_connections": round(statistics.fmean(monitor.samples), 1)
             if monitor.samples else 0,
             "refused": refused, "drain_s": round(drain_s, 1), "rows_at_return": rows,
-            "task_runs": total, "lost": lost, "restarted": len(leftover),
+            "task_runs": total, "lost": lost,
+            "unforwarded_at_exit": sum(unsynced.values()), "restarted": len(leftover),
             "rss_mb": {"max": round(max(rss, default=0), 1),
                        "median": round(statistics.median(rss), 1) if rss else 0},
         }
