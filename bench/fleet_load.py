@@ -24,7 +24,8 @@ Reports:
                      (or has with another result) at the end: must be 0
   unforwarded_at_exit  records (runs, tries, task runs) still unsynced after every
                      runner's exit flush
-  restarted          hosts that needed the next start for their last rows
+  restarted          hosts that needed the next start for their last rows (restarted
+                     until none has any: restart_rounds)
   rss_mb             runners' peak resident memory (VmHWM): max and median
 
 Exits 1 when a row is lost or the connections exceeded the limit.
@@ -214,6 +215,23 @@ def stop_all(hosts: list[Host], timeout: float) -> None:
                 host.proc.wait()
 
 
+def restart_until_sent(hosts: list[Host], rounds: int = 5) -> tuple[int, int]:
+    """Start the hosts with unsynced rows once more (-n 1), as their next boot would, until
+    none has any (at most `rounds` times); (hosts restarted, rounds it took)."""
+    restarted: set[Path] = set()
+    for done in range(rounds):
+        leftover = [host for host in hosts if host.unsynced()]
+        if not leftover:
+            return len(restarted), done
+        for host in leftover:
+            host.start("1")
+            restarted.add(host.root)
+        for host in leftover:
+            if host.proc is not None:
+                host.proc.wait(300)
+    return len(restarted), rounds
+
+
 def wait_drained(admin_url: str, marks: dict[str, int], rows: int, timeout: float) -> float:
     began = time.monotonic()
     while time.monotonic() - began < timeout:
@@ -265,12 +283,7 @@ def run(args: argparse.Namespace) -> dict:
             stop_all(hosts, 60)
             wall_s = time.monotonic() - began
             unsynced = {host: host.unsynced() for host in hosts}
-            leftover = [host for host in hosts if unsynced[host]]
-            for host in leftover:  # the next start sends what the exit could not
-                host.start("1")
-            for host in leftover:
-                if host.proc is not None:
-                    host.proc.wait(120)
+            restarted, rounds = restart_until_sent(hosts)
             monitor.done.set()
         lost, total = lost_rows(hosts, admin_url)
         log = (server.tmpdir / "server.log").read_text(errors="replace") if server.tmpdir else ""
@@ -289,7 +302,8 @@ def run(args: argparse.Namespace) -> dict:
             if monitor.samples else 0,
             "refused": refused, "drain_s": round(drain_s, 1), "rows_at_return": rows,
             "task_runs": total, "lost": lost,
-            "unforwarded_at_exit": sum(unsynced.values()), "restarted": len(leftover),
+            "unforwarded_at_exit": sum(unsynced.values()), "restarted": restarted,
+            "restart_rounds": rounds,
             "rss_mb": {"max": round(max(rss, default=0), 1),
                        "median": round(statistics.median(rss), 1) if rss else 0},
         }
