@@ -2,9 +2,11 @@
 the forwarding process (runner.pgforward), tells it when there is work, lets it go when
 there is none, and backs off when the database cannot be reached.
 
-- A connection per burst of work, not per host: the process (and its one connection)
-  starts when a write wants forwarding and ends LINGER_S after the last one. A host
-  running a task for an hour holds no connection for that hour.
+- A connection per burst of work, not per host: a write wakes the thread, which gathers
+  the writes of the next GATHER_S into one pass. The process starts for a burst and ends
+  LINGER_S after its last write; its connection goes sooner (runner.pgforward:
+  CONNECTION_IDLE_S after a pass, at most CONNECTION_MAX_S while writes keep coming). A
+  host running a task for an hour holds no connection for that hour.
 - Any failure (refused, "too many clients" (53300), a timeout, an error mid-batch) is an
   outage: nothing is lost (the rows stay unsynced in the local journal) and the next
   attempt waits backoff_delay(): doubling from BACKOFF_FIRST_S up to MAX_BACKOFF_S, the
@@ -44,7 +46,7 @@ LINGER_S = 3.0  # the forwarding process outlives the last write by this
 GATHER_S = 1.0  # a write waits this long for the writes after it: one pass, one connection
 BACKOFF_FIRST_S = 1.0
 MAX_BACKOFF_S = 60.0
-FLUSH_AT_EXIT_S = 5.0  # README: "runner keeps trying for up to 5 s at exit"
+FLUSH_AT_EXIT_S = 10.0  # README: "at exit runner keeps trying for up to 10 s"
 EXIT_RETRY_S = 0.25  # the first retry at exit; doubling up to EXIT_RETRY_MAX_S
 EXIT_RETRY_MAX_S = 1.0
 PASS_TIMEOUT_S = 300.0  # a pass that says nothing for this long is stuck: end it

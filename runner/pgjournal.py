@@ -105,14 +105,27 @@ def pg_connect(url: str, *, migrate_schema: bool = True, timeout: float | None =
     psycopg = import_psycopg()
     conn = psycopg.connect(url, connect_timeout=int(timeout or CONNECT_TIMEOUT_S),
                            autocommit=True, prepare_threshold=None)
-    if not migrate_schema:
-        return conn
     try:
-        migrate(conn)
+        if migrate_schema and not schema_current(conn):
+            migrate(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def schema_current(conn: Any) -> bool:
+    """Whether the schema is this runner's already: read without the migration's lock,
+    which a fleet starting at once would otherwise queue on (each waiter holding one of
+    the server's connections) only to find nothing to do."""
+    psycopg = import_psycopg()
+    try:
+        row = conn.execute("SELECT max(version) FROM runner_schema").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return False
+    if not row or row[0] != SCHEMA_VERSION:
+        return False  # older: migrate; newer: migrate() says so
+    return {(table, column) for table, column, _ in ADDITIONS} <= columns(conn)
 
 
 def migrate(conn: Any) -> None:
