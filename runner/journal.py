@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from . import checkpoint
@@ -60,6 +61,10 @@ from .usage import Cost
 log = logging.getLogger("runner.journal")
 
 MAX_HELD = 1000  # records kept in memory while the journal cannot be written
+# Records a transaction writes at most when there is more than one to write (what was
+# held): each batch needs room for itself only. No fsync per commit (WAL, NORMAL), so
+# small batches cost little more than one big one.
+WRITE_BATCH = 20
 # Errors that belong to one record (its values, a constraint, a trigger's RAISE), not to
 # the file: writing that record again can only fail again. (ValueError: a str SQLite
 # cannot bind, e.g. one holding a surrogate; OverflowError: an int beyond 64 bits.)
@@ -277,7 +282,7 @@ class JournalListener(Listener):
             log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
 
     def _write(self, *records: Record, durable: bool = False) -> None:
-        """Append records to what is held and try to write everything in one transaction;
+        """Append records to what is held and try to write everything (_commit);
         `durable`: fsync it, and with it every earlier commit (one WAL file)."""
         self.held.extend(self.kept_back)
         self.kept_back.clear()
@@ -317,26 +322,32 @@ class JournalListener(Listener):
             self.on_write()
 
     def _commit(self, conn: sqlite3.Connection) -> None:
-        """Everything held, in one transaction; a record SQLite refuses is reported and
-        dropped, and the rest is written without it."""
+        """Everything held, oldest first, in transactions of up to WRITE_BATCH records: a
+        journal that could not be written (a full disk) recovers with room for a batch,
+        not for all it held at once, and a batch written stays written if a later one
+        fails. A record SQLite refuses is reported and dropped, the rest written without it."""
         while self.held:
-            refused = self._try_commit(conn)
+            batch = list(islice(self.held, WRITE_BATCH))
+            refused = self._try_commit(conn, batch)
             if refused is None:
-                self.held.clear()
-                return
+                for _ in batch:
+                    self.held.popleft()
+                continue
             index, exc = refused
             record = self.held[index]
             del self.held[index]
             self._rejected(record, exc)
 
-    def _try_commit(self, conn: sqlite3.Connection) -> tuple[int, Exception] | None:
-        """Write what is held, or roll all of it back and name the first record refused
-        for what it holds (other errors are the file's: they propagate)."""
-        many = len(self.held) > 1  # one statement is a transaction of its own
+    @staticmethod
+    def _try_commit(conn: sqlite3.Connection,
+                    records: list[Record]) -> tuple[int, Exception] | None:
+        """Write `records` in one transaction, or roll all of them back and name the first
+        one refused for what it holds (other errors are the file's: they propagate)."""
+        many = len(records) > 1  # one statement is a transaction of its own
         if many:
             conn.execute("BEGIN IMMEDIATE")
         try:
-            for index, record in enumerate(self.held):
+            for index, record in enumerate(records):
                 try:
                     conn.execute(*record.op)
                 except RECORD_ERRORS as exc:

@@ -1,32 +1,22 @@
 """The fleet journal: the local journal's rows forwarded to PostgreSQL (journal_url).
 
 The local SQLite journal stays the record of truth and the buffer: every row carries
-`rev` and `synced_rev`, and a background thread upserts rows whose synced_rev lags to
-PostgreSQL, then marks them sent. An unreachable database only delays forwarding;
-tasks never wait on it, and whatever is left at exit goes with the next start.
+`rev` and `synced_rev`; rows whose synced_rev lags are upserted to PostgreSQL, then
+marked sent. This module is the schema and the SQL; runner.forwarder decides when to
+forward (a thread in runner), runner.pgforward does it (a process of its own, the only
+one that loads psycopg). An unreachable database only delays forwarding; tasks never
+wait on it, and whatever is left at exit goes with the next start.
 """
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import journalfile
-from .events import Listener
-from .identity import iso, utc_now
-from .masking import Masker, mask_url
-
-log = logging.getLogger("runner.journal")
-
 CONNECT_TIMEOUT_S = 5
 BATCH = 200
-IDLE_S = 60.0  # forward at least this often: rows of earlier runs, recoveries
-MAX_BACKOFF_S = 60.0
-FLUSH_AT_EXIT_S = 5.0
 # pg_advisory_xact_lock key: 500 workers starting together migrate the schema once.
 MIGRATION_LOCK = 0x72756E6E6572  # "runner"
 
@@ -101,16 +91,41 @@ def import_psycopg() -> Any:
     return psycopg
 
 
-def pg_connect(url: str) -> Any:
-    """A connection with the schema created or migrated to this runner's version."""
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer runner: this one must not write to it."""
+
+
+def pg_connect(url: str, *, migrate_schema: bool = True, timeout: float | None = None) -> Any:
+    """A connection with the schema created or migrated to this runner's version
+    (`migrate_schema`: once per runner's life is enough; the forwarding process of a
+    runner that migrated it already skips it). Autocommit, and every write in an
+    explicit transaction; nothing prepared (prepare_threshold=None): the connection may
+    be a PgBouncer in transaction pooling mode, where consecutive transactions can run
+    on different server sessions and a prepared statement would not be there."""
     psycopg = import_psycopg()
-    conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S)
+    conn = psycopg.connect(url, connect_timeout=int(timeout or CONNECT_TIMEOUT_S),
+                           autocommit=True, prepare_threshold=None)
     try:
-        migrate(conn)
+        if migrate_schema and not schema_current(conn):
+            migrate(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def schema_current(conn: Any) -> bool:
+    """Whether the schema is this runner's already: read without the migration's lock,
+    which a fleet starting at once would otherwise queue on (each waiter holding one of
+    the server's connections) only to find nothing to do."""
+    psycopg = import_psycopg()
+    try:
+        row = conn.execute("SELECT max(version) FROM runner_schema").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return False
+    if not row or row[0] != SCHEMA_VERSION:
+        return False  # older: migrate; newer: migrate() says so
+    return {(table, column) for table, column, _ in ADDITIONS} <= columns(conn)
 
 
 def migrate(conn: Any) -> None:
@@ -120,7 +135,7 @@ def migrate(conn: Any) -> None:
         row = conn.execute("SELECT max(version) FROM runner_schema").fetchone()
         version = row[0] or 0
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise SchemaTooNew(
                 f"database schema {version} is newer than this runner knows "
                 f"({SCHEMA_VERSION}); upgrade runner"
             )
@@ -217,133 +232,3 @@ class ForwardHealth:
                 "pending": self.pending, "forwarded": self.forwarded,
                 "last_forward_at": self.last_forward_at,
             }
-
-
-class Forwarder(Listener):
-    """Forwards the local journal to PostgreSQL from a thread of its own."""
-
-    def __init__(self, url: str, db_path: str, masker: Masker | None = None) -> None:
-        self.on_change: Callable[[], None] | None = None  # health changed (from the thread)
-        self.url = url
-        # What psycopg says can quote the URL: every error is masked before status.json
-        # or a log line gets it.
-        self.masker = masker or Masker.for_url(url)
-        self.db_path = db_path
-        self.health = ForwardHealth(mask_url(url))
-        self.wakeup = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="journal-forwarder", daemon=True)
-        self.remote: Any = None
-
-    def wake(self) -> None:
-        """A journal write: forward it now, unless forwarding is backing off from a
-        failure (every write would reconnect at once, and the forwarder's reads of the
-        local journal at every attempt kept SQLite from checkpointing its WAL, past
-        journal_max_mb). runner's exit still makes the last attempt (finished)."""
-        if self.health.ok:
-            self.wakeup.set()
-
-    def started(self) -> None:
-        try:
-            import_psycopg()
-        except ImportError as exc:
-            self._failed(str(exc))
-            return
-        self.thread.start()
-
-    def finished(self, status: int) -> None:
-        if not self.thread.is_alive():
-            return
-        self.stopping.set()  # the thread makes one last pass, then ends
-        self.wakeup.set()
-        self.thread.join(FLUSH_AT_EXIT_S + CONNECT_TIMEOUT_S)
-        snapshot = self.health.snapshot()
-        if self.thread.is_alive() or snapshot["pending"]:
-            log.warning(
-                "journal_url %s: %s record(s) not forwarded yet; they stay in the local "
-                "journal and are sent after the next start",
-                snapshot["url"], snapshot["pending"] or "some",
-            )
-
-    # -- the thread -------------------------------------------------------------
-
-    def _loop(self) -> None:
-        delay = 0.0
-        local = None
-        while True:
-            self.wakeup.wait(delay)
-            self.wakeup.clear()
-            last = self.stopping.is_set()
-            try:
-                if local is None:
-                    local = journalfile.connect(self.db_path)
-                self._forward_all(local)
-                delay = IDLE_S
-            except Exception as exc:  # any failure only delays forwarding
-                self._close_remote()
-                self._failed(self.masker.text(_reason(exc)), local)
-                delay = min(max(delay * 2, 1.0), MAX_BACKOFF_S)
-            if last:
-                break
-        self._close_remote()
-        if local is not None:
-            local.close()
-
-    def _forward_all(self, local: sqlite3.Connection) -> None:
-        if self.remote is None:
-            self.remote = pg_connect(self.url)
-        sent = 0
-        while count := forward_batch(local, self.remote):
-            sent += count
-        with self.health.lock:
-            was_failing = not self.health.ok
-            self.health.ok, self.health.error, self.health.since = True, None, None
-            self.health.pending = pending_count(local)
-            self.health.forwarded += sent
-            if sent:
-                self.health.last_forward_at = iso(utc_now())
-        if was_failing:
-            log.warning("journal_url %s: reachable again; forwarded %d buffered record(s)",
-                        self.health.url, sent)
-            self._changed()
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change()
-            except Exception as exc:  # the status file is a convenience, forwarding is not
-                log.debug("status refresh failed: %s", exc)
-
-    def _failed(self, reason: str, local: sqlite3.Connection | None = None) -> None:
-        pending = None
-        if local is not None:
-            try:
-                pending = pending_count(local)
-            except sqlite3.Error:
-                pass
-        with self.health.lock:
-            if pending is not None:
-                self.health.pending = pending
-            first = self.health.ok
-            self.health.ok, self.health.error = False, reason
-            if first:
-                self.health.since = iso(utc_now())
-        if first:
-            log.warning(
-                "journal_url %s: cannot forward (%s); records are kept in the local journal "
-                "and sent when it is reachable", self.health.url, reason,
-            )
-            self._changed()
-
-    def _close_remote(self) -> None:
-        if self.remote is not None:
-            try:
-                self.remote.close()
-            except Exception:  # already broken: nothing more to lose
-                pass
-            self.remote = None
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

@@ -120,8 +120,9 @@ class PgServer:
         return server
 
     @classmethod
-    def throwaway(cls, timeout: float = 30) -> PgServer:
-        """initdb into a temporary directory and start a private server on 127.0.0.1."""
+    def throwaway(cls, timeout: float = 30, settings: dict[str, str] | None = None) -> PgServer:
+        """initdb into a temporary directory and start a private server on 127.0.0.1;
+        `settings` go to postgresql.conf over SERVER_SETTINGS (max_connections ...)."""
         problem = cls.unavailable_reason()
         if problem:
             raise RuntimeError(problem)
@@ -142,10 +143,11 @@ class PgServer:
             for attempt in range(3):  # a free port may be taken before postgres binds it
                 port = free_port()
                 with (datadir / "postgresql.conf").open("a") as conf:
-                    settings = {**SERVER_SETTINGS, "listen_addresses": "127.0.0.1",
-                                "port": str(port), "unix_socket_directories": str(tmpdir)}
+                    conf_settings = {**SERVER_SETTINGS, **(settings or {}),
+                                     "listen_addresses": "127.0.0.1", "port": str(port),
+                                     "unix_socket_directories": str(tmpdir)}
                     conf.write("\n# runner tests\n")
-                    conf.writelines(f"{k} = '{v}'\n" for k, v in settings.items())
+                    conf.writelines(f"{k} = '{v}'\n" for k, v in conf_settings.items())
                 try:
                     _run_as_pg([str(bindir / "pg_ctl"), "start", "-w", "-t", str(int(timeout)),
                                 "-D", str(datadir), "-l", str(tmpdir / "server.log")],
@@ -280,6 +282,8 @@ class TcpProxy:
 
     `stop()` closes the listening socket and cuts every open connection, so clients see
     a dead server (new connections are refused); `start()` listens again on the same port.
+    `reject()` is an outage that counts: open connections are cut, and every new one is
+    accepted and closed at once, counted in `rejected` (a client's connection attempts).
     """
 
     def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
@@ -290,6 +294,8 @@ class TcpProxy:
         self._accepter: threading.Thread | None = None
         self._links: set[_Link] = set()
         self.accepted = 0  # connections forwarded since creation
+        self.rejected = 0  # connections closed at once while rejecting
+        self._rejecting = False
 
     @property
     def running(self) -> bool:
@@ -301,7 +307,8 @@ class TcpProxy:
             return len(self._links)
 
     def start(self) -> TcpProxy:
-        """Listen (again) on `port`; the first start picks a free port."""
+        """Listen (again) on `port`, forwarding; the first start picks a free port."""
+        self._rejecting = False
         if self._listener is not None:
             return self
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -331,6 +338,18 @@ class TcpProxy:
         if self._accepter is not None:
             self._accepter.join(5)
         listener.close()
+        self._cut(links)
+
+    def reject(self) -> None:
+        """Outage, counted: cut the open connections; accept and close every new one."""
+        self.start()
+        with self._lock:
+            self._rejecting = True
+            links, self._links = self._links, set()
+        self._cut(links)
+
+    @staticmethod
+    def _cut(links: set[_Link]) -> None:
         for link in links:
             for sock in link.socks:
                 with contextlib.suppress(OSError):
@@ -352,6 +371,11 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # stop() shut the listener down
+            if self._rejecting:
+                with self._lock:
+                    self.rejected += 1
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
                 upstream.settimeout(None)
@@ -388,3 +412,94 @@ class TcpProxy:
                 self._links.discard(link)
         if last:
             link.close()
+
+
+PGBOUNCER_INI = """\
+[databases]
+* = host={host} port={port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {dir}/users.txt
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 1000
+pidfile = {dir}/pgbouncer.pid
+logfile = {dir}/pgbouncer.log
+"""
+
+
+class PgBouncer:
+    """A pgbouncer process in transaction pooling mode in front of a PostgreSQL server:
+    `pool_size` server connections per database and user, shared by every client."""
+
+    def __init__(self, target_host: str, target_port: int, user: str,
+                 pool_size: int = 2) -> None:
+        self.target = (target_host, target_port)
+        self.user = user
+        self.pool_size = pool_size
+        self.port = 0
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("pgbouncer") or next(
+            (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)),
+            None)
+
+    def start(self, timeout: float = 15) -> PgBouncer:
+        binary = self.binary()
+        if binary is None:
+            raise RuntimeError("no pgbouncer (Debian: apt-get install pgbouncer)")
+        self.dir = Path(tempfile.mkdtemp(prefix="runner-pgbouncer-"))
+        self.port = free_port()
+        (self.dir / "users.txt").write_text(f'"{self.user}" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(PGBOUNCER_INI.format(
+            host=self.target[0], port=self.target[1], listen_port=self.port,
+            dir=self.dir, pool_size=self.pool_size))
+        if os.geteuid() == 0:  # pgbouncer refuses to run as root
+            entry = pwd.getpwnam(PG_USER)
+            for path in (self.dir, *self.dir.iterdir()):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.proc = subprocess.Popen([binary, str(self.dir / "pgbouncer.ini")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     **_pg_user_kwargs())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=1):
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = self.dir / "pgbouncer.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        self.stop()
+        raise RuntimeError(f"pgbouncer did not start:\n{tail}")
+
+    def url(self, server_url: str) -> str:
+        """`server_url` (a database on the target server) through this pgbouncer."""
+        return via(server_url, self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> PgBouncer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

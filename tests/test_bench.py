@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless
+from pgserver import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,3 +168,28 @@ def test_the_plot_and_progress_benchmark_measures_both_on_real_runs():
     for figure in ("progress_s", "no_progress_s", "progress_cpu_s", "cpu_ratio"):
         assert result["progress"][figure] > 0
     assert result["plot"]["plot_s"] > 0 and result["plot"]["svg_bytes"] > 10000
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_fleet_benchmark_loses_no_row_and_stays_within_the_connection_limit():
+    """bench/fleet_load.py small: 20 real runners, a server taking 5 of them at once
+    (max_connections 8, 3 reserved), a 4 s outage in the middle. Every task run of every
+    local journal is in PostgreSQL at the end, and the server never held more sessions
+    than it allows (refused ones were backed off, not lost)."""
+    problem = PgServer.unavailable_reason()
+    skip_unless(problem is None, problem or "")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fleet_load.py"), "--runners", "20",
+         "--max-connections", "8", "--warmup", "4", "--outage", "4", "--after", "4",
+         "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["lost"] == 0, result
+    assert result["task_runs"] >= 20 * 3, result  # every host ran its tasks
+    assert 1 <= result["peak_connections"] <= result["limit"] == 5, result
+    assert result["drain_s"] == result["drain_s"], result  # drained (not NaN)
+    assert 0 < result["rss_mb"]["max"] < 30, result
+    assert proc.returncode == 0, result

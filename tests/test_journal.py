@@ -307,13 +307,16 @@ def test_sigkill_at_random_moments_never_corrupts_the_journal_or_loses_finished_
 
 # -- a journal that cannot be written -----------------------------------------
 
-def run_on_small_disk(ws: Workspace, script: str, *args: str) -> subprocess.CompletedProcess:
-    """Run runner with state_dir on a 1 MiB tmpfs of its own; `script` prepares it first.
-    The journal is copied to ws.root/journal-copy.sqlite afterwards."""
+def run_on_small_disk(ws: Workspace, script: str, *args: str,
+                      size: str = "1m") -> subprocess.CompletedProcess:
+    """Run runner with state_dir on a tmpfs of its own (`size`); `script` prepares it
+    first. The journal is copied to ws.root/journal-copy.sqlite afterwards."""
     ws.state.mkdir(exist_ok=True)
     return run_in_mount_namespace(
-        ws, f"mount -t tmpfs -o size=1m tmpfs '{ws.state}' && {script}", *args,
-        after=f"cp '{ws.state}/journal.sqlite' '{ws.root}/journal-copy.sqlite'",
+        ws, f"mount -t tmpfs -o size={size} tmpfs '{ws.state}' && {script}", *args,
+        # With its WAL: a checkpoint may have copied part of it into the file already.
+        after=f"for f in '{ws.state}'/journal.sqlite*; do "
+              f"cp \"$f\" '{ws.root}'/journal-copy\"${{f##*/journal}}\"; done",
     )
 
 
@@ -365,6 +368,38 @@ def test_a_full_disk_warns_once_holds_records_and_writes_them_when_space_returns
         ("10-fill.sh", "OK"), ("20-while-full.sh", "OK"), ("30-still-full.sh", "OK"),
         ("40-free.sh", "OK"), ("50-after.sh", "OK"),
     ]
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.root
+def test_a_full_disk_recovers_with_room_for_a_batch_not_for_everything_it_held(ws):
+    """While the disk is full, 24 task runs (~13 KiB of output each, ~330 KiB in all)
+    are held; then only 480 KiB is freed: room for them in the file and a batch of
+    them in the WAL, not for all of them in one transaction (which WAL mode writes
+    once to the WAL and again to the file). Written in one, they were never written."""
+    reserve_kb = 480  # one transaction for all needed more than 560 (and 660 passed)
+    ws.config(journal_max_mb=1)  # checkpoints every 128 KiB of WAL (retention.bound_wal)
+    ws.task("05-reserve.sh", f'dd if=/dev/zero of="$RUNNER_STATE_DIR/reserve" bs=1k '
+            f"count={reserve_kb} 2>/dev/null")
+    ws.task("10-fill.sh", 'dd if=/dev/zero of="$RUNNER_STATE_DIR/filler" bs=4k 2>/dev/null; '
+            "echo filled")
+    outputs = [f"{n}-output.sh" for n in range(20, 44)]
+    for name in outputs:
+        ws.task(name, f'for i in $(seq 160); do echo "{name} line $i: {"x" * 60}"; done')
+    ws.task("90-free.sh", 'rm -f "$RUNNER_STATE_DIR/reserve"; echo freed')
+    ws.task("95-after.sh", "echo after")
+    proc = run_on_small_disk(ws, "true", "-n", "1", size="2m")
+    assert proc.returncode == 0, proc.stderr
+    warnings = journal_warnings(proc.stderr)
+    assert sum("cannot write" in w for w in warnings) == 1, proc.stderr
+    assert any("writable again" in w for w in warnings), proc.stderr
+    conn = sqlite3.connect(ws.root / "journal-copy.sqlite")
+    results = conn.execute("SELECT task, result, length(output) FROM task_runs "
+                           "ORDER BY seq").fetchall()
+    names = [r[0] for r in results]
+    assert names == ["05-reserve.sh", "10-fill.sh", *outputs, "90-free.sh", "95-after.sh"]
+    assert {r[1] for r in results} == {"OK"}
+    assert all(size > 10_000 for name, _, size in results if name in outputs)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 

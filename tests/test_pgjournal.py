@@ -18,6 +18,7 @@ from test_cost import BURNER
 
 from runner import pgjournal
 from runner.identity import iso
+from runner.masking import mask_url
 
 
 def pg_rows(url: str, sql: str, params: tuple = ()) -> list[dict]:
@@ -121,7 +122,7 @@ def test_an_outage_for_a_whole_run_loses_nothing_once_the_database_is_back(
         assert "not forwarded yet" in down.stderr
         live = json.loads((ws.root / "run" / "status.json").read_text())
         assert live["forward"]["ok"] is False and live["forward"]["pending"] >= 4
-        assert pgjournal.mask_url(via(pg_url, proxy.port)) == live["forward"]["url"]
+        assert mask_url(via(pg_url, proxy.port)) == live["forward"]["url"]
         held = local_rows(ws, "SELECT run_id, seq, result FROM task_runs ORDER BY seq")
 
         proxy.start()

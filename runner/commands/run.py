@@ -155,7 +155,7 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
     listeners: list[Listener] = [journal]
     forwarder = None
     if runner.journal_url:
-        from ..pgjournal import Forwarder
+        from ..forwarder import Forwarder
 
         forwarder = Forwarder(runner.journal_url, db_path, masker)
         journal.on_write = forwarder.wake
