@@ -32,6 +32,7 @@ COMMANDS = {
     "blame": "tasks by time spent, CPU time and peak memory (the newest run by default)",
     "ctl": "control the running runner: retry-now, skip TASK, pause, resume, halt",
     "reset": "forget that once/per-boot/per-instance tasks succeeded (all, or TASK)",
+    "fleet": "ask the fleet journal: failing, stuck, silent hosts; failing tasks; ready",
 }
 JOURNAL_COMMANDS = ("status", "history", "log", "blame")
 # Commands that print what the configuration says: secret values in it are masked.
@@ -40,7 +41,7 @@ LISTINGS = ("check", "list", "plan", "graph")
 _VALUE_OPTIONS = {
     "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
     "--task", "--since", "--host", "--run", "--try", "--iteration", "--limit",
-    "--format",
+    "--format", "--for",
 }
 
 
@@ -111,7 +112,7 @@ def build_parser(command: str) -> Parser:
                         help=f"with --daemon: locked pidfile (default {DEFAULT_PIDFILE})")
     parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
-    if command in ("list", "plan", *JOURNAL_COMMANDS):
+    if command in ("list", "plan", "fleet", *JOURNAL_COMMANDS):
         parser.add_argument("--json", action="store_true", help=f"with {command}: print JSON")
     if command in LISTINGS:
         parser.add_argument("--show-secrets", action="store_true",
@@ -127,6 +128,8 @@ def build_parser(command: str) -> Parser:
         _journal_arguments(parser, command)
     elif command == "ctl":
         _ctl_arguments(parser)
+    elif command == "fleet":
+        _fleet_arguments(parser)
     elif command == "reset":
         parser.add_argument("task", nargs="?",
                             help="only this task (file name or short name; default all)")
@@ -160,8 +163,22 @@ def _journal_arguments(parser: Parser, command: str) -> None:
     parser.add_argument("--host", help="only this host (the fleet journal has many)")
     parser.add_argument("--run", dest="run_id", help="only this run id")
     if command == "history":
-        parser.add_argument("--limit", type=_positive, default=50,
-                            help="show the newest N task runs (default 50)")
+        parser.add_argument("--limit", type=_positive,
+                            help="show the newest N task runs (default 50; with --json "
+                            "all of them)")
+
+
+def _fleet_arguments(parser: Parser) -> None:
+    from .commands.fleet import DEFAULT_QUIET, QUESTIONS
+
+    parser.add_argument("question", choices=list(QUESTIONS), metavar="QUESTION",
+                        help="; ".join(f"{name}: {text}" for name, text in QUESTIONS.items()))
+    parser.add_argument("--since", help="the period asked about: 2h, 1d, today, yesterday, "
+                        "2026-11-23, 2026-11-23T10:00")
+    parser.add_argument("--for", dest="quiet_for", default=DEFAULT_QUIET,
+                        help=f"with stuck: silent this long (default {DEFAULT_QUIET})")
+    parser.add_argument("--limit", type=_positive,
+                        help="show N rows (default 50; with --json all of them)")
 
 
 def _ctl_arguments(parser: Parser) -> None:
@@ -194,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         if command in JOURNAL_COMMANDS:
             from .commands.report import report
             return report(command, options, _report_options(args))
+        if command == "fleet":
+            from .commands.fleet import FleetOptions, fleet
+            return fleet(options, FleetOptions(args.question, args.since, args.quiet_for,
+                                               args.limit, args.json))
         if command == "reset":
             from .commands.reset import reset
             return reset(options, args.task)
