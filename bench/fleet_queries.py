@@ -273,7 +273,9 @@ def check(url: str, code: Path, config: Path, fleet: fleetgen.Fleet) -> dict:
     assert {r["task"] for r in failing["rows"]} == {"20-puppet.sh"}
     silent = fleet_json(code, config, ["fleet", "silent", "--since", "1d"])
     assert {r["host"] for r in silent["rows"]} == set(fleet.silent_hosts()), silent["rows"]
-    stuck = fleet_json(code, config, ["fleet", "stuck"])
+    # Healthy hosts are quiet between iterations: longer than that is stuck.
+    quiet = 86400 // fleet.iterations + 3600
+    stuck = fleet_json(code, config, ["fleet", "stuck", "--for", f"{quiet}s"])
     assert {r["host"] for r in stuck["rows"]} == set(fleet.stuck_hosts()), stuck["rows"]
     assert {r["task"] for r in stuck["rows"]} == {fleetgen.task_name(fleetgen.STUCK_AT)}
     tasks = fleet_json(code, config, ["fleet", "tasks", "--since", "1d"])

@@ -30,8 +30,12 @@ from typing import Any
 PARENT = "runner_task_runs"
 DEFAULT_PARTITION = "runner_task_runs_default"
 AHEAD_DAYS = 7  # partitions made ahead of today (UTC)
+MIGRATE_DAYS = 400  # schema 1 rows older than this go to DEFAULT, not a day of their own
+# pg_advisory_xact_lock key of the schema (runner.pgjournal.migrate) and of making
+# partitions: 500 workers starting together migrate it once.
+MIGRATION_LOCK = 0x72756E6E6572  # "runner"
 # pg_try_advisory_xact_lock key of prune(): 500 hosts calling it, one prunes.
-PRUNE_LOCK = 0x72756E6E6572 + 1
+PRUNE_LOCK = MIGRATION_LOCK + 1
 PRUNE_EVERY = timedelta(hours=1)  # the database is pruned at most this often, by anyone
 # Task results that are failures of the task (runner.states): what `runner fleet tasks`
 # counts and the partial index runner_task_runs_failed holds. Keep the two the same: the
@@ -89,14 +93,19 @@ def migrate_to_2(conn: Any) -> None:
     dropped. One transaction: a runner killed halfway leaves schema 1 as it was, and the
     next one to connect does it all again; the lock makes it once however many start."""
     _statements(conn, SCHEMA_2_SQL)
-    days = conn.execute(
-        "SELECT (min(started_at) AT TIME ZONE 'UTC')::date, "
-        "(max(started_at) AT TIME ZONE 'UTC')::date FROM runner_task_runs_v1").fetchone()
     today = _utc_today()
-    first = min(days[0] or today, today - timedelta(days=1))
-    last = max(days[1] or today, today) + timedelta(days=AHEAD_DAYS)
-    for day in _days(first, last):
-        _create_day(conn, day)
+    # A partition for each day that has rows (a host whose clock once said 1970 must not
+    # make 20,000 empty ones), no more than MIGRATE_DAYS back; older rows, and rows dated
+    # past the days made ahead, go to DEFAULT.
+    rows = conn.execute(
+        "SELECT DISTINCT (started_at AT TIME ZONE 'UTC')::date FROM runner_task_runs_v1 "
+        "WHERE started_at >= %s AND started_at < %s",
+        (_bounds(today - timedelta(days=MIGRATE_DAYS))[0],
+         _bounds(today + timedelta(days=AHEAD_DAYS))[1])).fetchall()
+    for (day,) in sorted(rows):
+        if day < today - timedelta(days=1):
+            _create_day(conn, day)
+    ensure_partitions(conn, today)
     old = _columns_of(conn, "runner_task_runs_v1")
     common = [c for c in _columns_of(conn, PARENT) if c in old]
     names = ", ".join(common)
@@ -215,8 +224,6 @@ def prune(conn: Any, keep_days: int, *, now: datetime | None = None,
     runner_tries it deletes ended rows older than that, except each host's newest run
     and its tries (`runner fleet silent` still names a host gone for months).
     """
-    from .pgjournal import MIGRATION_LOCK
-
     now = now or datetime.now(UTC)
     result = PruneResult()
     with conn.transaction():

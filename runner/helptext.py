@@ -50,5 +50,6 @@ HELP = (
     'blame: tasks by time spent, CPU time and peak memory (the newest run by\n'
     'default); ctl: control the running runner: retry-now, skip TASK, pause,\n'
     'resume, halt; reset: forget that once/per-boot/per-instance tasks succeeded\n'
-    '(all, or TASK)\n'
+    '(all, or TASK); fleet: ask the fleet journal: failing, stuck, silent hosts;\n'
+    'failing tasks; ready\n'
 )

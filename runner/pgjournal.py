@@ -28,7 +28,7 @@ IDLE_S = 60.0  # forward at least this often: rows of earlier runs, recoveries
 MAX_BACKOFF_S = 60.0
 FLUSH_AT_EXIT_S = 5.0
 # pg_advisory_xact_lock key: 500 workers starting together migrate the schema once.
-MIGRATION_LOCK = 0x72756E6E6572  # "runner"
+MIGRATION_LOCK = fleetschema.MIGRATION_LOCK
 
 TIMESTAMPS = frozenset({"started_at", "ended_at"})
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
