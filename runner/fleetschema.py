@@ -36,6 +36,7 @@ MIGRATE_DAYS = 400  # schema 1 rows older than this go to DEFAULT, not a day of 
 MIGRATION_LOCK = 0x72756E6E6572  # "runner"
 # pg_try_advisory_xact_lock key of prune(): 500 hosts calling it, one prunes.
 PRUNE_LOCK = MIGRATION_LOCK + 1
+LOCK_WAIT = "1s"  # how long migrate() waits to make a partition (ensure_partitions_soon)
 PRUNE_EVERY = timedelta(hours=1)  # the database is pruned at most this often, by anyone
 # Task results that are failures of the task (runner.states): what `runner fleet tasks`
 # counts and the partial index runner_task_runs_failed holds. Keep the two the same: the
@@ -190,6 +191,22 @@ def ensure_partitions(conn: Any, today: date | None = None,
     return made
 
 
+def ensure_partitions_soon(conn: Any) -> list[str]:
+    """ensure_partitions() for migrate(), every connection: it must not queue the fleet's
+    inserts behind a long fleet query. Making a partition takes an exclusive lock on
+    runner_task_runs; waiting for it behind a reader would make every insert wait too.
+    So it gives up after LOCK_WAIT (a savepoint keeps the transaction) and a later
+    connection makes it; the days are made a week ahead, so one will."""
+    from psycopg import errors
+
+    try:
+        with conn.transaction():  # a savepoint inside migrate()'s transaction
+            conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+            return ensure_partitions(conn)
+    except errors.LockNotAvailable:
+        return []
+
+
 def is_partitioned(conn: Any) -> bool:
     row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
                        (PARENT,)).fetchone()
@@ -224,9 +241,19 @@ def prune(conn: Any, keep_days: int, *, now: datetime | None = None,
     runner_tries it deletes ended rows older than that, except each host's newest run
     and its tries (`runner fleet silent` still names a host gone for months).
     """
-    now = now or datetime.now(UTC)
+    from psycopg import errors
+
+    try:
+        return _prune(conn, keep_days, now or datetime.now(UTC), force)
+    except errors.LockNotAvailable:
+        # A fleet query holds runner_task_runs: the inserts must not queue behind us.
+        return PruneResult(skipped="runner_task_runs is busy; the next call prunes")
+
+
+def _prune(conn: Any, keep_days: int, now: datetime, force: bool) -> PruneResult:
     result = PruneResult()
     with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
         got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,)).fetchone()[0]
         if not got:
             result.skipped = "another host is pruning"

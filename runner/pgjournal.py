@@ -142,7 +142,7 @@ def migrate(conn: Any) -> None:
             if (table, column) not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         # Today's partition and the next days' (a cheap catalog read when they exist).
-        fleetschema.ensure_partitions(conn)
+        fleetschema.ensure_partitions_soon(conn)
 
 
 def columns(conn: Any) -> set[tuple[str, str]]:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -142,6 +143,31 @@ def test_a_days_partition_takes_the_rows_default_holds_for_it(pg_url):
                             ).fetchone()[0]
     assert fleetschema.partition_name(later.date()) in made
     assert where == fleetschema.partition_name(later.date()) and left == 0
+
+
+def test_a_fleet_query_in_progress_never_queues_a_runners_connection(pg_url):
+    """Making a partition needs an exclusive lock on runner_task_runs: a runner that
+    connects while a long fleet query reads it gives up making it (after LOCK_WAIT),
+    rather than make every host's inserts wait behind it; the next connection makes it.
+    prune() skips the same way."""
+    create_schema(pg_url, 2)
+    ahead = datetime.now(UTC).date() + timedelta(days=fleetschema.AHEAD_DAYS)
+    with connect(pg_url) as conn:
+        conn.execute(f"DROP TABLE {fleetschema.partition_name(ahead)}")
+    with connect(pg_url, autocommit=False) as reader:
+        reader.execute("SELECT count(*) FROM runner_task_runs").fetchone()  # holds it
+        began = time.monotonic()
+        pgjournal.pg_connect(pg_url).close()
+        waited = time.monotonic() - began
+        with connect(pg_url) as conn:
+            busy = fleetschema.prune(conn, 1, force=True)
+            missing = ahead not in fleetschema.day_partitions(conn)
+        reader.rollback()
+    assert missing and waited < 5
+    assert busy.skipped and "busy" in busy.skipped
+    pgjournal.pg_connect(pg_url).close()
+    with connect(pg_url) as conn:
+        assert ahead in fleetschema.day_partitions(conn)
 
 
 def test_prune_drops_old_days_whole_and_keeps_what_has_not_ended(pg_url):
