@@ -291,6 +291,7 @@ def check(url: str, code: Path, config: Path, fleet: fleetgen.Fleet) -> dict:
 def explain(url: str) -> str:
     """EXPLAIN ANALYZE of the queries behind each command, through runner.history."""
     from runner import fleetquery, history
+    from runner.commands.report import _run_bound
 
     out: list[str] = []
     reader = history.open_postgres(url)
@@ -312,7 +313,8 @@ def explain(url: str) -> str:
     reader.last_run(history.Filters(tasks=tasks, host=PROBE_HOST))
     reader.blame(history.Filters(since=since("1d")))
     run = reader.runs(PROBE_HOST)[0]
-    reader.blame(history.Filters(run_id=run["run_id"], since_run=run["started_at"]))
+    reader.blame(history.Filters(run_id=run["run_id"],
+                                 since=_run_bound(reader, run["started_at"])))
     questions = fleetquery.FleetQueries(reader)
     questions.failing()
     questions.stuck(3600)
