@@ -289,7 +289,8 @@ def check(url: str, code: Path, config: Path, fleet: fleetgen.Fleet) -> dict:
 
 
 def explain(url: str) -> str:
-    """EXPLAIN ANALYZE of the queries behind each command, through runner.history."""
+    """EXPLAIN ANALYZE of the queries behind each command, through runner.history
+    (TIMING OFF: timing every row cost more than the queries on this VM)."""
     from runner import fleetquery, history
     from runner.commands.report import _run_bound
 
@@ -299,7 +300,7 @@ def explain(url: str) -> str:
 
     class Explaining:
         def execute(self, sql, params=()):
-            plan = real.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params).fetchall()
+            plan = real.execute("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) " + sql, params).fetchall()
             out.append(sql.strip() + "\n" + "\n".join(row[0] for row in plan) + "\n")
             return real.execute(sql, params)
 

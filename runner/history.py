@@ -129,11 +129,23 @@ class Reader:
         return ", ".join(f"NULL AS {name}" if name in COST_FIELDS and not self.has_cost
                          else name for name in RECORD_FIELDS)
 
-    def newest_first(self) -> str:
-        """ORDER BY terms for task runs, newest first."""
-        if not self.by_run_seq:
-            return "started_at DESC, seq DESC"
-        return f"{journalread.RUN_ORDER} DESC, seq DESC"
+    def newest_first(self, filters: Filters | None = None, alias: str = "", *,
+                     one_task: bool = False) -> str:
+        """ORDER BY terms for task runs, newest first (`one_task`: of one task, whatever
+        `filters` say)."""
+        if self.by_run_seq:
+            return f"{journalread.RUN_ORDER} DESC, seq DESC"
+        hint = ""
+        if self.postgres and filters is not None:
+            # A leading term that changes nothing (an `=` of the filters fixes it) but
+            # names the index that answers best: (host, started_at) for a host, else
+            # (task, started_at) for one task. PostgreSQL otherwise picked the
+            # (started_at) index of the day's partitions and filtered thousands of rows.
+            if filters.host is not None:
+                hint = f"{alias}host DESC, "
+            elif one_task or (filters.tasks is not None and len(filters.tasks) == 1):
+                hint = f"{alias}task DESC, "
+        return f"{hint}{alias}started_at DESC, {alias}seq DESC"
 
     def _where(self, filters: Filters, alias: str = "") -> tuple[str, list[Any]]:
         prefix = f"{alias}." if alias else ""
@@ -198,7 +210,7 @@ class Reader:
         bound = "" if limit is None else " LIMIT ?"
         rows = self.rows(
             f"SELECT {self.record_fields()} FROM {self.table('task_runs')} "
-            f"WHERE {where} ORDER BY {self.newest_first()}{bound}",
+            f"WHERE {where} ORDER BY {self.newest_first(filters)}{bound}",
             (*params, *(() if limit is None else (limit,))),
         )
         return rows[::-1]
@@ -208,7 +220,7 @@ class Reader:
         where, params = self._where(task_filters)
         rows = self.rows(
             f"SELECT {self.record_fields()}, output FROM {self.table('task_runs')} "
-            f"WHERE {where} ORDER BY {self.newest_first()} LIMIT 1",
+            f"WHERE {where} ORDER BY {self.newest_first(task_filters)} LIMIT 1",
             tuple(params),
         )
         return rows[0] if rows else None
@@ -238,11 +250,12 @@ class Reader:
         if not names:
             return []
         where, params = self._where(filters, "r")
+        order = self.newest_first(filters, "r.", one_task=True)
         return self.rows(
             f"SELECT last.* FROM unnest(?::text[]) AS names(name), LATERAL ("
             f" SELECT {self.record_fields()} FROM runner_task_runs r"
             f" WHERE r.task = names.name AND {where}"
-            " ORDER BY r.started_at DESC, r.seq DESC LIMIT 1) AS last ORDER BY last.task",
+            f" ORDER BY {order} LIMIT 1) AS last ORDER BY last.task",
             (names, *params),
         )
 
