@@ -9,7 +9,7 @@ Generates a fleet journal in runner's own schema with SQL (bench/fleetgen.py: on
 day per host, `iterations` tries of `tasks` tasks) into a PostgreSQL server of its own
 (initdb; with --datadir the server and its data are kept and reused by the next run with
 the same sizes, as generating 50 M task runs takes long), then times each fleet command
-through the real `runner` CLI, warm (the best of three after one run) and cold (server
+through the real `runner` CLI, warm (the best of five after one run) and cold (server
 restarted and, as root, the OS page cache dropped: `sync; echo 3 > drop_caches`).
 
 --schema 1 makes the schema of runner before partitioning (MIGRATIONS[0] only) and
@@ -164,7 +164,8 @@ def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime) 
                 row = conn.execute("SELECT to_regclass('runner_bench')").fetchone()
                 if row[0]:
                     made = conn.execute("SELECT params, made_at FROM runner_bench").fetchone()
-                    if made and made[0] == wanted:
+                    if made and {k: v for k, v in made[0].items() if k != "migrated"} \
+                            == wanted:
                         return {"reused": True, "made_at": made[1].isoformat()}
             admin.execute("DROP DATABASE fleet WITH (FORCE)")
         admin.execute("CREATE DATABASE fleet")
@@ -204,7 +205,33 @@ def runner_command(code: Path, config: Path, args: list[str]) -> subprocess.Comp
                           capture_output=True, text=True, env=env, timeout=600)
 
 
-def timed(code: Path, config: Path, args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def busy_share(seconds: float = 0.5) -> float:
+    """The share of CPU time the machine spent busy over `seconds` (/proc/stat)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_quiet(limit: float | None, patience_s: float = 120) -> float:
+    """Wait (up to `patience_s`) until the machine is at most `limit` busy: other
+    sessions share it, and a timing taken under their load measures them. The busy share
+    when it went on."""
+    share = busy_share()
+    deadline = time.monotonic() + patience_s
+    while limit is not None and share > limit and time.monotonic() < deadline:
+        time.sleep(2)
+        share = busy_share()
+    return share
+
+
+def timed(code: Path, config: Path, args: list[str],
+          quiet: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    wait_quiet(quiet)
     began = time.monotonic()
     proc = runner_command(code, config, args)
     return time.monotonic() - began, proc
@@ -219,13 +246,14 @@ def write_config(workdir: Path, url: str) -> Path:
     return config
 
 
-def measure(server: Server, code: Path, config: Path, commands, cold: bool) -> list[dict]:
+def measure(server: Server, code: Path, config: Path, commands, cold: bool,
+            quiet: float | None = None) -> list[dict]:
     results = []
     for name, args, _ in commands:
         warm = []
         proc = None
-        for _ in range(4):  # the first warms the caches
-            seconds, proc = timed(code, config, args)
+        for _ in range(6):  # the first warms the caches
+            seconds, proc = timed(code, config, args, quiet)
             warm.append(seconds)
         assert proc is not None
         row = {"command": name, "status": proc.returncode, "warm_s": round(min(warm[1:]), 3)}
@@ -233,7 +261,7 @@ def measure(server: Server, code: Path, config: Path, commands, cold: bool) -> l
             row["error"] = proc.stderr.strip()[-300:]
         if cold:
             server.cold()
-            row["cold_s"] = round(timed(code, config, args)[0], 3)
+            row["cold_s"] = round(timed(code, config, args, quiet)[0], 3)
         results.append(row)
         print(f"{name:40} warm {row['warm_s']:7.3f} s"
               + (f"  cold {row['cold_s']:7.3f} s" if cold else ""), file=sys.stderr, flush=True)
@@ -342,6 +370,9 @@ def main() -> int:
     parser.add_argument("--skip-before", action="store_true",
                         help="with --migrate: only migrate and measure after")
     parser.add_argument("--no-cold", action="store_true")
+    parser.add_argument("--quiet", type=float, metavar="SHARE",
+                        help="before each timing, wait (up to 2 min) until the machine is "
+                        "at most this busy (0.25: a quarter of its CPU time)")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--keep-running", action="store_true")
@@ -361,7 +392,7 @@ def main() -> int:
             commands = [c for c in COMMANDS if args.schema >= 2 or c[2]]
             if not args.skip_before:
                 report["results"] = measure(server, args.code, config, commands,
-                                            not args.no_cold)
+                                            not args.no_cold, args.quiet)
             if args.migrate and args.schema == 1:
                 began = time.monotonic()
                 create_schema(server.url(), 2)
@@ -371,7 +402,7 @@ def main() -> int:
                     conn.execute("UPDATE runner_bench SET params = params || "
                                  "'{\"schema\": 2, \"migrated\": true}'")
                 report["after_migrate"] = measure(server, ROOT, config, COMMANDS,
-                                                  not args.no_cold)
+                                                  not args.no_cold, args.quiet)
             if args.check:
                 report["check"] = check(server.url(), ROOT, config, fleet)
             if args.explain:
