@@ -44,6 +44,9 @@ from runner import fleetschema, pgjournal  # noqa: E402
 PROBE_HOST = fleetgen.host_name(100)
 # (name, runner arguments, whether runner before schema 2 has it)
 COMMANDS = (
+    # The floor: Python, runner's start, the configuration, psycopg, a connection and a
+    # task name lookup that finds nothing (index probes): what every command pays.
+    ("floor: log NOSUCH --host H", ["log", "nosuch", "--host", PROBE_HOST], False),
     ("history --task puppet --since today", ["history", "--task", "puppet", "--since", "today"],
      True),
     ("log puppet --host H", ["log", "puppet", "--host", PROBE_HOST], True),
@@ -154,24 +157,26 @@ def _secondary_indexes(conn) -> list[tuple[str, str]]:
         "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)").fetchall()
 
 
-def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime) -> dict:
-    """The database `fleet` holding `fleet`, generated unless the kept one already does."""
+def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime,
+             db: str = "fleet") -> dict:
+    """The database `db` holding `fleet`, generated unless the kept one already does."""
     wanted = {**fleet.__dict__, "schema": schema}
     with connect(server.url("postgres")) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = 'fleet'").fetchone()
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                               (db,)).fetchone()
         if exists:
-            with connect(server.url()) as conn:
+            with connect(server.url(db)) as conn:
                 row = conn.execute("SELECT to_regclass('runner_bench')").fetchone()
                 if row[0]:
                     made = conn.execute("SELECT params, made_at FROM runner_bench").fetchone()
                     if made and {k: v for k, v in made[0].items() if k != "migrated"} \
                             == wanted:
                         return {"reused": True, "made_at": made[1].isoformat()}
-            admin.execute("DROP DATABASE fleet WITH (FORCE)")
-        admin.execute("CREATE DATABASE fleet")
-    create_schema(server.url(), schema)
+            admin.execute(f"DROP DATABASE {db} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {db}")
+    create_schema(server.url(db), schema)
     began = time.monotonic()
-    with connect(server.url()) as conn:
+    with connect(server.url(db)) as conn:
         if schema >= 2:
             first = (now - timedelta(days=fleet.days + 1)).date()
             with conn.transaction():
@@ -194,7 +199,8 @@ def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime) 
         conn.execute("VACUUM ANALYZE")
         conn.execute("CREATE TABLE runner_bench (params jsonb, made_at timestamptz)")
         conn.execute("INSERT INTO runner_bench VALUES (%s, %s)", (json.dumps(wanted), now))
-        size = conn.execute("SELECT pg_size_pretty(pg_database_size('fleet'))").fetchone()[0]
+        size = conn.execute("SELECT pg_size_pretty(pg_database_size(%s))",
+                            (db,)).fetchone()[0]
     return {"reused": False, "task_runs": rows, "seconds": round(time.monotonic() - began, 1),
             "size": size}
 
@@ -217,7 +223,7 @@ def busy_share(seconds: float = 0.5) -> float:
     return 1 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def wait_quiet(limit: float | None, patience_s: float = 120) -> float:
+def wait_quiet(limit: float | None, patience_s: float = 60) -> float:
     """Wait (up to `patience_s`) until the machine is at most `limit` busy: other
     sessions share it, and a timing taken under their load measures them. The busy share
     when it went on."""
@@ -265,6 +271,24 @@ def measure(server: Server, code: Path, config: Path, commands, cold: bool,
         results.append(row)
         print(f"{name:40} warm {row['warm_s']:7.3f} s"
               + (f"  cold {row['cold_s']:7.3f} s" if cold else ""), file=sys.stderr, flush=True)
+    return results
+
+
+def measure_versus(code: Path, config: Path, old_code: Path, old_config: Path,
+                   commands) -> list[dict]:
+    """Each command of runner before (old_code on its own database) and now, in turns
+    (old, new, old, new, ...): the machine's noise falls on both alike. Best of five."""
+    results = []
+    for name, args, _ in commands:
+        old, new = [], []
+        for _ in range(6):  # the first of each warms the caches
+            old.append(timed(old_code, old_config, args)[0])
+            new.append(timed(code, config, args)[0])
+        row = {"command": name, "before_s": round(min(old[1:]), 3),
+               "after_s": round(min(new[1:]), 3)}
+        results.append(row)
+        print(f"{name:40} before {row['before_s']:7.3f} s  after {row['after_s']:7.3f} s",
+              file=sys.stderr, flush=True)
     return results
 
 
@@ -367,11 +391,14 @@ def main() -> int:
     parser.add_argument("--code", type=Path, default=ROOT, help="the runner checkout to run")
     parser.add_argument("--migrate", action="store_true",
                         help="after measuring, migrate to schema 2 (timed) and measure again")
+    parser.add_argument("--versus", type=Path, metavar="OLD_CODE",
+                        help="also generate the fleet in schema 1 (database fleet_v1) and "
+                        "time OLD_CODE's runner on it and this one on schema 2, in turns")
     parser.add_argument("--skip-before", action="store_true",
                         help="with --migrate: only migrate and measure after")
     parser.add_argument("--no-cold", action="store_true")
     parser.add_argument("--quiet", type=float, metavar="SHARE",
-                        help="before each timing, wait (up to 2 min) until the machine is "
+                        help="before each timing, wait (up to a minute) until the machine is "
                         "at most this busy (0.25: a quarter of its CPU time)")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--explain", action="store_true")
@@ -403,6 +430,14 @@ def main() -> int:
                                  "'{\"schema\": 2, \"migrated\": true}'")
                 report["after_migrate"] = measure(server, ROOT, config, COMMANDS,
                                                   not args.no_cold, args.quiet)
+            if args.versus:
+                report["old_db"] = generate(server, fleet, 1, now, "fleet_v1")
+                old_dir = Path(tmp) / "old"
+                old_dir.mkdir()
+                old_config = write_config(old_dir, server.url("fleet_v1"))
+                old_commands = [c for c in COMMANDS if c[2]]
+                report["versus"] = measure_versus(ROOT, config, args.versus, old_config,
+                                                  old_commands)
             if args.check:
                 report["check"] = check(server.url(), ROOT, config, fleet)
             if args.explain:
