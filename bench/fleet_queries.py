@@ -206,9 +206,11 @@ def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime,
 
 
 def runner_command(code: Path, config: Path, args: list[str]) -> subprocess.CompletedProcess:
+    # In `code` and with -P: `python -m` puts the working directory first on sys.path,
+    # which would run this checkout's runner whatever PYTHONPATH says.
     env = {**os.environ, "PYTHONPATH": str(code)}
-    return subprocess.run([sys.executable, "-m", "runner", "-c", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-P", "-m", "runner", "-c", str(config), *args],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=code)
 
 
 def busy_share(seconds: float = 0.5) -> float:
