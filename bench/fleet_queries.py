@@ -53,8 +53,10 @@ COMMANDS = (
     ("blame --since 1d", ["blame", "--since", "1d"], True),
     ("blame --host H", ["blame", "--host", PROBE_HOST], True),
     ("fleet failing", ["fleet", "failing"], False),
-    ("fleet stuck", ["fleet", "stuck"], False),
-    ("fleet silent --since 1d", ["fleet", "silent", "--since", "1d"], False),
+    # {quiet} and {day}: the generated fleet's gap between iterations plus an hour, and a
+    # day, each plus the data's age (a kept database is reused: its "now" has passed).
+    ("fleet stuck", ["fleet", "stuck", "--for", "{quiet}"], False),
+    ("fleet silent --since 1d", ["fleet", "silent", "--since", "{day}"], False),
     ("fleet tasks", ["fleet", "tasks"], False),
     ("fleet ready", ["fleet", "ready"], False),
 )
@@ -254,6 +256,13 @@ def write_config(workdir: Path, url: str) -> Path:
     return config
 
 
+def aged(commands, fleet: fleetgen.Fleet, made_at: datetime) -> list:
+    """`commands` with {quiet} and {day} filled in for a fleet generated at `made_at`."""
+    age = int((datetime.now(UTC) - made_at).total_seconds())
+    values = {"quiet": f"{age + 86400 // fleet.iterations + 3600}s", "day": f"{age + 86400}s"}
+    return [(name, [a.format(**values) for a in args], old) for name, args, old in commands]
+
+
 def measure(server: Server, code: Path, config: Path, commands, cold: bool,
             quiet: float | None = None) -> list[dict]:
     results = []
@@ -310,7 +319,8 @@ def fleet_json(code: Path, config: Path, args: list[str]) -> dict:
     return json.loads(proc.stdout)
 
 
-def check(url: str, code: Path, config: Path, fleet: fleetgen.Fleet) -> dict:
+def check(url: str, code: Path, config: Path, fleet: fleetgen.Fleet,
+          made_at: datetime) -> dict:
     """The answers are right: AssertionError otherwise."""
     from runner.history import parse_since
 
@@ -325,11 +335,11 @@ def check(url: str, code: Path, config: Path, fleet: fleetgen.Fleet) -> dict:
     assert not failing["truncated"] and failing["total"] == fleet.failing, failing["total"]
     assert {r["host"] for r in failing["rows"]} == set(fleet.failing_hosts())
     assert {r["task"] for r in failing["rows"]} == {"20-puppet.sh"}
-    silent = fleet_json(code, config, ["fleet", "silent", "--since", "1d"])
+    commands = {name: args for name, args, _ in aged(COMMANDS, fleet, made_at)}
+    silent = fleet_json(code, config, commands["fleet silent --since 1d"])
     assert {r["host"] for r in silent["rows"]} == set(fleet.silent_hosts()), silent["rows"]
     # Healthy hosts are quiet between iterations: longer than that is stuck.
-    quiet = 86400 // fleet.iterations + 3600
-    stuck = fleet_json(code, config, ["fleet", "stuck", "--for", f"{quiet}s"])
+    stuck = fleet_json(code, config, commands["fleet stuck"])
     assert {r["host"] for r in stuck["rows"]} == set(fleet.stuck_hosts()), stuck["rows"]
     assert {r["task"] for r in stuck["rows"]} == {fleetgen.task_name(fleetgen.STUCK_AT)}
     tasks = fleet_json(code, config, ["fleet", "tasks", "--since", "1d"])
@@ -416,9 +426,11 @@ def main() -> int:
     try:
         now = datetime.now(UTC)
         report["generated"] = generate(server, fleet, args.schema, now)
+        made_at = datetime.fromisoformat(report["generated"].get("made_at", now.isoformat()))
+        commands_aged = aged(COMMANDS, fleet, made_at)
         with tempfile.TemporaryDirectory(prefix="runner-fleetbench-") as tmp:
             config = write_config(Path(tmp), server.url())
-            commands = [c for c in COMMANDS if args.schema >= 2 or c[2]]
+            commands = [c for c in commands_aged if args.schema >= 2 or c[2]]
             if not args.skip_before:
                 report["results"] = measure(server, args.code, config, commands,
                                             not args.no_cold, args.quiet)
@@ -430,18 +442,18 @@ def main() -> int:
                     conn.execute("VACUUM ANALYZE")
                     conn.execute("UPDATE runner_bench SET params = params || "
                                  "'{\"schema\": 2, \"migrated\": true}'")
-                report["after_migrate"] = measure(server, ROOT, config, COMMANDS,
+                report["after_migrate"] = measure(server, ROOT, config, commands_aged,
                                                   not args.no_cold, args.quiet)
             if args.versus:
                 report["old_db"] = generate(server, fleet, 1, now, "fleet_v1")
                 old_dir = Path(tmp) / "old"
                 old_dir.mkdir()
                 old_config = write_config(old_dir, server.url("fleet_v1"))
-                old_commands = [c for c in COMMANDS if c[2]]
+                old_commands = [c for c in commands_aged if c[2]]
                 report["versus"] = measure_versus(ROOT, config, args.versus, old_config,
                                                   old_commands)
             if args.check:
-                report["check"] = check(server.url(), ROOT, config, fleet)
+                report["check"] = check(server.url(), ROOT, config, fleet, made_at)
             if args.explain:
                 report["explain"] = explain(server.url())
     finally:

@@ -65,29 +65,36 @@ class FleetQueries:
         for `quiet_s` seconds: still running since then, or ended then with nothing
         after it. (The journal does not hold max_time; the threshold is the caller's.)"""
         cutoff = (now or _now()) - timedelta(seconds=quiet_s)
+        # A host with a task run started since the cutoff is not stuck: that question
+        # reads today's partitions only (the cutoff is known when PostgreSQL plans it);
+        # only the hosts left get their newest task run looked up.
         return self.reader.rows(
-            NEWEST_RUNS + ", quiet AS (SELECT n.host, n.run_id, n.started_at AS run_started_at,"
+            NEWEST_RUNS + ", candidates AS MATERIALIZED (SELECT * FROM newest n"
+            " WHERE n.result = 'RUNNING' AND n.ended_at IS NULL AND NOT EXISTS ("
+            "  SELECT 1 FROM runner_task_runs a WHERE a.host = n.host AND a.started_at >= ?)"
+            "), quiet AS (SELECT c.host, c.run_id, c.started_at AS run_started_at,"
             " t.task, t.result, t.started_at, t.ended_at,"
-            " coalesce(t.ended_at, t.started_at, n.started_at) AS last_event_at"
-            " FROM newest n LEFT JOIN LATERAL (SELECT task, result, started_at, ended_at"
-            "  FROM runner_task_runs WHERE host = n.host"
-            f"  AND started_at >= n.started_at - {RUN_MARGIN}"
-            "  ORDER BY host DESC, started_at DESC LIMIT 1) AS t ON true"
-            " WHERE n.result = 'RUNNING' AND n.ended_at IS NULL) "
+            " coalesce(t.ended_at, t.started_at, c.started_at) AS last_event_at"
+            " FROM candidates c LEFT JOIN LATERAL (SELECT task, result, started_at, ended_at"
+            "  FROM runner_task_runs WHERE host = c.host"
+            f"  AND started_at >= c.started_at - {RUN_MARGIN}"
+            "  ORDER BY host DESC, started_at DESC LIMIT 1) AS t ON true) "
             "SELECT * FROM quiet WHERE last_event_at < ? ORDER BY last_event_at, host",
-            (cutoff,))
+            (cutoff, cutoff))
 
     def silent(self, since: datetime) -> list[dict[str, Any]]:
         """Hosts with no run and no task run started since `since`, with when they were
-        last heard of."""
+        last heard of (looked up for those hosts only)."""
         return self.reader.rows(
-            NEWEST_RUNS + ", candidates AS (SELECT * FROM newest WHERE started_at < ?) "
+            NEWEST_RUNS + ", candidates AS MATERIALIZED (SELECT * FROM newest n"
+            " WHERE n.started_at < ? AND NOT EXISTS (SELECT 1 FROM runner_task_runs a"
+            "  WHERE a.host = n.host AND a.started_at >= ?)) "
             "SELECT c.host, coalesce(t.started_at, c.started_at) AS last_seen_at, "
             "c.started_at AS last_run_at, c.result, c.run_id FROM candidates c "
             "LEFT JOIN LATERAL (SELECT started_at FROM runner_task_runs "
             f" WHERE host = c.host AND started_at >= c.started_at - {RUN_MARGIN} "
             " ORDER BY host DESC, started_at DESC LIMIT 1) AS t ON true "
-            "WHERE coalesce(t.started_at, c.started_at) < ? ORDER BY last_seen_at, c.host",
+            "ORDER BY last_seen_at, c.host",
             (since, since))
 
     def tasks(self, since: datetime) -> list[dict[str, Any]]:
