@@ -54,7 +54,8 @@ def fleet(options: RunOptions, opts: FleetOptions, out: TextIO = sys.stdout) -> 
     quiet_s = _duration(opts.quiet_for)
     url = config.runner.journal_url
     if not url:
-        raise ConfigError(f"{config.path}: [runner] journal_url is not set: runner fleet "
+        where = config.path or "the configuration (no config file)"
+        raise ConfigError(f"{where}: [runner] journal_url is not set: runner fleet "
                           "answers from the PostgreSQL fleet journal")
     from ..fleetquery import FleetQueries
     from ..history import open_postgres
