@@ -33,6 +33,7 @@ COMMANDS = {
     "plot": "an SVG timeline of a run: every task run, try, backoff and reboot",
     "ctl": "control the running runner: retry-now, skip TASK, pause, resume, halt",
     "reset": "forget that once/per-boot/per-instance tasks succeeded (all, or TASK)",
+    "fleet": "ask the fleet journal: failing, stuck, silent hosts; failing tasks; ready",
 }
 JOURNAL_COMMANDS = ("status", "history", "log", "blame")
 # Commands that print what the configuration says: secret values in it are masked.
@@ -41,7 +42,7 @@ LISTINGS = ("check", "list", "plan", "graph")
 _VALUE_OPTIONS = {
     "-c", "--config", "-D", "--define", "-n", "--times", "-g", "--get", "--pidfile", "--log-file",
     "--task", "--since", "--host", "--run", "--try", "--iteration", "--limit",
-    "--format", "-o", "--output",
+    "--format", "-o", "--output", "--for",
 }
 
 
@@ -112,7 +113,7 @@ def build_parser(command: str) -> Parser:
                         help=f"with --daemon: locked pidfile (default {DEFAULT_PIDFILE})")
     parser.add_argument("--log-file", help="with --daemon: log here instead of syslog")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
-    if command in ("list", "plan", *JOURNAL_COMMANDS):
+    if command in ("list", "plan", "fleet", *JOURNAL_COMMANDS):
         parser.add_argument("--json", action="store_true", help=f"with {command}: print JSON")
     if command in LISTINGS:
         parser.add_argument("--show-secrets", action="store_true",
@@ -132,6 +133,8 @@ def build_parser(command: str) -> Parser:
         _plot_arguments(parser)
     elif command == "ctl":
         _ctl_arguments(parser)
+    elif command == "fleet":
+        _fleet_arguments(parser)
     elif command == "reset":
         parser.add_argument("task", nargs="?",
                             help="only this task (file name or short name; default all)")
@@ -165,8 +168,22 @@ def _journal_arguments(parser: Parser, command: str) -> None:
     parser.add_argument("--host", help="only this host (the fleet journal has many)")
     parser.add_argument("--run", dest="run_id", help="only this run id")
     if command == "history":
-        parser.add_argument("--limit", type=_positive, default=50,
-                            help="show the newest N task runs (default 50)")
+        parser.add_argument("--limit", type=_positive,
+                            help="show the newest N task runs (default 50; with --json "
+                            "all of them)")
+
+
+def _fleet_arguments(parser: Parser) -> None:
+    from .commands.fleet import DEFAULT_QUIET, QUESTIONS
+
+    parser.add_argument("question", choices=list(QUESTIONS), metavar="QUESTION",
+                        help="; ".join(f"{name}: {text}" for name, text in QUESTIONS.items()))
+    parser.add_argument("--since", help="the period asked about: 2h, 1d, today, yesterday, "
+                        "2026-11-23, 2026-11-23T10:00")
+    parser.add_argument("--for", dest="quiet_for", default=DEFAULT_QUIET,
+                        help=f"with stuck: silent this long (default {DEFAULT_QUIET})")
+    parser.add_argument("--limit", type=_positive,
+                        help="show N rows (default 50; with --json all of them)")
 
 
 def _plot_arguments(parser: Parser) -> None:
@@ -218,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands.plot import PlotOptions, plot
             return plot(options, PlotOptions(args.run_id, args.since, args.host, args.output,
                                              args.local))
+        if command == "fleet":
+            from .commands.fleet import FleetOptions, fleet
+            return fleet(options, FleetOptions(args.question, args.since, args.quiet_for,
+                                               args.limit, args.json))
         if command == "reset":
             from .commands.reset import reset
             return reset(options, args.task)

@@ -52,5 +52,6 @@ HELP = (
     'default); plot: an SVG timeline of a run: every task run, try, backoff and\n'
     'reboot; ctl: control the running runner: retry-now, skip TASK, pause, resume,\n'
     'halt; reset: forget that once/per-boot/per-instance tasks succeeded (all, or\n'
-    'TASK)\n'
+    'TASK); fleet: ask the fleet journal: failing, stuck, silent hosts; failing\n'
+    'tasks; ready\n'
 )

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import fleetschema
 
 CONNECT_TIMEOUT_S = 5
 BATCH = 200
 # pg_advisory_xact_lock key: 500 workers starting together migrate the schema once.
-MIGRATION_LOCK = 0x72756E6E6572  # "runner"
+MIGRATION_LOCK = fleetschema.MIGRATION_LOCK
 
 TIMESTAMPS = frozenset({"started_at", "ended_at"})
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -40,8 +43,9 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 
-# Each entry migrates the schema from version i to i + 1 (table runner_schema).
-MIGRATIONS = (
+# Each entry migrates the schema from version i to i + 1 (table runner_schema): SQL
+# statements, or a function of the connection for what SQL alone cannot say.
+MIGRATIONS: tuple[str | Callable[[Any], None], ...] = (
     """
     CREATE TABLE runner_runs (
         run_id text PRIMARY KEY, host text NOT NULL, boot_id text, pid integer,
@@ -66,6 +70,9 @@ MIGRATIONS = (
     CREATE INDEX runner_task_runs_by_host ON runner_task_runs (host, started_at);
     CREATE INDEX runner_task_runs_by_time ON runner_task_runs (started_at)
     """,
+    # runner_task_runs partitioned by day, and the fleet questions' indexes
+    # (runner.fleetschema): every row of schema 1 is moved over, once.
+    fleetschema.migrate_to_2,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Nullable columns an older runner of the same schema version still works with (it
@@ -140,14 +147,20 @@ def migrate(conn: Any) -> None:
                 f"({SCHEMA_VERSION}); upgrade runner"
             )
         for number in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            step = MIGRATIONS[number]
+            if callable(step):
+                step(conn)
+            else:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
             conn.execute("INSERT INTO runner_schema (version) VALUES (%s)", (number + 1,))
         present = columns(conn)
         for table, column, kind in ADDITIONS:
             if (table, column) not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        # Today's partition and the next days' (a cheap catalog read when they exist).
+        fleetschema.ensure_partitions_soon(conn)
 
 
 def columns(conn: Any) -> set[tuple[str, str]]:
@@ -162,14 +175,21 @@ def has_cost(conn: Any) -> bool:
     return ("runner_task_runs", "cpu_user_s") in columns(conn)
 
 
+# The upsert's conflict target where it is not the local key: a unique constraint of
+# the partitioned runner_task_runs must hold its partition key, started_at (schema 2;
+# a task run's started_at never changes after its first row, runner.fleetschema).
+CONFLICT_KEYS = {"task_runs": ("run_id", "seq", "started_at")}
+
+
 def _upsert_sql(table: str) -> str:
     keys, others = TABLES[table]
     columns = (*keys, *others)
     values = ", ".join("%s::timestamptz" if c in TIMESTAMPS else "%s" for c in columns)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
+    conflict = CONFLICT_KEYS.get(table, keys)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in others if c not in conflict)
     return (
         f"INSERT INTO runner_{table} ({', '.join(columns)}) VALUES ({values}) "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}, received_at = now()"
+        f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}, received_at = now()"
     )
 
 

@@ -119,6 +119,7 @@ class RunnerSettings:
     journal_url: str | None
     journal_keep_days: int
     journal_max_mb: int
+    fleet_keep_days: int
     runtime_dir: str
     strict_permissions: bool
     secret_keys: list[str]

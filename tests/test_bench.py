@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,28 @@ def test_the_fleet_benchmark_loses_no_row_and_stays_within_the_connection_limit(
     assert result["drain_s"] == result["drain_s"], result  # drained (not NaN)
     assert 0 < result["rss_mb"]["max"] < 30, result
     assert proc.returncode == 0, result
+
+
+@pytest.mark.slow
+def test_the_fleet_query_benchmark_answers_right_on_a_small_fleet():
+    """bench/fleet_queries.py at a small size: every command answers (times are the
+    benchmark's business), and --check asserts the answers: the README recipe names every
+    host that failed puppet (more than the 50 a table shows), `runner fleet` names the
+    failing, silent and stuck hosts the generator made."""
+    problem = PgServer.unavailable_reason()
+    skip_unless(problem is None, problem or "")
+    skip_unless(shutil.which("jq") is not None, "needs jq (the README recipe pipes to it)")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fleet_queries.py"), "--hosts", "120",
+         "--days", "2", "--iterations", "6", "--failing", "60", "--no-cold", "--check",
+         "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert {r["status"] for r in report["results"][1:]} == {0}, report["results"]
+    assert report["results"][0]["status"] == 1  # the floor: no such task
+    assert len(report["results"]) == 10
+    check = report["check"]
+    assert check["recipe_hosts"] >= 60 and check["failing"] == 60
+    assert (check["silent"], check["stuck"]) == (5, 4)

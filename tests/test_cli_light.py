@@ -72,7 +72,7 @@ def test_light_arguments_mean_what_argparse_makes_of_them(argv):
     assert (command, config, words) == (want_command, want_config, want_words)
     # argparse fills in every default; the light reading only what was given.
     defaults = {"as_json": False, "local": False, "task": None, "since": None, "host": None,
-                "run_id": None, "limit": 50, "output": None}
+                "run_id": None, "limit": None, "output": None}
     assert {k: options.get(k, defaults[k]) for k in want_options} == want_options
     assert set(options) <= set(want_options)
 

@@ -310,9 +310,10 @@ def test_a_database_without_cost_columns_is_read_as_it_is_then_gets_them(
     proc = ws.run("-n", "1")
     assert proc.returncode == 0, proc.stderr
     assert "cannot forward" not in proc.stderr
-    # Added columns, not a new version: runners not yet upgraded keep forwarding.
+    # A schema 1 database without the cost columns: this runner migrates it to schema 2
+    # (runner.fleetschema), whose task runs have them; the old row's are null.
     assert pg_rows(pg_url, "SELECT version FROM runner_schema ORDER BY version") == [
-        {"version": 1}]
+        {"version": 1}, {"version": 2}]
     rows = pg_rows(pg_url, "SELECT run_id, cpu_user_s, peak_memory_bytes "
                            "FROM runner_task_runs ORDER BY started_at")
     assert rows[0] == {"run_id": "a" * 32, "cpu_user_s": None, "peak_memory_bytes": None}

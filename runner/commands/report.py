@@ -43,7 +43,7 @@ class ReportOptions:
     def __init__(self, as_json: bool = False, local: bool = False, task: str | None = None,
                  since: str | None = None, host: str | None = None, run_id: str | None = None,
                  try_num: int | None = None, iteration: int | None = None,
-                 limit: int = 50) -> None:
+                 limit: int | None = None) -> None:
         self.as_json = as_json
         self.local = local
         self.task = task
@@ -52,7 +52,10 @@ class ReportOptions:
         self.run_id = run_id
         self.try_num = try_num
         self.iteration = iteration
-        self.limit = limit
+        self.limit = limit  # None: TEXT_LIMIT for people, everything for --json
+
+
+TEXT_LIMIT = 50  # history's task runs on a terminal unless --limit says otherwise
 
 
 def _since(text: str | None) -> datetime | None:
@@ -130,11 +133,20 @@ def history_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
     filters = _filters(reader, opts, opts.host)
     if filters is None:
         return _fail(f"no task {opts.task!r} in the journal {reader.source}")
-    records = reader.history(filters, opts.limit)
+    # --json without --limit is the whole answer (a script must never see a cut list
+    # as the truth: the README's fleet recipe did); a table says when it is cut.
+    limit = opts.limit if opts.limit is not None or opts.as_json else TEXT_LIMIT
+    records = reader.history(filters, None if limit is None else limit + 1)
+    cut = limit is not None and len(records) > limit
+    if cut:
+        records = records[1:]  # oldest first: the one over the limit is the oldest
     if opts.as_json:
         _dump(records, out)
     elif records:
         _task_table(records, out, hosts=len({r["host"] for r in records}) > 1)
+        if cut:
+            print(f"… older task runs not shown (the newest {limit}); use --limit N or "
+                  "--since, or --json for all", file=out)
     else:
         print("no task runs recorded", file=out)
     return 0 if records else NOTHING
@@ -182,7 +194,8 @@ def blame_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
         runs = reader.runs(opts.host or (_hostname() if reader.postgres else None))
         if not runs:
             return _fail(f"no runs recorded in the journal {reader.source}")
-        filters = Filters(tasks=filters.tasks, host=filters.host, run_id=runs[0]["run_id"])
+        filters = Filters(tasks=filters.tasks, host=filters.host, run_id=runs[0]["run_id"],
+                          since=_run_bound(reader, runs[0]["started_at"]))
         scope = f"run {runs[0]['run_id']} started {_local(runs[0]['started_at'])}"
     records = reader.blame(filters)
     if opts.as_json:
@@ -201,6 +214,17 @@ def blame_command(reader: Reader, opts: ReportOptions, out: TextIO) -> int:
     print_table(["TOTAL", "TASK", "RUNS", "FAILED", "LONGEST", "CPU", "PEAK-MEM", "LAST"],
                 rows, out)
     return 0
+
+
+def _run_bound(reader: Reader, started_at: str) -> datetime | None:
+    """In the fleet journal, a bound on the task runs of a run that started at
+    `started_at`: only the partitions since then are read, not every day's index. A day
+    early, for a host clock set back during the run (the local journal needs none)."""
+    if not reader.postgres:
+        return None
+    from datetime import datetime, timedelta
+
+    return datetime.fromisoformat(started_at.replace("Z", "+00:00")) - timedelta(days=1)
 
 
 # -- status -------------------------------------------------------------------
