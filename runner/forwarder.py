@@ -142,13 +142,15 @@ class ForwardProcess:
 class Forwarder(Listener):
     """Forwards the local journal to PostgreSQL: a thread of its own, a process per burst."""
 
-    def __init__(self, url: str, db_path: str, masker: Masker | None = None) -> None:
+    def __init__(self, url: str, db_path: str, masker: Masker | None = None,
+                 fleet_keep_days: int = 0) -> None:
         self.on_change: Callable[[], None] | None = None  # health changed (from the thread)
         self.url = url
         # What psycopg says can quote the URL: every error is masked before status.json
         # or a log line gets it.
         self.masker = masker or Masker.for_url(url)
         self.db_path = db_path
+        self.fleet_keep_days = fleet_keep_days  # the process prunes (fleetschema.prune)
         self.health = ForwardHealth(mask_url(url))
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
@@ -258,7 +260,8 @@ class Forwarder(Listener):
             if self.child is None:
                 self.child = ForwardProcess.start({
                     "url": self.url, "db": self.db_path, "migrate": not self.migrated,
-                    "connect_timeout": connect_timeout})
+                    "connect_timeout": connect_timeout,
+                    "fleet_keep_days": self.fleet_keep_days})
             else:
                 self.child.send()
             result = self.child.answer(wait)

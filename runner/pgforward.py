@@ -41,6 +41,9 @@ from .pgjournal import SchemaTooNew, forward_batch, import_psycopg, pending_coun
 # The connection is held while writes keep coming, not while the process waits for them.
 CONNECTION_IDLE_S = 0.5
 CONNECTION_MAX_S = 5.0  # then let go at the next pass: a turn for the runners refused
+# fleetschema.prune is asked on the first pass of a process and then this often (it does
+# the work at most hourly for the whole fleet, and makes the day partitions ahead).
+PRUNE_EVERY_S = 3600.0
 
 
 def report(out: TextIO, **fields: Any) -> None:
@@ -83,6 +86,20 @@ class Requests:
         return bool(os.read(self.fd, 65536))
 
 
+def prune(remote: Any, keep_days: int) -> str | None:
+    """fleet_keep_days, and the day partitions ahead (fleetschema.prune: at most hourly
+    for the whole fleet, a try-lock, skipped while a query holds the table); what went
+    wrong, if anything. Its failure is no outage: the rows went, and the next process
+    asks again."""
+    from .fleetschema import prune as prune_fleet
+
+    try:
+        prune_fleet(remote, keep_days)
+    except Exception as exc:
+        return reason(exc)
+    return None
+
+
 def _pending(local: sqlite3.Connection | None) -> int | None:
     try:
         return None if local is None else pending_count(local)
@@ -108,6 +125,7 @@ def serve(hello: dict[str, Any], requests: Requests, out: TextIO) -> int:
     local = remote = None
     migrate = bool(hello.get("migrate", True))
     connected = 0.0
+    pruned: float | None = None  # when this process last asked fleetschema.prune
     try:
         local = journalfile.connect(hello["db"])
         import_psycopg()
@@ -118,7 +136,12 @@ def serve(hello: dict[str, Any], requests: Requests, out: TextIO) -> int:
                                         timeout=hello.get("connect_timeout"))
                     migrate, connected = False, time.monotonic()
                 sent = forward_all(local, remote)
-                report(out, ok=True, sent=sent, pending=pending_count(local))
+                retention = None
+                if pruned is None or time.monotonic() - pruned >= PRUNE_EVERY_S:
+                    pruned = time.monotonic()
+                    retention = prune(remote, int(hello.get("fleet_keep_days") or 0))
+                report(out, ok=True, sent=sent, pending=pending_count(local),
+                       retention_error=retention)
             except SchemaTooNew:
                 raise
             except Exception as exc:  # an outage: reported, the next request retries

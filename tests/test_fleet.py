@@ -206,6 +206,26 @@ def test_prune_drops_old_days_whole_and_keeps_what_has_not_ended(pg_url):
     assert hosts == fleet.hosts + 0 and old_runs == 0
 
 
+def test_a_runners_forwarder_applies_fleet_keep_days_to_the_fleet_journal(ws, pg_url):
+    """fleet_keep_days set in runner.cfg reaches PostgreSQL through the forwarding
+    process: after a run, the days older than it are gone, the run's own rows are there."""
+    fleet = fleetgen.Fleet(hosts=3, days=6, iterations=2, tasks=2, failing=1, silent=0,
+                           stuck=0)
+    now = fleet_database(pg_url, fleet)
+    with connect(pg_url) as conn:
+        assert min(fleetschema.day_partitions(conn)) < now.date() - timedelta(days=2)
+    ws.task("10-ok.sh")
+    ws.config(journal_url=pg_url, fleet_keep_days=2)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 0, proc.stderr
+    with connect(pg_url) as conn:
+        days = fleetschema.day_partitions(conn)
+        mine = conn.execute("SELECT count(*) FROM runner_task_runs WHERE task = '10-ok.sh'"
+                            ).fetchone()[0]
+    assert min(days) >= now.date() - timedelta(days=2)
+    assert mine == 1
+
+
 def run_fleet(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([RUNNER, "-c", str(ws.cfg), *args], capture_output=True,
                           text=True, timeout=120)

@@ -157,7 +157,8 @@ def recorders(options: RunOptions, config: Config, identity: RunIdentity,
     if runner.journal_url:
         from ..forwarder import Forwarder
 
-        forwarder = Forwarder(runner.journal_url, db_path, masker)
+        forwarder = Forwarder(runner.journal_url, db_path, masker,
+                              fleet_keep_days=runner.fleet_keep_days)
         journal.on_write = forwarder.wake
         listeners.append(forwarder)
 
