@@ -115,6 +115,11 @@ def pg_connect(url: str, *, migrate_schema: bool = True, timeout: float | None =
     try:
         if migrate_schema and not schema_current(conn):
             migrate(conn)
+        elif migrate_schema:
+            # The days ahead, as migrate() makes them: a cheap catalog read when they
+            # exist, and it gives up at once behind a long fleet query (a later
+            # connection, or the hourly fleetschema.prune, makes them).
+            fleetschema.ensure_partitions_soon(conn)
     except BaseException:
         conn.close()
         raise

@@ -523,7 +523,9 @@ def test_wall_clock_jumps_change_neither_max_time_nor_the_backoff_pause(ws):
         assert runner.finish() == 0, runner.text()
         log = runner.text()
     no_trouble(log)
-    assert 1.4 <= timed_out < 3, timed_out
+    # max_time runs from just before the spawn, which a loaded machine delays (CI saw the
+    # fork 0.12 s after it); a wall clock jump obeyed would end it at once (~0.5 s here).
+    assert 1.2 <= timed_out < 3, timed_out
     assert 1.3 <= paused < 3, paused
     duration = float(re.search(r"10-slow: TIMEOUT \(signal 15\) after (\d+\.\d+)s", log)[1])
     assert 1.5 <= duration < 2.5, duration
