@@ -21,9 +21,9 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from ..errors import ConfigError
-from ..history import JournalUnavailable, parse_since
+from ..history import JournalUnavailable
 from ..settings import RunOptions
-from .report import NOTHING, TEXT_LIMIT, _dump, _fail, _local, _seconds
+from .report import NOTHING, TEXT_LIMIT, _dump, _fail, _local, _seconds, _since
 from .table import print_table
 
 QUESTIONS = {
@@ -50,7 +50,7 @@ def fleet(options: RunOptions, opts: FleetOptions, out: TextIO = sys.stdout) -> 
     from ..config import load
 
     config = load(options.config_path, options.overrides)
-    since = _moment("--since", opts.since or DEFAULT_SINCE.get(opts.question))
+    since = _since(opts.since or DEFAULT_SINCE.get(opts.question))
     quiet_s = _duration(opts.quiet_for)
     url = config.runner.journal_url
     if not url:
@@ -84,15 +84,6 @@ def _ask(queries: Any, question: str, since: datetime | None,
     if question == "tasks":
         return queries.tasks(since)
     return queries.ready(since)
-
-
-def _moment(option: str, text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise ConfigError(f"{option}: {exc}") from None
 
 
 def _duration(text: str) -> float:
