@@ -11,6 +11,9 @@ from .states import Kind, TaskRun, TaskState, check_transition, ended_by
 
 log = logging.getLogger("runner")
 SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
+# The changes a chain goes on after (anything else is logged at once: what runner says
+# about a failure follows its line).
+DEFERRED = (TaskState.RUNNING, TaskState.OK, TaskState.SKIPPED)
 
 
 class Listener:
@@ -19,6 +22,10 @@ class Listener:
     # True for a listener that may make runner wait (it runs a process: the hooks). The
     # listeners before it are told idle() first, as when runner waits for anything else.
     waits = False
+    # True for a listener that must hear of a task's start before its process starts (the
+    # journal: every started task has its row). The others may hear of a sequential
+    # chain's task changes a little later (Dispatcher.transition's `defer`).
+    first = False
 
     def idle(self) -> None:
         """runner is about to wait (for a task, a check, a hook, a backoff): anything
@@ -53,25 +60,57 @@ class Listener:
 
 
 class Dispatcher:
-    """Applies state changes and fans events out to listeners in order."""
+    """Applies state changes and fans events out to listeners in order.
+
+    A deferred transition (a task of a sequential chain) reaches the `first` listeners
+    at once and is logged and told to the others at the next idle() — right after the
+    next process has started, as runner then waits for it — or before any other event:
+    the log line and the status updates of one task's end and the next one's start are
+    then written while that process runs (the chain's other core), not before it starts.
+    Every listener still hears every event in order, and the log keeps its order.
+    Never with a listener that waits (a hook must run before the task starts), nor for
+    the halt or reboot task (the power may go before anything after its start)."""
 
     def __init__(self, listeners: list[Listener],
                  mask: Callable[[str], str] = lambda text: text) -> None:
         self.listeners = listeners
         self.mask = mask
+        self._later: list[TaskRun] = []  # deferred: told to the others at flush()
 
-    def transition(self, run: TaskRun, new: TaskState) -> None:
+    def transition(self, run: TaskRun, new: TaskState, *, defer: bool = False) -> None:
+        self.deliver(run)  # an earlier deferred event of this run first
         check_transition(run.state, new)
         run.state = new
         # An error can quote a command line or what a tool said; masked here, it is
         # masked for the log and for every listener (journal, status, metrics, hooks).
         if run.error:
             run.error = self.mask(run.error)
+        if (defer and run.kind is Kind.TASK and new in DEFERRED
+                and not any(listener.waits for listener in self.listeners)):
+            self._call([x for x in self.listeners if x.first], "task_changed", run)
+            self._later.append(run)
+            return
+        self.flush()
         _log_transition(run)
         self._emit("task_changed", run)
 
+    def deliver(self, run: TaskRun) -> None:
+        """Before a run changes again: its deferred event (and those before it) go out,
+        while the run is as it was then."""
+        if any(later is run for later in self._later):
+            self.flush()
+
+    def flush(self) -> None:
+        """Every deferred transition, in order: logged, and told to the other listeners."""
+        while self._later:
+            later, self._later = self._later, []
+            for run in later:
+                _log_transition(run)
+                self._call([x for x in self.listeners if not x.first], "task_changed", run)
+
     def idle(self) -> None:
         """runner is about to wait: see Listener.idle."""
+        self.flush()
         self._emit("idle")
 
     def started(self) -> None:
@@ -102,13 +141,15 @@ class Dispatcher:
         self._emit("finished", status)
 
     def _emit(self, method: str, *args: object) -> None:
+        self.flush()
         for index, listener in enumerate(self.listeners):
             if listener.waits:
                 self._settle(index)
-            try:
-                getattr(listener, method)(*args)
-            except Exception as exc:  # a listener must never change a task's result
-                log.error("%s failed in %s: %s", type(listener).__name__, method, exc)
+            _call(listener, method, args)
+
+    def _call(self, listeners: list[Listener], method: str, *args: object) -> None:
+        for listener in listeners:
+            _call(listener, method, args)
 
     def _settle(self, before: int) -> None:
         for listener in self.listeners[:before]:
@@ -116,6 +157,13 @@ class Dispatcher:
                 listener.idle()
             except Exception as exc:
                 log.error("%s failed in idle: %s", type(listener).__name__, exc)
+
+
+def _call(listener: Listener, method: str, args: tuple) -> None:
+    try:
+        getattr(listener, method)(*args)
+    except Exception as exc:  # a listener must never change a task's result
+        log.error("%s failed in %s: %s", type(listener).__name__, method, exc)
 
 
 class FailureSummary(Listener):

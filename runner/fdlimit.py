@@ -13,7 +13,9 @@ soft limit above 1024 hands programs that still use select() descriptors it cann
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import resource
 from dataclasses import dataclass
 
@@ -38,6 +40,20 @@ class Capacity:
                 f"(RLIMIT_NOFILE {self.soft}, hard {self.hard}) allows {self.tasks} tasks at "
                 f"once: at most {self.tasks} run at a time (raise the hard limit, e.g. "
                 "LimitNOFILE= in the unit, to run more)")
+
+
+def close_on_exec() -> None:
+    """Make every descriptor runner was started with (other than 0, 1 and 2) close-on-
+    exec: none of them is for its tasks, and runner.process starts tasks with
+    posix_spawn, which passes on whatever is not. (Python opens its own so already.)"""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every number that could be open
+        fds = list(range(3, min(_limits()[0], 1 << 16)))
+    for fd in fds:
+        if fd > 2:
+            with contextlib.suppress(OSError):  # not open (the listing's own, by now)
+                os.set_inheritable(fd, False)
 
 
 def needed(max_parallel: int) -> int:

@@ -119,6 +119,8 @@ class Health:
 class JournalListener(Listener):
     """Turns runner's events into journal rows, one transaction per event."""
 
+    first = True  # a task's row is committed before its process starts
+
     def __init__(
         self,
         path: str,

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 log = logging.getLogger("runner")
 
@@ -74,6 +75,17 @@ def enable_subreaper() -> bool:
 # -- children runner waits for itself -----------------------------------------------
 
 
+class Child(Protocol):
+    """What runner uses of a started process: a subprocess.Popen, or runner.process's
+    own record of one it started with posix_spawn."""
+
+    pid: int
+    args: Any
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+
 def popen(argv: list[str], **kwargs) -> subprocess.Popen:
     """subprocess.Popen, registered so that reap_orphans() never reaps this child in
     another thread before its own wait does. Call release(proc) once it was waited for."""
@@ -84,7 +96,16 @@ def popen(argv: list[str], **kwargs) -> subprocess.Popen:
     return proc
 
 
-def release(proc: subprocess.Popen) -> None:
+def spawn(path: str, argv: list[str], env: dict[str, str], **kwargs) -> int:
+    """os.posix_spawn, registered like popen(); the pid."""
+    with _lock:
+        pid = os.posix_spawn(path, argv, env, **kwargs)
+        _children.add(pid)
+    _child_started.set()
+    return pid
+
+
+def release(proc: subprocess.Popen | Child) -> None:
     with _lock:
         _children.discard(proc.pid)
 

@@ -9,7 +9,10 @@ before it in plan order, because plan order is exactly this rule applied one at 
 Each task runs in a worker thread (kept in a pool and reused: runner.workers) with a
 SignalView of its own; the main thread makes
 every state change (skip, RUNNING, the result), so hooks and listeners are only ever
-called from it.
+called from it. When one task runs at a time (max_parallel = 1) the main thread waits
+for it itself, watching the signals as its own wait would: no hand-off between threads
+per task, and the log lines and status updates of one task's end and the next one's
+start are made while that next process runs (Dispatcher.transition's `defer`).
 """
 
 from __future__ import annotations
@@ -98,20 +101,24 @@ class Scheduler:
         finished: queue.Queue[tuple[str, Execution]] = queue.Queue()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         stop_new = False
+        inline = self._one_at_a_time()
         try:
             while True:
                 if not stop_new:
                     stop_new = self._start_ready(
                         pending, needs, workers, result, (iteration, try_num),
-                        lambda run, view: self._spawn(run, view, finished, wake_w))
+                        (lambda run, view: self._inline(run, view, finished)) if inline
+                        else lambda run, view: self._spawn(run, view, finished, wake_w),
+                        inline)
                 if not workers:
                     break
-                self._wait_for_workers(wake_r)
+                if finished.empty():
+                    self._wait_for_workers(wake_r)
                 if self.signals.stop_signal is not None or self.controls.halt:
                     stop_new = True
                 while not finished.empty():
                     name, execution = finished.get()
-                    if self._finish(workers.pop(name), execution, result):
+                    if self._finish(workers.pop(name), execution, result, inline):
                         stop_new = True
                         self._stop_others(workers)
         except BaseException:
@@ -120,7 +127,11 @@ class Scheduler:
         finally:
             os.close(wake_r)
             os.close(wake_w)
+        self.life.dispatcher.flush()  # what the caller logs next comes after
         return result
+
+    def _one_at_a_time(self) -> bool:
+        return min(self.life.config.runner.max_parallel, self.capacity) == 1
 
     def _abandon(self, workers: dict[str, _Worker]) -> None:
         """An internal error in the main loop: no task it started may outlive it. Every
@@ -138,8 +149,9 @@ class Scheduler:
 
     def _start_ready(self, pending: list[Task], needs: dict[str, set[str]],
                      workers: dict[str, _Worker], result: TryResult, at: tuple[int, int],
-                     spawn: Callable[[TaskRun, SignalView], Job]) -> bool:
-        """Start what may start; True when nothing more may start (stop, halt, refusal)."""
+                     spawn: Callable[[TaskRun, SignalView], Job], inline: bool) -> bool:
+        """Start what may start; True when nothing more may start (stop, halt, refusal).
+        `inline`: spawn runs the task on this thread (see the module's docstring)."""
         while len(workers) < min(self.life.config.runner.max_parallel, self.capacity):
             if self._halted():
                 return True
@@ -159,9 +171,9 @@ class Scheduler:
                 continue
             if self._halted():
                 return True  # stopped, or its check refused, while the check ran
-            view = self.signals.view()
+            view = self.signals.view(main=inline)
             self.life.register(task.name, view)
-            self.life.begin(run)  # the start hook runs here
+            self.life.begin(run, defer=inline)  # the start hook runs here
             if self.signals.stop_signal is not None:  # asked to stop while the hook ran
                 self.life.unregister(task.name)
                 self.signals.forget(view)
@@ -178,12 +190,21 @@ class Scheduler:
 
     def _work(self, run: TaskRun, view: SignalView, finished: queue.Queue,
               wake_w: int) -> None:
-        try:
-            execution = self.life.execute(run, view)
-        except Exception as exc:  # a bug must not leave the main loop waiting forever
-            execution = Execution(ProcessResult(error=f"internal error: {exc}"))
-        finished.put((run.task.name, execution))
+        finished.put((run.task.name, self._execute(run, view)))
         os.write(wake_w, b"\0")
+
+    def _inline(self, run: TaskRun, view: SignalView, finished: queue.Queue) -> Job:
+        """The task run on the main thread; runner is about to wait once its process
+        has started (the deferred events go out then: Dispatcher.idle)."""
+        finished.put((run.task.name, self._execute(run, view, self.life.dispatcher.idle)))
+        return Job.done(f"task {run.task.name}")
+
+    def _execute(self, run: TaskRun, view: SignalView,
+                 on_start: Callable[[], None] | None = None) -> Execution:
+        try:
+            return self.life.execute(run, view, on_start)
+        except Exception as exc:  # a bug must not leave the main loop waiting forever
+            return Execution(ProcessResult(error=f"internal error: {exc}"))
 
     def _wait_for_workers(self, wake_r: int) -> None:
         self.life.dispatcher.idle()
@@ -201,14 +222,15 @@ class Scheduler:
         except BlockingIOError:
             pass
 
-    def _finish(self, worker: _Worker, execution: Execution, result: TryResult) -> bool:
+    def _finish(self, worker: _Worker, execution: Execution, result: TryResult,
+                inline: bool = False) -> bool:
         """Conclude a run whose worker is done; True when no new task may start."""
         worker.job.join()
         name = worker.run.task.name
         skipped = self.life.unregister(name)
         self.signals.forget(worker.view)
         self.life.conclude(worker.run, execution, skipped=skipped,
-                           stopping=self.signals.stop_signal is not None)
+                           stopping=self.signals.stop_signal is not None, defer=inline)
         if self.refusal:
             return True
         if worker.run.state in (TaskState.OK, TaskState.SKIPPED):
@@ -228,6 +250,7 @@ class Scheduler:
         """Hold while `runner ctl pause` holds (a halt ends it too); False if stopped."""
         if not self.controls.paused or self.controls.halt:
             return True
+        self.life.dispatcher.flush()  # the task before comes first in the log
         log.warning("paused by runner ctl: waiting for runner ctl resume")
         self.life.dispatcher.paused()
         if not self.signals.wait_until(lambda: not self.controls.paused or self.controls.halt):

@@ -74,6 +74,11 @@ class SignalState:
     def fd(self) -> int:
         return self._read_fd
 
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """What a wait watches to wake for a signal or a poke."""
+        return (self._read_fd,) if self._read_fd >= 0 else ()
+
     def drain(self) -> None:
         """Empty the self-pipe, and pass the wake-up on to every view: whoever wakes on
         the signals tells the task waits of other threads to look at them too."""
@@ -85,9 +90,10 @@ class SignalState:
         """Wake the main loop from another thread (a control command arrived)."""
         _poke(self._write_fd)
 
-    def view(self) -> SignalView:
-        """A wake-up fd of its own for a task waited for in another thread."""
-        view = SignalView(self)
+    def view(self, main: bool = False) -> SignalView:
+        """A wake-up fd of its own for a task waited for in another thread (`main`: on
+        the main thread, which then also watches and drains the signals themselves)."""
+        view = SignalView(self, main)
         self._views.append(view)
         return view
 
@@ -127,8 +133,9 @@ class SignalView:
     """The stop state of the signals with a wake-up pipe of its own: lets a task run in
     a worker thread be woken by signals (through SignalState.drain) or cancelled alone."""
 
-    def __init__(self, parent: SignalState) -> None:
+    def __init__(self, parent: SignalState, main: bool = False) -> None:
         self.parent = parent
+        self.main = main
         self.cancelled = False
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -140,10 +147,19 @@ class SignalView:
     def fd(self) -> int:
         return self._read_fd
 
+    @property
+    def fds(self) -> tuple[int, ...]:
+        own = (self._read_fd,) if self._read_fd >= 0 else ()
+        return own + self.parent.fds if self.main else own
+
     def expect_wake_by(self, moment: float | None) -> None:
-        """Only the main loop speaks for the watchdog."""
+        """Only the main thread speaks for the watchdog."""
+        if self.main:
+            self.parent.expect_wake_by(moment)
 
     def drain(self) -> None:
+        if self.main:
+            self.parent.drain()  # as the main loop would: every view hears of it
         _drain(self._read_fd)
 
     def poke(self) -> None:

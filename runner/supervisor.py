@@ -175,6 +175,7 @@ class Supervisor:
         self.life.stamps = self._stamps(plan)
 
     def _fit_descriptors(self) -> None:
+        fdlimit.close_on_exec()
         capacity = fdlimit.fit(self.config.runner.max_parallel)
         note = capacity.note(self.config.runner.max_parallel)
         if note:
@@ -378,6 +379,7 @@ class Supervisor:
         if not self.signals.reload:
             return False
         self.signals.reload = False
+        self.dispatcher.flush()  # what happened before comes first in the log
         try:
             new = config_mod.load(self.options.config_path, self.options.overrides)
             plan = discover(new, task_dir_of(self.options, new))

@@ -172,6 +172,7 @@ class TaskLife:
     def reconfigure(self, config: Config, dispatcher: Dispatcher,
                     stamps: Stamps | None) -> None:
         """After a reload (SIGHUP): the new settings apply to the runs that start next."""
+        self.dispatcher.flush()  # what the old listeners were still to hear
         self.config, self.dispatcher, self.stamps = config, dispatcher, stamps
 
     def _trust(self, trust: permissions.Trust) -> permissions.Trust | None:
@@ -201,19 +202,24 @@ class TaskLife:
             log.warning("%s: check: %s", run.task.name, result.error)
         return result
 
-    def begin(self, run: TaskRun) -> None:
+    def begin(self, run: TaskRun, defer: bool = False) -> None:
+        """RUNNING; `defer`: logged and told to most listeners once the process started
+        (Dispatcher.transition): pass the dispatcher's idle as execute()'s on_start."""
         run.mark_started()
-        self.dispatcher.transition(run, TaskState.RUNNING)
+        self.dispatcher.transition(run, TaskState.RUNNING, defer=defer)
 
     def stop_before_start(self, run: TaskRun) -> None:
         """runner was asked to stop while the hook before the run ran."""
+        self.dispatcher.deliver(run)
         run.duration_s = 0.0
         self.dispatcher.transition(run, TaskState.STOPPED)
 
     # -- the run (any thread, no transitions) ---------------------------------
 
-    def execute(self, run: TaskRun, signals: Signals) -> Execution:
-        """The task's process, then its check again."""
+    def execute(self, run: TaskRun, signals: Signals,
+                on_start: Callable[[], None] | None = None) -> Execution:
+        """The task's process, then its check again; `on_start` is called once the
+        process has started."""
         task = run.task
         if signals.cancelled:  # skipped by the operator while the start hook ran
             return Execution(ProcessResult(stopped=True), started=False)
@@ -227,6 +233,7 @@ class TaskLife:
             masker=self.masker,
             trust=self._trust(trust_of(task)),
             cell=self._cell(run.kind.value, task),
+            on_start=on_start,
         )
         execution = Execution(process)
         if task.settings.check and process.exit_code == 0 and not process.stopped:
@@ -271,10 +278,11 @@ class TaskLife:
     # -- after the run (main thread) ------------------------------------------
 
     def conclude(self, run: TaskRun, execution: Execution, *, stopping: bool,
-                 skipped: bool) -> None:
+                 skipped: bool, defer: bool = False) -> None:
         """Turn what ran into the run's result, and make the one transition to it.
         `skipped`: `runner ctl skip` stopped it (unregister() says); `stopping`: runner
-        itself is being stopped, which wins over the skip."""
+        itself is being stopped, which wins over the skip; `defer`: see begin()."""
+        self.dispatcher.deliver(run)
         result, recheck = execution.process, execution.recheck
         self.refusal.of(result)
         self.refusal.of(recheck)
@@ -296,7 +304,7 @@ class TaskLife:
             if run.duration_s is not None:
                 run.duration_s += recheck.duration_s
             run.cost = usage.combined(run.cost, recheck.cost)
-        self.dispatcher.transition(run, state)
+        self.dispatcher.transition(run, state, defer=defer)
 
     # -- the halt and reboot tasks --------------------------------------------
 

@@ -251,6 +251,8 @@ def test_a_skip_asked_while_the_start_hook_runs_keeps_the_process_from_starting(
     scheduler, tasks, needs, recorder, processes, _ = harness(tmp_path, signals, ["10-a"])
 
     class SkipDuringTheHook(Listener):
+        waits = True  # it stands for the hook
+
         def task_changed(self, run: TaskRun) -> None:
             if run.state is TaskState.RUNNING:  # where the start hook runs
                 assert scheduler.life.request_skip(run.task.name)
