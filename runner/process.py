@@ -365,9 +365,13 @@ class _Waiter:
                 # The loop re-checks the deadlines: a huge max_time needs no huge wait.
                 ready = poller.poll(None if timeout is None else min(timeout, MAX_WAIT_S)
                                     * 1000)
-                if output >= 0 and any(fd == output for fd, _event in ready):
+                events = [event for fd, event in ready if fd == output] if output >= 0 else []
+                if events:
                     assert self.reader is not None
-                    self.reader.start()  # the first output: from now on it reads
+                    if events[0] & select.POLLIN:
+                        self.reader.start()  # the first output: from now on it reads
+                    # else the pipe's end (every writer exited) and nothing in it: the
+                    # reader is not needed, finish() sees so
                     poller.unregister(output)
                     output = -1
                 self.signals.expect_wake_by(time.monotonic())  # awake: report again soon

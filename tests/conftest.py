@@ -137,17 +137,18 @@ class Workspace:
 
     def run(self, *args: str, tasks: bool = True, timeout: float = 60,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run `runner -c CFG ARGS TASKDIR` to the end."""
+        """Run `runner -c CFG ARGS TASKDIR` to the end, from / as systemd starts it (its
+        tasks then start by posix_spawn: runner.process._start)."""
         return subprocess.run(
             self.command(*args, tasks=tasks), capture_output=True, text=True,
-            timeout=timeout, env=env, cwd=self.root,
+            timeout=timeout, env=env, cwd="/",
         )
 
     def start(self, *args: str, tasks: bool = True, **kwargs) -> subprocess.Popen:
         """Start runner in the background (for signal tests)."""
         return subprocess.Popen(
             self.command(*args, tasks=tasks), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, cwd=self.root, **kwargs,
+            stderr=subprocess.PIPE, text=True, cwd="/", **kwargs,
         )
 
 

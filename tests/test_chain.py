@@ -455,3 +455,27 @@ def test_a_hundred_tasks_run_without_per_task_polling_delay(ws):
     assert proc.returncode == 0, proc.stderr
     assert len(started(proc.stderr)) == 100
     assert elapsed < 10, elapsed
+
+
+def test_the_log_keeps_the_chains_order_though_lines_are_written_after_the_next_start(ws):
+    # runner logs a task's end and the next one's start once that next process has
+    # started (Dispatcher.transition's defer): the log must read as if it had not.
+    ws.task("10-a", "exit 0")
+    ws.task("20-b", "echo b says hello")
+    ws.task("25-skipped", "echo never")
+    ws.task("30-c", "exit 0")
+    ws.task("40-d", "echo d fails; exit 1")
+    ws.config("[skipped]\ncheck = /bin/true\n", max_tries=1)
+    proc = ws.run("-n", "1")
+    assert proc.returncode == 1, proc.stderr
+    lines = [line.split(" ", 3)[3] for line in proc.stderr.splitlines()
+             if re.search(r"\] |: (starting|OK|SKIPPED|RETRY)|failed on try", line)]
+    # (the summary at exit repeats the failure: not part of the chain's order)
+    assert [line.split(" (")[0].split(" after")[0] for line in lines][:12] == [
+        "10-a: starting", "10-a: OK",
+        "20-b: starting", "[20-b] b says hello", "20-b: OK",
+        "25-skipped: SKIPPED",
+        "30-c: starting", "30-c: OK",
+        "40-d: starting", "[40-d] d fails", "40-d: RETRY",
+        "40-d failed on try 1 of 1: giving up",
+    ], proc.stderr

@@ -90,6 +90,15 @@ def test_skip_of_a_pending_task_skips_it_once_and_an_unknown_task_is_refused(ws)
     assert [r for t, r in history(ws) if t == "20-skipped.sh"] == ["SKIPPED", "OK"]
 
 
+def status_state(ws) -> str | None:
+    """The live status file's state; None before runner wrote it (its control socket is
+    up a moment before)."""
+    try:
+        return json.loads((ws.root / "run" / "status.json").read_text())["state"]
+    except FileNotFoundError:
+        return None
+
+
 def test_pause_holds_the_next_task_until_resume(ws):
     ws.task("10-first.sh", 'while [ ! -e "$RUNNER_STATE_DIR/go" ]; do sleep 0.05; done')
     ws.task("20-second.sh", 'touch "$RUNNER_STATE_DIR/second-ran"')
@@ -98,8 +107,7 @@ def test_pause_holds_the_next_task_until_resume(ws):
         wait_for(lambda: socket_up(ws), what="control socket")
         assert ctl(ws, "pause").returncode == 0
         (ws.state / "go").touch()
-        wait_for(lambda: json.loads((ws.root / "run" / "status.json").read_text())["state"]
-                 == "paused", what="runner to pause")
+        wait_for(lambda: status_state(ws) == "paused", what="runner to pause")
         time.sleep(0.5)
         assert not (ws.state / "second-ran").exists()
         status = ws.run("status", tasks=False).stdout

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import LogWatcher, alive, output_of, started, wait_for
 
 
@@ -22,9 +23,22 @@ def read_pid(path: Path) -> int:
     return int(path.read_text().strip())
 
 
-def test_each_task_runs_in_its_own_session_and_process_group(ws):
+# Where runner runs decides how it starts a task: from its own directory when that is
+# task_cwd (/ under systemd) by posix_spawn, else through subprocess (runner.process._start).
+# What a task gets must not depend on it.
+STARTS = pytest.mark.parametrize("runner_cwd", ["/", "workspace"],
+                                 ids=["posix_spawn", "subprocess"])
+
+
+def run_from(ws, runner_cwd: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(ws.command("-n", "1"), capture_output=True, text=True, timeout=60,
+                          cwd=ws.root if runner_cwd == "workspace" else runner_cwd, **kwargs)
+
+
+@STARTS
+def test_each_task_runs_in_its_own_session_and_process_group(ws, runner_cwd):
     ws.task("a", "cat /proc/$$/stat\ncat /proc/$PPID/stat")
-    proc = ws.run("-n", "1")
+    proc = run_from(ws, runner_cwd)
     assert proc.returncode == 0, proc.stderr
     task_line, parent_line = output_of(proc.stderr, "a")
     task, runner = proc_stat(task_line), proc_stat(parent_line)
@@ -35,22 +49,50 @@ def test_each_task_runs_in_its_own_session_and_process_group(ws):
     assert runner["session"] != task["session"]
 
 
-def test_stdin_is_dev_null(ws):
+@STARTS
+def test_stdin_is_dev_null(ws, runner_cwd):
     ws.task("a", """
         readlink /proc/$$/fd/0
         if read line; then echo "read: $line"; else echo EOF; fi
     """)
     # runner's own stdin is a file with content: the task must not see it.
     with open(ws.cfg) as stdin:
-        proc = subprocess.run(ws.command("-n", "1"), stdin=stdin, capture_output=True,
-                              text=True, timeout=60, cwd=ws.root)
+        proc = run_from(ws, runner_cwd, stdin=stdin)
     assert proc.returncode == 0, proc.stderr
     assert output_of(proc.stderr, "a") == ["/dev/null", "EOF"]
 
 
-def test_cwd_is_root_by_default(ws):
+@STARTS
+def test_a_task_gets_no_descriptor_runner_was_given_and_no_signal_ignored_or_blocked(
+        ws, runner_cwd, tmp_path):
+    # A careless parent leaves a descriptor open without close-on-exec; Python itself
+    # ignores SIGPIPE and SIGXFSZ. None of it may reach a task.
+    leaked = os.open(tmp_path / "secret", os.O_CREAT | os.O_RDWR, 0o600)
+    os.set_inheritable(leaked, True)
+    ws.task("a", """
+        ls /proc/$$/fd | tr '\\n' ' '; echo
+        readlink /proc/$$/fd/1 /proc/$$/fd/2 | sort -u | wc -l
+        grep -E '^Sig(Blk|Ign):' /proc/self/status
+    """)  # /proc/self: grep's own (a shell blocks every signal for a moment as it forks)
+    try:
+        proc = run_from(ws, runner_cwd, pass_fds=(leaked,))
+    finally:
+        os.close(leaked)
+    assert proc.returncode == 0, proc.stderr
+    fds, pipes, blocked, ignored = output_of(proc.stderr, "a")
+    assert str(leaked) not in fds.split()
+    assert {"0", "1", "2"} <= set(fds.split())
+    assert pipes == "1"  # stdout and stderr: one pipe
+    assert int(blocked.rsplit("t", 1)[1], 16) == 0  # "SigBlk:\\t0000…" as logged
+    # posix_spawn leaves glibc's two internal signals (32 and 33) ignored, as Python's own
+    # subprocess does where it uses posix_spawn; a glibc program sets them up at its start.
+    assert int(ignored.rsplit("t", 1)[1], 16) & ~(0b11 << 31) == 0
+
+
+@STARTS
+def test_cwd_is_root_by_default(ws, runner_cwd):
     ws.task("a", "pwd")
-    proc = ws.run("-n", "1")  # runner itself runs in the workspace directory
+    proc = run_from(ws, runner_cwd)
     assert proc.returncode == 0, proc.stderr
     assert output_of(proc.stderr, "a") == ["/"]
 
