@@ -3,11 +3,13 @@
 Crash safety comes from SQLite itself: WAL mode and short transactions, so a SIGKILL at
 any point never corrupts the file. A task's start is committed before its process
 starts; the end of a short task after which the chain goes on (OK or SKIPPED, output
-up to KEEP_BACK_BYTES) is committed with the next record, in the same transaction as
-the next task's start, or when runner is about to wait for anything (Listener.idle):
-one commit per task instead of two. So a
-SIGKILL can lose at most the end of the one task that ended last (its row stays RUNNING
-and becomes INTERRUPTED) and never a task's start. Commits are synchronous=NORMAL (in
+up to KEEP_BACK_BYTES) is kept back and committed when runner is about to wait for
+anything (Listener.idle) — in a chain, right after the next task's process started,
+while it runs — or with the next record that is not a task's start. The commit that
+must come before a task starts is then one INSERT (no transaction of several
+statements, about half what a start and an end cost together). So a SIGKILL can lose
+at most the end of the one task that ended last (its row stays RUNNING and becomes
+INTERRUPTED) and never a task's start. Commits are synchronous=NORMAL (in
 WAL mode: safe against any crash of runner, and no fsync per event, which would cost
 more than the task it records); the commits before a halt or reboot task and the last
 one of a run are FULL, which makes everything before them durable against a power cut
@@ -148,7 +150,7 @@ class JournalListener(Listener):
         self.conn: sqlite3.Connection | None = None
         self.checkpointer: Checkpointer | None = None
         self.held: deque[Record] = deque()
-        self.kept_back: list[Record] = []  # written with the next record, or at idle()
+        self.kept_back: list[Record] = []  # written at idle() or with a next record
         self.seq = 0
         self.seqs: dict[int, int] = {}  # id(TaskRun) -> seq of its row
         self.open_try: tuple[int, int] | None = None
@@ -183,7 +185,8 @@ class JournalListener(Listener):
     def task_changed(self, run: TaskRun) -> None:
         if run.state is TaskState.RUNNING:
             # A halt or reboot task may cut the power: what led to it goes to disk first.
-            self._write(self._task_started(run), durable=run.kind is not Kind.TASK)
+            durable = run.kind is not Kind.TASK
+            self._write(self._task_started(run), durable=durable, with_kept_back=durable)
             return
         ops = [] if id(run) in self.seqs else [self._task_started(run)]  # SKIPPED: no RUNNING
         ops.append(self._task_ended(run))
@@ -283,11 +286,14 @@ class JournalListener(Listener):
         for run_id in interrupted:
             log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
 
-    def _write(self, *records: Record, durable: bool = False) -> None:
+    def _write(self, *records: Record, durable: bool = False,
+               with_kept_back: bool = True) -> None:
         """Append records to what is held and try to write everything (_commit);
-        `durable`: fsync it, and with it every earlier commit (one WAL file)."""
-        self.held.extend(self.kept_back)
-        self.kept_back.clear()
+        `durable`: fsync it, and with it every earlier commit (one WAL file);
+        `with_kept_back`: False leaves what is kept back for idle()."""
+        if with_kept_back:
+            self.held.extend(self.kept_back)
+            self.kept_back.clear()
         self.held.extend(records)
         while len(self.held) > MAX_HELD:
             self.held.popleft()
