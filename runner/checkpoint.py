@@ -7,7 +7,9 @@ tasks that was a third of what writing the journal cost, on the path from one ta
 to the next one's start. Here the writer's connection does no automatic checkpoints; after
 each commit it looks at the size of the -wal file (one stat) and, past the threshold,
 wakes this thread, which checkpoints from its own connection (PASSIVE: it never makes the
-writer wait) while runner goes on. sqlite3 lets go of the GIL while it works.
+writer wait) while runner goes on. sqlite3 lets go of the GIL while it works. The writer
+cuts the -wal file back to the threshold when it starts it over, so the file grows past
+the threshold only once a threshold's worth has been written since the last checkpoint.
 
 Safety is SQLite's: a checkpoint only copies what is committed, in either thread, and a
 SIGKILL in the middle of one is recovered from the -wal file like any other. If the
@@ -47,12 +49,16 @@ class Checkpointer:
         self.threshold = threshold
         self.size_limit = size_limit  # journal_size_limit: the -wal file is cut back to it
         self._wanted = threading.Event()
+        self._checkpointing = threading.Lock()  # one checkpoint at a time
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def adopt(self, conn: sqlite3.Connection) -> None:
-        """Take the automatic checkpoints away from the writer's connection."""
+        """Take the automatic checkpoints away from the writer's connection, and have it
+        cut the -wal file back to `threshold` bytes when it starts it over (after a
+        checkpoint): the file's size then says how much was written since."""
         conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute(f"PRAGMA journal_size_limit = {int(self.size_limit or self.threshold)}")
 
     def committed(self, conn: sqlite3.Connection) -> None:
         """After a commit of the writer's: wake the thread, or checkpoint here if it is far
@@ -61,10 +67,17 @@ class Checkpointer:
             size = os.stat(self.wal).st_size
         except OSError:
             return
-        if size < self.threshold:
+        # A -wal file started over is cut back to the threshold (adopt), and written from
+        # its beginning again: only past that size does it hold a threshold's worth. (At
+        # `>=`, every commit after the first threshold asked for a checkpoint, and every
+        # checkpoint cost the writer an fsync of the file's header when it started over.)
+        if size <= self.threshold:
             return
         if size >= self.threshold * MAX_BEHIND or self._stopping:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # Not beside the thread's: a checkpoint does nothing while another runs, and a
+            # fast writer outgrew the bound.
+            with self._checkpointing:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="journal-checkpoint",
@@ -93,7 +106,8 @@ class Checkpointer:
                 if self._stopping:
                     return
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    with self._checkpointing:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error as exc:  # the writer checkpoints when far behind
                     log.debug("journal checkpoint: %s", exc)
         except sqlite3.Error as exc:
