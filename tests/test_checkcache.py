@@ -190,6 +190,26 @@ def test_an_environment_variable_the_check_reads_is_seen(check, tmp_path):
     assert answer.status == 78 and "mysh" in answer.stderr and not answer.cached
 
 
+def test_whether_psycopg_imports_is_seen_when_journal_url_is_set(check, tmp_path):
+    """A package put where the import looks first (here a broken psycopg on PYTHONPATH,
+    which runner's check does not read: only the listing of each sys.path directory
+    tells) makes the warning appear; taking it away, disappear."""
+    check.ws.config(journal_url="postgresql://runner@127.0.0.1/none")
+    first = tmp_path / "first"
+    first.mkdir()
+    env = {"PYTHONPATH": str(first)}
+    answer = check.fresh_then_cached(env=env)
+    installed = "psycopg 3 is not installed" not in answer.stderr
+    (first / "psycopg.py").write_text("raise ImportError('broken on purpose')\n")
+    answer = check(env=env)
+    assert "psycopg 3 is not installed" in answer.stderr and not answer.cached
+    assert check(env=env).cached
+    (first / "psycopg.py").unlink()
+    answer = check(env=env)
+    assert ("psycopg 3 is not installed" not in answer.stderr) == installed
+    assert not answer.cached
+
+
 def test_a_truncated_or_foreign_record_is_never_used(check):
     check.fresh_then_cached()
     name = next(check.cache.glob("check-*"))
