@@ -9,7 +9,8 @@ call is written down as an observation, (kind, arguments) -> what it showed:
 
     stat     os.stat/os.lstat (so os.path.isfile, exists, realpath, pathlib...): the file
              type, mode, owner, group and identity (device, inode; not under /proc, where
-             they name this process), or the errno
+             they name this process), or the errno. The check gets a stat result that
+             spoils the recording when it reads another field (size, times...)
     access   os.access: its answer (uid, groups, ACLs, read-only and noexec mounts)
     list     os.listdir: the sorted names, or the errno
     read     open() for reading: the whole content (the check is handed exactly these
@@ -64,10 +65,15 @@ def error_view(exc):
     return ("!", exc.errno)
 
 
+def stat_fields(path):
+    """The fields of a stat result of `path` its observation holds (under /proc the
+    identity names this process, so it is left out)."""
+    kind = ("st_mode", "st_uid", "st_gid")
+    return kind if os.fsdecode(path).startswith("/proc/") else (*kind, "st_dev", "st_ino")
+
+
 def stat_view(path, info):
-    kind = (info.st_mode, info.st_uid, info.st_gid)
-    name = os.fsdecode(path)
-    return kind if name.startswith("/proc/") else (*kind, info.st_dev, info.st_ino)
+    return tuple(getattr(info, field) for field in stat_fields(path))
 
 
 def _times_view(info):

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import checkcache
-from .checkcache import error_view, fstat_view, module_view, read_view, stat_view
+from .checkcache import error_view, fstat_view, module_view, read_view, stat_fields, stat_view
 
 _active: list[Recorder] = []
 
@@ -86,6 +86,27 @@ def _imports(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+class _StatSeen:
+    """A stat result as the check sees it while recorded: reading a field the observation
+    does not hold (size, times, ...) spoils the recording, since a change of it would
+    not be seen."""
+
+    __slots__ = ("_fields", "_info", "_recorder")
+
+    def __init__(self, info: os.stat_result, fields: tuple[str, ...],
+                 recorder: Recorder) -> None:
+        self._info, self._fields, self._recorder = info, fields, recorder
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self._fields:
+            self._recorder.spoil(f"the check read {name} of a stat result")
+        return getattr(self._info, name)
+
+    def __getitem__(self, index: int) -> Any:
+        self._recorder.spoil("the check indexed a stat result")
+        return self._info[index]
 
 
 class _Tee:
@@ -167,10 +188,11 @@ class _Watch:
             self.recorder.spoil("stat of a descriptor")
             return self._call(os, "stat", path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
         path = self.recorder.path(path)
-        return self._observed(
+        info = self._observed(
             ("stat", path, follow_symlinks),
             lambda: self._call(os, "stat", path, follow_symlinks=follow_symlinks),
             lambda info: stat_view(path, info))
+        return _StatSeen(info, stat_fields(path), self.recorder)
 
     def lstat(self, path: Any, *, dir_fd: Any = None) -> Any:
         return self.stat(path, dir_fd=dir_fd, follow_symlinks=False)
