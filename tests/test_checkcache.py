@@ -219,6 +219,28 @@ def test_whether_psycopg_imports_is_seen_when_journal_url_is_set(check, tmp_path
     assert not answer.cached
 
 
+def _with_stdout_closed(check: Checker) -> subprocess.CompletedProcess:
+    """`runner check` whose reader went away before it wrote (`| head` that exited)."""
+    proc = subprocess.Popen([RUNNER, "-c", str(check.ws.cfg), "check", str(check.ws.tasks)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=check.env)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+
+
+def test_a_reader_that_went_away_gets_no_traceback_and_spoils_nothing(check):
+    proc = _with_stdout_closed(check)  # a check that runs
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    answer = check()  # whatever was kept is the whole answer
+    assert answer.status == 0 and answer.stdout.endswith("OK (0 warning(s))\n")
+    assert "1. 10-first" in answer.stdout
+    assert check().cached
+    proc = _with_stdout_closed(check)  # one from the cache
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_a_truncated_or_foreign_record_is_never_used(check):
     check.fresh_then_cached()
     name = next(check.cache.glob("check-*"))

@@ -118,7 +118,7 @@ def _check(config_path, words):
     from ..checkcache import answer
 
     task_dir = os.path.abspath(words[0]) if words else None
-    status = answer(config_path, task_dir)
+    status = _guarded(lambda: answer(config_path, task_dir))  # `| head`: no traceback
     if status is not None:
         return status
     from ..checkrecord import checked
