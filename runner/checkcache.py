@@ -17,8 +17,11 @@ call is written down as an observation, (kind, arguments) -> what it showed:
              bytes), or the errno; of a cgroup.procs file, only whether a process other
              than this one is in it (what runner.cgroup asks of it)
     xattr, readlink, cwd, env (one variable), environ (all of it), rlimit, fstat, user
-             (a uid's name), import (whether a module can be imported: the listings of
+             (a uid's name), module (whether a module can be imported: the listings of
              every sys.path directory and /etc/ld.so.cache's identity and times)
+    code     added when the check ends: each file of a module it imported from outside
+             the standard library and runner (configobj, validate, psycopg...), with
+             identity, size and times (an upgrade of configobj may validate otherwise)
 
 The answer (every write to stdout and stderr, in order, and the exit status) is stored
 with the observations, and a later `runner check` with the same arguments prints it only
@@ -76,7 +79,7 @@ def stat_view(path, info):
     return tuple(getattr(info, field) for field in stat_fields(path))
 
 
-def _times_view(info):
+def times_view(info):
     return (info.st_dev, info.st_ino, info.st_mode, info.st_size, info.st_mtime_ns,
             info.st_ctime_ns)
 
@@ -105,7 +108,7 @@ def module_view(name):
     installed or removed) and the dynamic linker's cache (a library it loads)."""
     listings = tuple((entry, _safe(os.listdir, sorted, entry or "."))
                      for entry in sys.path)
-    return (name, listings, _safe(os.stat, _times_view, _LD_CACHE))
+    return (name, listings, _safe(os.stat, times_view, _LD_CACHE))
 
 
 def _read_file(path):
@@ -175,6 +178,10 @@ class Observe:
 
     module = staticmethod(module_view)
 
+    @staticmethod
+    def code(path):
+        return _safe(os.stat, times_view, path)
+
 
 def observe(key):
     """What the observation `key` ((kind, *arguments)) shows now."""
@@ -199,7 +206,7 @@ def _code():
         names = sorted(n for n in os.listdir(directory) if n != "__pycache__")
         found.append((directory, names))
         for name in names:
-            found.append(_times_view(os.stat(os.path.join(directory, name))))
+            found.append(times_view(os.stat(os.path.join(directory, name))))
     return tuple(found)
 
 
@@ -260,9 +267,10 @@ def store(config_path, task_dir, observations, writes, status):
     try:
         key = _key(config_path, task_dir)
         now = time.time_ns()
+        code = [*key[-1], *(seen for (kind, *_), seen in observations if kind == "code")]
         if any(isinstance(seen, tuple) and len(seen) == 6
-               and now - seen[5] < RACY_S * 1e9 for seen in key[-1]):
-            return  # runner's code changed a moment ago: a same-tick edit could hide
+               and now - seen[5] < RACY_S * 1e9 for seen in code):
+            return  # code changed a moment ago: a same-tick edit could hide
         record = (key, observations, writes, status)
         confcache.write_record(directory, name, marshal.dumps(record))
     except (OSError, ValueError):

@@ -334,8 +334,20 @@ def checked(config_path: str | None, task_dir: str | None,
     with recording() as recorder:
         status = run(recorder)
     if recorder.spoiled is None and status in (0, 78):
-        observations = list(recorder.observations.items())
+        observations = [*recorder.observations.items(), *_imported_code()]
         if checkcache.replay(observations):  # nothing changed while the check ran
             writes = [tuple(write) for write in recorder.writes]
             checkcache.store(config_path, task_dir, observations, writes, status)
     return status
+
+
+def _imported_code() -> list[tuple[tuple, Any]]:
+    """("code", file) observations of every module loaded from outside the standard
+    library and runner's package (runner.checkcache keys on runner's own files)."""
+    stdlib = os.path.dirname(os.__file__)
+    runner = os.path.dirname(checkcache.__file__)
+    found = (getattr(module, "__file__", None) for module in list(sys.modules.values()))
+    files = sorted({path for path in found if isinstance(path, str)})
+    return [(("code", path), checkcache.Observe.code(path)) for path in files
+            if not path.startswith((runner + os.sep, stdlib + os.sep))
+            or any(part in path for part in ("/site-packages/", "/dist-packages/"))]

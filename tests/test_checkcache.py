@@ -253,22 +253,35 @@ def test_a_truncated_or_foreign_record_is_never_used(check):
     assert not check().cached
 
 
-def test_an_edit_of_runners_own_code_is_never_answered_from_an_older_result(check, tmp_path):
-    """runner copied to a directory of its own, then one of its files edited at the same
-    size: the key holds every file of the package with its times."""
-    package = tmp_path / "lib" / "runner"
+def test_an_edit_of_runners_own_code_or_configobj_is_never_answered_from_an_older_result(
+        check, tmp_path):
+    """runner and configobj copied to a directory of their own, then a file of each
+    edited: the key holds every file of runner's package and of each module the check
+    imported from outside the standard library, with their times."""
+    import configobj
+
+    lib = tmp_path / "lib"
+    package = lib / "runner"
     shutil.copytree(Path(checkcache.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(configobj.__file__).parent, lib / "configobj",
                     ignore=shutil.ignore_patterns("__pycache__"))
     argv = [sys.executable, "-c", "import sys; from runner.cli import entry; "
             "sys.argv[0] = 'runner'; entry()", "-c", str(check.ws.cfg), "check",
             str(check.ws.tasks)]
-    env = {"PYTHONPATH": str(package.parent)}
-    time.sleep(checkcache.RACY_S + 0.2)  # the copy is not "changed a moment ago" any more
+    env = {"PYTHONPATH": str(lib)}
+    time.sleep(checkcache.RACY_S + 0.2)  # the copies are not "changed a moment ago" now
     first = check.fresh_then_cached(argv=argv, env=env)
     assert first.stdout.endswith("OK (0 warning(s))\n")
+    assert any(key == ("code", str(lib / "configobj" / "__init__.py"))
+               for key, _ in check.record()[1])
+    with open(lib / "configobj" / "__init__.py", "a") as library:
+        library.write("# upgraded\n")
+    answer = check(argv=argv, env=env)
+    assert answer.stdout == first.stdout and not answer.cached
     source = package / "commands" / "check.py"
     text = source.read_text()
-    source.write_text(text.replace('print(f"OK (', 'print(f"Ok ('))
+    source.write_text(text.replace('print(f"OK (', 'print(f"Ok ('))  # the same size
     for _ in range(2):  # the edit is too recent to store an answer after it
         answer = check(argv=argv, env=env)
         assert answer.stdout.endswith("Ok (0 warning(s))\n") and not answer.cached
