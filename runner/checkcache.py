@@ -28,11 +28,11 @@ with the observations, and a later `runner check` with the same arguments prints
 when every observation, made again in the same order, shows the same: a file edited in
 the same clock tick at the same size differs in content, a task made non-executable in
 its access() answer, a task added in the listing. Beyond the observations the key holds
-the arguments (absolute), the uid, gid and groups, the interpreter, the stream encodings
-and runner's own code: the version and every file of the package with its identity,
-size, mtime and ctime (a result is not stored while one of them changed less than
-RACY_S ago: a coarse clock could hide an edit made in the same tick, as git's racily
-clean index rule says).
+the arguments (absolute), the uid, gid and groups, the interpreter (and its -X/-O flags),
+the stream encodings and runner's own code: the version and every file of the package
+with its identity, size, mtime and ctime (a result is not stored while one of them, or a
+"code" observation, changed less than RACY_S ago: a coarse clock could hide an edit
+made in the same tick, as git's racily clean index rule says).
 
 A check is not stored when it did something the recorder cannot replay (opened a file
 for writing, os.open, os.scandir, a file descriptor as a path), logged anything (a log
@@ -217,7 +217,7 @@ def _key(config_path, task_dir):
                     for s in (sys.stdout, sys.stderr))
     return (FORMAT, __version__, config_path, task_dir, os.geteuid(), os.getegid(),
             os.getuid(), os.getgid(), tuple(sorted(os.getgroups())), sys.executable,
-            sys.version, sys.getfilesystemencoding(), streams, _code())
+            sys.version, tuple(sys.flags), sys.getfilesystemencoding(), streams, _code())
 
 
 def _cache_name(config_path, task_dir):
