@@ -30,9 +30,10 @@ the same clock tick at the same size differs in content, a task made non-executa
 its access() answer, a task added in the listing. Beyond the observations the key holds
 the arguments (absolute), the uid, gid and groups, the interpreter (and its -X/-O flags),
 the stream encodings and runner's own code: the version and every file of the package
-with its identity, size, mtime and ctime (a result is not stored while one of them, or a
-"code" observation, changed less than RACY_S ago: a coarse clock could hide an edit
-made in the same tick, as git's racily clean index rule says).
+with its identity, size, mtime and ctime (a result is not stored when one of them, or a
+"code" observation, changed later than RACY_S before the check started: it may have
+been loaded before the change, and a coarse clock could hide an edit made in the same
+tick, as git's racily clean index rule says).
 
 A check is not stored when it did something the recorder cannot replay (opened a file
 for writing, os.open, os.scandir, a file descriptor as a path), logged anything (a log
@@ -56,7 +57,7 @@ import sys
 from . import confcache
 
 FORMAT = 1
-RACY_S = 3.0  # a package file changed this recently: do not store (see above)
+RACY_S = 3.0  # code changed this shortly before a check: do not store (see above)
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _LD_CACHE = "/etc/ld.so.cache"
 
@@ -257,20 +258,18 @@ def answer(config_path, task_dir):
     return status
 
 
-def store(config_path, task_dir, observations, writes, status):
-    """Remember a check's answer (never fails: a cache is only a shortcut)."""
-    import time
-
+def store(config_path, task_dir, observations, writes, status, started_ns):
+    """Remember the answer of a check that started at `started_ns` (time.time_ns());
+    never fails: a cache is only a shortcut."""
     directory, name = _cache_name(config_path, task_dir)
     if not name:
         return
     try:
         key = _key(config_path, task_dir)
-        now = time.time_ns()
         code = [*key[-1], *(seen for (kind, *_), seen in observations if kind == "code")]
         if any(isinstance(seen, tuple) and len(seen) == 6
-               and now - seen[5] < RACY_S * 1e9 for seen in code):
-            return  # code changed a moment ago: a same-tick edit could hide
+               and seen[5] > started_ns - RACY_S * 1e9 for seen in code):
+            return  # code changed since just before the check: it may not be what ran
         record = (key, observations, writes, status)
         confcache.write_record(directory, name, marshal.dumps(record))
     except (OSError, ValueError):

@@ -19,6 +19,7 @@ import os
 import pwd
 import resource
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -331,13 +332,15 @@ def checked(config_path: str | None, task_dir: str | None,
             run: Callable[[Recorder], int]) -> int:
     """run(recorder)'s exit status, recorded; stored by runner.checkcache when the
     recording is whole and still true (0 or 78: a check's answer, not an accident)."""
+    started_ns = time.time_ns()
     with recording() as recorder:
         status = run(recorder)
     if recorder.spoiled is None and status in (0, 78):
         observations = [*recorder.observations.items(), *_imported_code()]
         if checkcache.replay(observations):  # nothing changed while the check ran
             writes = [tuple(write) for write in recorder.writes]
-            checkcache.store(config_path, task_dir, observations, writes, status)
+            checkcache.store(config_path, task_dir, observations, writes, status,
+                             started_ns)
     return status
 
 
