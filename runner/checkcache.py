@@ -36,8 +36,8 @@ been loaded before the change, and a coarse clock could hide an edit made in the
 tick, as git's racily clean index rule says).
 
 A check is not stored when it did something the recorder cannot replay (opened a file
-for writing, os.open, os.scandir, a file descriptor as a path), logged anything (a log
-line carries its time), failed inside runner (exit 70), was interrupted, or when an
+for writing, os.open, os.scandir, a file descriptor as a path, asked the time), logged
+anything (a log line carries its time), failed inside runner (exit 70), was interrupted, or when an
 observation made again at the end differs from the first (something changed while it
 ran). A failing check (exit 78, one line on stderr) is stored like a passing one: it is
 as much a function of what was observed.

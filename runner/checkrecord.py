@@ -4,10 +4,11 @@ runner.checkcache.Observe's), and what it prints is kept as it goes out.
 
 The wrappers return exactly what the real functions return (a file opened for reading is
 read whole, and the check reads those very bytes), so the check runs as it would without
-them. What cannot be replayed (a file opened for writing, os.open, os.scandir, a path
-given as a file descriptor, a log line) spoils the recording: the answer is printed but
-not stored. Only `runner check` on the light command line is recorded, in a process that
-does nothing else.
+them (a stat result is one whose unobserved fields, size and times, spoil the recording
+when read). What cannot be replayed (a file opened for writing, os.open, os.scandir, a
+path given as a file descriptor, the time, a log line) spoils the recording: the answer
+is printed but not stored. Only `runner check` on the light command line is recorded,
+in a process that does nothing else.
 """
 
 from __future__ import annotations
@@ -143,23 +144,27 @@ class _Watch:
         self.recorder = recorder
         self.real = {place: getattr(*place) for place in self.places()}
 
-    @staticmethod
-    def places() -> list[tuple[Any, str]]:
+    # What cannot be replayed: called, it spoils the recording (a time is not observed).
+    REFUSED: tuple[tuple[Any, str], ...] = (
+        (os, "open"), (os, "scandir"), (time, "time"), (time, "time_ns"), (time, "localtime"),
+        (time, "gmtime"))
+
+    @classmethod
+    def places(cls) -> list[tuple[Any, str]]:
         """(owner, attribute) of every function replaced while a check is recorded."""
         environ = type(os.environ)
         return [(os, "stat"), (os, "lstat"), (os, "access"), (os, "listdir"),
                 (builtins, "open"), (io, "open"), (os, "getxattr"), (os, "readlink"),
                 (os, "getcwd"), (os, "fstat"), (resource, "getrlimit"), (pwd, "getpwuid"),
-                (os, "open"), (os, "scandir"), (environ, "__getitem__"), (environ, "__iter__")]
+                (environ, "__getitem__"), (environ, "__iter__"), *cls.REFUSED]
 
     def replacements(self) -> dict[tuple[Any, str], Any]:
         """(owner, attribute) -> its wrapper; the environment's as functions, which the
         class binds to os.environ as methods."""
-        special = {(os, "open"): self.refuse(os, "open"),
-                   (os, "scandir"): self.refuse(os, "scandir"),
-                   (os, "lstat"): self.lstat,
-                   (type(os.environ), "__getitem__"): lambda env, name: self.getitem(env, name),
-                   (type(os.environ), "__iter__"): lambda env: self.iterate(env)}
+        special: dict[tuple[Any, str], Any] = {place: self.refuse(*place)
+                                               for place in self.REFUSED}
+        special[(type(os.environ), "__getitem__")] = lambda env, name: self.getitem(env, name)
+        special[(type(os.environ), "__iter__")] = lambda env: self.iterate(env)
         return {place: special.get(place) or getattr(self, place[1])
                 for place in self.places()}
 
