@@ -318,6 +318,43 @@ def test_a_cache_another_user_wrote_is_never_used(open_ws: Workspace, settled: N
     assert "FORGED" not in answer.stdout and not answer.cached
 
 
+# -- the recorder itself, in this process ---------------------------------------------
+
+
+def test_what_the_recorder_cannot_replay_spoils_the_recording(tmp_path):
+    from runner import checkrecord
+
+    (tmp_path / "dir").mkdir()
+    plain = tmp_path / "dir" / "plain"
+    plain.write_text("text\n")
+    real = {place: getattr(*place) for place in checkrecord._Watch.places()}
+    cases = {
+        "a size": lambda: os.stat(plain).st_size,
+        "a time": lambda: os.lstat(plain).st_mtime,
+        "the clock": lambda: time.time(),
+        "a write": lambda: open(tmp_path / "other", "w").close(),
+        "os.open": lambda: os.close(os.open(plain, os.O_RDONLY)),
+        "a directory scan": lambda: list(os.scandir(tmp_path)),
+        "a descriptor": lambda: os.stat(0),
+    }
+    for what, act in cases.items():
+        with checkrecord.recording() as recorder:
+            act()
+        assert recorder.spoiled, what
+    with checkrecord.recording() as recorder:
+        assert os.stat(plain).st_mode and open(plain).read() == "text\n"
+        assert os.listdir(plain.parent) == ["plain"] and os.access(plain, os.R_OK)
+        os.environ.get("RUNNER_NOT_SET")
+    assert recorder.spoiled is None
+    assert list(recorder.observations) == [
+        ("stat", str(plain), True), ("read", str(plain)), ("list", str(plain.parent)),
+        ("access", str(plain), os.R_OK, False), ("env", "RUNNER_NOT_SET")]
+    assert checkcache.replay(list(recorder.observations.items()))
+    plain.write_text("TEXT\n")
+    assert not checkcache.replay(list(recorder.observations.items()))
+    assert {place: getattr(*place) for place in checkrecord._Watch.places()} == real
+
+
 # -- every file the check looks at is in the key ------------------------------------
 
 # A system call naming a path: `PID openat(AT_FDCWD, "PATH", ...`, `PID stat("PATH", ...`
