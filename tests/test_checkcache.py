@@ -292,6 +292,8 @@ def test_a_cache_another_user_wrote_is_never_used(open_ws: Workspace, settled: N
     """nobody's directory, and a file nobody wrote into root's: both ignored, both with a
     record that would otherwise answer (taken from a real one, its answer changed)."""
     ws = open_ws
+    ws.config(strict_permissions="true")  # as every attacker test runs root's runner
+    ws.state.mkdir(mode=0o755)
     ws.task("10-first")
     trusted = ws.root / "root-cache"
     trusted.mkdir(mode=0o700)
