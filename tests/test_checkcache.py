@@ -155,6 +155,24 @@ def test_a_failing_check_is_cached_and_a_fix_is_seen(check):
     assert answer.status == 0 and not answer.cached
 
 
+def test_a_failure_told_to_the_journal_is_not_one_told_to_a_terminal(check, tmp_path):
+    """Under systemd (JOURNAL_STREAM names stderr) the one line carries a priority: the
+    variable and stderr's identity are observed, so neither answer stands for the other."""
+    check.ws.config("[first]\ndepends_on = nothere\n")
+    plain = check.fresh_then_cached()
+    assert plain.stderr.startswith("runner: ")
+    log = tmp_path / "journal-stream"
+    for _ in range(2):
+        with open(log, "w") as stream:
+            info = os.fstat(stream.fileno())
+            env = {**check.env, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+            proc = subprocess.run([RUNNER, "-c", str(check.ws.cfg), "check",
+                                   str(check.ws.tasks)], stdout=subprocess.DEVNULL,
+                                  stderr=stream, env=env, timeout=60)
+        assert proc.returncode == 78 and log.read_text().startswith("<3>runner: ")
+    assert check().stderr == plain.stderr
+
+
 @pytest.mark.root
 def test_strict_permissions_owner_and_state_dir_mode_changes_are_seen(check):
     need_root("chown and strict_permissions need root")
