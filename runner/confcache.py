@@ -49,8 +49,10 @@ def cache_dir():
     return os.path.join(base, "runner")
 
 
-def _cache_file(directory, config_path):
-    name = "config-" + config_path.replace("%", "%25").replace("/", "%2F")
+def cache_file(directory, what, prefix="config-"):
+    """The cache file for `what` (a config path; runner.checkcache: its arguments), or
+    None when its name would be too long."""
+    name = prefix + what.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
     return os.path.join(directory, name) if len(name.encode(errors="surrogateescape")) < 250 \
         else None
 
@@ -148,14 +150,8 @@ def cached_values(config_path):
 
     directory = cache_dir()
     path = os.path.abspath(config_path or DEFAULT_CONFIG)
-    name = directory and _cache_file(directory, path)
-    if not name or not _trusted_dir(directory):
-        return None
-    try:
-        data = _read(name)
-        record = marshal.loads(data) if data else None
-    except (OSError, ValueError, EOFError, TypeError):
-        return None
+    name = directory and cache_file(directory, path)
+    record = read_record(directory, name) if name else None
     if (not isinstance(record, tuple) or len(record) != 6
             or record[:3] != (FORMAT, __version__, (config_path is None, path))):
         return None
@@ -167,6 +163,38 @@ def cached_values(config_path):
         return None
     return (values, omitted) if isinstance(values, dict) and isinstance(omitted, list) \
         else None
+
+
+def read_record(directory, name):
+    """What the cache file `name` in `directory` holds, if both may be trusted; else None."""
+    if not _trusted_dir(directory):
+        return None
+    try:
+        data = _read(name)
+        return marshal.loads(data) if data else None
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+
+
+def write_record(directory, name, data):
+    """Put `data` in the cache file `name` of `directory` (made 0700 if missing) under a
+    temporary name, renamed into place, if the directory may be trusted. OSError when
+    it cannot."""
+    from .files import make_dir
+
+    make_dir(directory, 0o700)
+    if not _trusted_dir(directory):
+        return
+    temporary = f"{name}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                 | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, name)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def cached_answer(argv):
@@ -220,17 +248,13 @@ def store(config, explicit):
     cache; never fails (a cache is only a shortcut)."""
     from . import __version__
     from .console import flat_values
-    from .files import make_dir
 
     directory = cache_dir()
     path = os.path.abspath(config.path or DEFAULT_CONFIG)
-    name = directory and _cache_file(directory, path)
+    name = directory and cache_file(directory, path)
     if not name or config.overrides:
         return
     try:
-        make_dir(directory, 0o700)
-        if not _trusted_dir(directory):
-            return
         spec = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configspec.ini")
         entries = _entries(config, explicit, spec)
         if entries is None:
@@ -240,15 +264,6 @@ def store(config, explicit):
         omitted = sorted(f"{section}.{key}" for section, keys in sections.items()
                          for key in keys if f"{section}.{key}" not in values)
         record = (FORMAT, __version__, (not explicit, path), entries, values, omitted)
-        temporary = f"{name}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(marshal.dumps(record))
-            os.replace(temporary, name)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        write_record(directory, name, marshal.dumps(record))
     except (OSError, ValueError):
         return

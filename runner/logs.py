@@ -34,6 +34,8 @@ def stderr_is_journal(environ: dict[str, str] | os._Environ = os.environ) -> boo
     """True when stderr is the journal stream systemd connected (JOURNAL_STREAM=dev:ino)."""
     stream = environ.get("JOURNAL_STREAM", "")
     device, _, inode = stream.partition(":")
+    if not stream:
+        return False  # without looking at stderr: runner.checkcache would key on its identity
     try:
         st = os.fstat(sys.stderr.fileno())
         return (st.st_dev, st.st_ino) == (int(device), int(inode))

@@ -162,6 +162,18 @@ def runner_8() -> str:
         esc("Tasks and hooks get [env] of runner.cfg and RUNNER_CONFIG_CMD, RUNNER_TASK, "
             "RUNNER_TRY, RUNNER_ITERATION, RUNNER_STATE_DIR, RUNNER_RUN_ID. NOTIFY_SOCKET, "
             "WATCHDOG_USEC and JOURNAL_STREAM are honoured under systemd."),
+        ".TP", "\\fBRUNNER_CACHE_DIR\\fR",
+        esc("runner check [-c CONFIG] [TASKDIR] answers from its last answer while "
+            "everything that check looked at is as it was: every file it read (content "
+            "included), every file and directory it examined (type, mode, owner, "
+            "identity), the task directory's names, every executable test, the "
+            "environment variables it read, the file descriptor limit, the cgroup it "
+            "probed, whether psycopg imports, the arguments, the user, and the files of "
+            "runner and of the libraries it loaded. A failing check (exit 78) is kept "
+            "too; with -D, -v, --show-secrets or any other option the check always runs. "
+            "The cache lives where runner-config's does (/var/cache/runner for root, "
+            "$XDG_CACHE_HOME/runner otherwise); this variable names another directory, "
+            "or, empty, turns the cache off."),
         ".SH FILES",
         ".TP", "\\fI/etc/runner/runner.cfg\\fR", "configuration",
         ".TP", "\\fI/etc/runner/tasks.d/\\fR", "task directory",

@@ -7,6 +7,7 @@ import sys
 from typing import Any, TextIO
 
 from .. import cgroup, fdlimit, preflight, statedir
+from ..checkrecord import importable
 from ..config import Config, load
 from ..console import format_value
 from ..escape import escape
@@ -71,9 +72,7 @@ def _warnings(config: Config, plan: Plan):
     if note:
         yield note
     if config.runner.journal_url:
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
+        if not importable("psycopg"):
             yield ("[runner] journal_url: psycopg 3 is not installed (python3-psycopg): records "
                    "will stay in the local journal")
     task_keys = set(load_spec().sections["task"])

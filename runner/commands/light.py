@@ -61,28 +61,37 @@ def locations(config_path):
 def light_command(command, config, options, words):
     """Run a light command; its exit status, or None when runner.arguments must (the fleet
     journal: its connection and logging are the full command's)."""
+    config_path = os.path.abspath(config) if config else None
+    if command == "check":
+        return _check(config_path, words)
+    return _guarded(lambda: _command(command, config_path, options, words))
+
+
+def _command(command, config_path, options, words):
+    if command == "ctl":
+        from .ctl import checked, send_command
+
+        words = checked(words)  # before the configuration, as runner.arguments does
+        return send_command(locations(config_path).runtime_dir, words)
+    where = locations(config_path)
+    if command in ("history", "plot") and where.journal_url and not options.get("local"):
+        return None
+    if command == "plot":
+        from .plot import PlotOptions, plot_at
+
+        return plot_at(where, PlotOptions(**options))
+    from .report import ReportOptions, report_at
+
+    return report_at(command, where, ReportOptions(**options))
+
+
+def _guarded(run):
+    """run()'s exit status, with the one-line errors and statuses of runner.arguments."""
     from ..console import fail
     from ..errors import ConfigError
 
-    config_path = os.path.abspath(config) if config else None
     try:
-        if command == "check":
-            return _check(config_path, words)
-        if command == "ctl":
-            from .ctl import checked, send_command
-
-            words = checked(words)  # before the configuration, as runner.arguments does
-            return send_command(locations(config_path).runtime_dir, words)
-        where = locations(config_path)
-        if command in ("history", "plot") and where.journal_url and not options.get("local"):
-            return None
-        if command == "plot":
-            from .plot import PlotOptions, plot_at
-
-            return plot_at(where, PlotOptions(**options))
-        from .report import ReportOptions, report_at
-
-        return report_at(command, where, ReportOptions(**options))
+        return run()
     except ConfigError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
@@ -103,15 +112,32 @@ def light_command(command, config, options, words):
 
 
 def _check(config_path, words):
-    """`runner check [TASKDIR]` as runner.arguments runs it, without argparse."""
+    """`runner check [TASKDIR]` as runner.arguments runs it, without argparse: from
+    runner.checkcache while everything it observed is as it was, else checked for the
+    record (runner.checkrecord)."""
+    from ..checkcache import answer
+
+    task_dir = os.path.abspath(words[0]) if words else None
+    status = _guarded(lambda: answer(config_path, task_dir))  # `| head`: no traceback
+    if status is not None:
+        return status
+    from ..checkrecord import checked
+
+    return checked(config_path, task_dir,
+                   lambda recorder: _guarded(lambda: _check_now(config_path, task_dir,
+                                                                recorder)))
+
+
+def _check_now(config_path, task_dir, recorder):
     import logging
 
+    from ..checkrecord import watch_logging
     from ..logs import setup
     from ..settings import RunOptions
     from .check import check
 
     setup(logging.INFO)
-    options = RunOptions(config_path=config_path, overrides=(),
-                         task_dir=os.path.abspath(words[0]) if words else None,
+    watch_logging(recorder)
+    options = RunOptions(config_path=config_path, overrides=(), task_dir=task_dir,
                          times=None, halt_after=False)
-    return check(options)
+    return check(options, out=sys.stdout)  # the recorder's, not the default's
