@@ -138,11 +138,12 @@ def write_config(root: Path, runner_extra: str = "", sections: str = "") -> Path
 def run_timed(cmd: list[str], env: dict[str, str], log: Path | None = None
               ) -> tuple[float, int, str]:
     """(wall seconds, exit status, stderr) of one run; stderr goes to a file, not a pipe
-    that this process would have to drain while timing."""
+    that this process would have to drain while timing. From /, as systemd starts runner
+    (its tasks then start by posix_spawn: runner.process._start)."""
     with open(log or os.devnull, "w+b") as err:
         started = time.perf_counter()
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=err, env=env)
+                              stderr=err, env=env, cwd="/")
         wall = time.perf_counter() - started
         err.seek(0)
         text = err.read().decode("utf-8", "replace") if log else ""

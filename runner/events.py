@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .states import Kind, TaskRun, TaskState, check_transition, ended_by
 
@@ -62,9 +63,10 @@ class Listener:
 class Dispatcher:
     """Applies state changes and fans events out to listeners in order.
 
-    A deferred transition (a task of a sequential chain) reaches the `first` listeners
-    at once and is logged and told to the others at the next idle() — right after the
-    next process has started, as runner then waits for it — or before any other event:
+    A deferred transition (a task of a sequential chain) is logged and told to the
+    listeners at the next idle() — right after the next process has started, as runner
+    then waits for it — or before any other event (a start, or a skip of a task that
+    never started, reaches the `first` listeners at once):
     the log line and the status updates of one task's end and the next one's start are
     then written while that process runs (the chain's other core), not before it starts.
     Every listener still hears every event in order, and the log keeps its order.
@@ -75,20 +77,25 @@ class Dispatcher:
                  mask: Callable[[str], str] = lambda text: text) -> None:
         self.listeners = listeners
         self.mask = mask
-        self._later: list[TaskRun] = []  # deferred: told to the others at flush()
+        # Deferred: (run, whether the `first` listeners were told already), for flush().
+        self._later: list[tuple[TaskRun, bool]] = []
 
     def transition(self, run: TaskRun, new: TaskState, *, defer: bool = False) -> None:
         self.deliver(run)  # an earlier deferred event of this run first
         check_transition(run.state, new)
+        started = run.state is TaskState.RUNNING
         run.state = new
+        if new.is_result:
+            run.ended_at = datetime.now(UTC)  # what the listeners say, when they are told
         # An error can quote a command line or what a tool said; masked here, it is
         # masked for the log and for every listener (journal, status, metrics, hooks).
         if run.error:
             run.error = self.mask(run.error)
         if (defer and run.kind is Kind.TASK and new in DEFERRED
                 and not any(listener.waits for listener in self.listeners)):
-            self._call([x for x in self.listeners if x.first], "task_changed", run)
-            self._later.append(run)
+            if not started:  # its row must exist, in order, before what starts next
+                self._call([x for x in self.listeners if x.first], "task_changed", run)
+            self._later.append((run, not started))
             return
         self.flush()
         _log_transition(run)
@@ -97,16 +104,17 @@ class Dispatcher:
     def deliver(self, run: TaskRun) -> None:
         """Before a run changes again: its deferred event (and those before it) go out,
         while the run is as it was then."""
-        if any(later is run for later in self._later):
+        if any(later is run for later, _told in self._later):
             self.flush()
 
     def flush(self) -> None:
         """Every deferred transition, in order: logged, and told to the other listeners."""
         while self._later:
             later, self._later = self._later, []
-            for run in later:
+            for run, told in later:
                 _log_transition(run)
-                self._call([x for x in self.listeners if not x.first], "task_changed", run)
+                self._call([x for x in self.listeners if not (told and x.first)],
+                           "task_changed", run)
 
     def idle(self) -> None:
         """runner is about to wait: see Listener.idle."""

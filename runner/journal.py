@@ -250,7 +250,7 @@ class JournalListener(Listener):
         seq = self.seqs.pop(id(run))
         return self._update("task_runs", {"run_id": self.identity.run_id, "seq": seq}, {
             "result": run.state.value, "exit_code": run.exit_code, "signal": run.signal,
-            "error": run.error, "ended_at": iso(utc_now()),
+            "error": run.error, "ended_at": iso(run.ended_at or utc_now()),
             "duration_s": None if run.duration_s is None else round(run.duration_s, 3),
             **cost_columns(run.cost),
             "output": run.output_tail,

@@ -370,8 +370,8 @@ class _Waiter:
                     assert self.reader is not None
                     if events[0] & select.POLLIN:
                         self.reader.start()  # the first output: from now on it reads
-                    # else the pipe's end (every writer exited) and nothing in it: the
-                    # reader is not needed, finish() sees so
+                    else:  # the pipe's end (every writer exited) and nothing in it
+                        self.reader.at_end = True
                     poller.unregister(output)
                     output = -1
                 self.signals.expect_wake_by(time.monotonic())  # awake: report again soon
@@ -567,6 +567,7 @@ class _OutputReader:
         self._task_done = threading.Event()
         self._wake = wake  # a non-blocking eventfd: finish() and close() wake the reader
         self._job: Job | None = None
+        self.at_end = False  # the pipe was seen at its end with nothing in it
 
     def start(self) -> None:
         """Read from now on, in a thread of the pool (once; later calls do nothing)."""
@@ -579,6 +580,8 @@ class _OutputReader:
         Most tasks of a chain: no thread is needed for them at all."""
         if self._job is not None:
             return False
+        if self.at_end:
+            return True
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         return bool(poller.poll(0)) and not _pending(self.fd)

@@ -197,7 +197,7 @@ class Scheduler:
         """The task run on the main thread; runner is about to wait once its process
         has started (the deferred events go out then: Dispatcher.idle)."""
         finished.put((run.task.name, self._execute(run, view, self.life.dispatcher.idle)))
-        return Job.done(f"task {run.task.name}")
+        return Job.done()
 
     def _execute(self, run: TaskRun, view: SignalView,
                  on_start: Callable[[], None] | None = None) -> Execution:

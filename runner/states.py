@@ -80,6 +80,7 @@ class TaskRun:
     kind: Kind = Kind.TASK
     state: TaskState = TaskState.PENDING
     started_at: datetime | None = None
+    ended_at: datetime | None = None  # when it got its result (Dispatcher.transition)
     duration_s: float | None = None
     exit_code: int | None = None
     signal: int | None = None

@@ -26,12 +26,10 @@ class Job:
         self.name = name
         self._done = threading.Event()
 
-    @classmethod
-    def done(cls, name: str) -> Job:
+    @staticmethod
+    def done() -> Job:
         """A job that has ended: for work done on the calling thread itself."""
-        job = cls(lambda: None, name)
-        job._done.set()
-        return job
+        return _ENDED
 
     def run(self) -> None:
         try:
@@ -47,6 +45,10 @@ class Job:
 
     def is_alive(self) -> bool:
         return not self._done.is_set()
+
+
+_ENDED = Job(lambda: None, "done on its own thread")
+_ENDED.run()
 
 
 class Pool:
