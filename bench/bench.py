@@ -53,6 +53,10 @@ rounds (`--repeat`, default 5; `--quick`, for CI, takes fewer tasks and rounds: 
             `runner check` with no cache (RUNNER_CACHE_DIR empty: it loads and validates
             everything, configobj, the task directory, preflight) is shown beside it as
             information.
+  memory    runner's peak RSS (the kernel's ru_maxrss of the runner process, from wait4)
+            over a whole `runner -n 1` of 200 no-op tasks and of 10,000 (quick: 2,000),
+            each run once and checked like the chains. Targets (issue 17): under 30 MB
+            and under 60 MB.
 
 runner is the one beside this interpreter (the venv's), on a temporary config (state_dir
 and runtime_dir in the temporary directory, sleep_time = 0, max_tries = 1) with the
@@ -84,7 +88,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 RUNNER = str(BIN / "runner")
 RUNNER_CONFIG = str(BIN / "runner-config")
-BENCHMARKS = ("chain", "config", "getconf", "wait", "graph", "strict", "commands")
+BENCHMARKS = ("chain", "config", "getconf", "wait", "graph", "strict", "commands", "memory")
 NOOP = "#!/bin/sh\nexit 0\n"
 # The plain loop of the issue; `[ -e ]` only so that an empty directory (whose glob stays
 # unexpanded) runs nothing, and `|| exit 1` so that a failing task is noticed.
@@ -150,6 +154,21 @@ def run_timed(cmd: list[str], env: dict[str, str], log: Path | None = None
     return wall, proc.returncode, text
 
 
+def run_measured(cmd: list[str], env: dict[str, str], log: Path
+                 ) -> tuple[float, int, str, int]:
+    """run_timed, plus the process's peak RSS in KiB (ru_maxrss, from wait4)."""
+    with open(log, "w+b") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env, cwd="/")
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode("utf-8", "replace")
+    return wall, proc.returncode, text, usage.ru_maxrss
+
+
 def ok_tasks(log: str) -> set[str]:
     return {m.group(2) for m in map(LOG_LINE.match, log.splitlines())
             if m and m.group(3) == "OK after"}
@@ -177,6 +196,30 @@ def verdict(ok: bool) -> str:
 
 
 # ------------------------------------------------------------------- 1 and 2: chains
+
+
+def bench_memory(root: Path, args) -> tuple[dict, list[dict]]:
+    config = write_config(root)
+    result: dict = {}
+    rows = []
+    for n, limit_mb in ((200, 30), (args.memory_tasks, 60)):
+        taskdir = root / f"noop-{n}.d"
+        taskdir.mkdir()
+        names = [f"t{i:05d}" for i in range(1, n + 1)]
+        for name in names:
+            write_task(taskdir / name, NOOP)
+        wall, code, text, rss_kb = run_measured(runner_cmd(config, taskdir), clean_env(),
+                                                root / f"run-{n}.log")
+        if code != 0 or ok_tasks(text) != set(names):
+            raise Broken(f"runner on {n} tasks exited {code}, {len(ok_tasks(text))} OK: "
+                         f"{last_lines(text)}")
+        shutil.rmtree(taskdir)
+        mb = rss_kb / 1024
+        result[str(n)] = {"peak_rss_mb": round(mb, 1), "wall_s": round(wall, 2)}
+        rows.append(row("memory", f"8 peak RSS, {n} no-op tasks", value=mb, unit="MB",
+                        text=f"{mb:.1f} MB ({wall:.1f} s, {wall / n * 1000:.2f} ms/task)",
+                        target=f"< {limit_mb} MB", status=verdict(mb < limit_mb)))
+    return result, rows
 
 
 def chain_methods(config: Path, env: dict[str, str]) -> dict[str, tuple]:
@@ -821,6 +864,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     args.chain_tasks = 40 if quick else 200
+    args.memory_tasks = 2000 if quick else 10000
     args.config_tasks, args.config_calls = (2, 10) if quick else (50, 10)
     args.latency_rounds = 10 if quick else 40
     args.sleep = 3.0 if quick else 10.0
@@ -880,6 +924,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[bench], new = bench_graph(root, args)
                 elif bench == "commands":
                     results[bench], new = bench_commands(root, args)
+                elif bench == "memory":
+                    results[bench], new = bench_memory(root, args)
                 else:
                     results[bench], new = bench_strict(root, args)
                 rows.extend(new)

@@ -49,7 +49,7 @@ def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     with capsys.disabled():
         print("\n" + report["table"])
     assert report["quick"] is True and report["broken"] == {}
-    benches = ("chain", "config", "getconf", "wait", "graph", "strict", "commands")
+    benches = ("chain", "config", "getconf", "wait", "graph", "strict", "commands", "memory")
     assert set(report["results"]) == set(benches)
     assert {r["benchmark"] for r in report["rows"]} == set(benches)
     assert all(r["status"] in ("PASS", "MISS", "INFO", "SKIP") for r in report["rows"])
@@ -96,6 +96,10 @@ def test_the_benchmark_table_runs_every_benchmark_and_checks_its_tasks(capsys):
     # Never shorter than the critical path (a dependency not waited for), never as long
     # as running the tasks one by one.
     assert graph["ratio"] >= 0.99 and graph["chain_s"] < graph["sum_s"]
+
+    memory = report["results"]["memory"]
+    assert set(memory) == {"200", "2000"}  # each run checked: every task logged OK
+    assert all(m["peak_rss_mb"] > wait["interpreter_peak_rss_mb"] for m in memory.values())
 
     commands = report["results"]["commands"]
     assert commands["interpreter_is_binary"], commands["interpreter"]
