@@ -65,13 +65,15 @@ class Dispatcher:
 
     A deferred transition (a task of a sequential chain) is logged and told to the
     listeners at the next idle() — right after the next process has started, as runner
-    then waits for it — or before any other event (a start, or a skip of a task that
-    never started, reaches the `first` listeners at once):
-    the log line and the status updates of one task's end and the next one's start are
-    then written while that process runs (the chain's other core), not before it starts.
-    Every listener still hears every event in order, and the log keeps its order.
-    Never with a listener that waits (a hook must run before the task starts), nor for
-    the halt or reboot task (the power may go before anything after its start)."""
+    then waits for it — or before any other event; a start, or a skip of a task that
+    never started, reaches the `first` listeners (the journal) at once. The log lines,
+    journal rows and status updates of one task's end and the next one's start are so
+    made while that next process runs (on the machine's other core), not before it
+    starts. Each run's events reach every listener in order, and the log keeps the
+    chain's order; only a `first` listener hears a start before the end of the task
+    before it. Never with a listener that waits (a hook must run before the task
+    starts), nor for the halt or reboot task (the power may go before anything after
+    its start), nor for a failure (what runner says about it follows its line)."""
 
     def __init__(self, listeners: list[Listener],
                  mask: Callable[[str], str] = lambda text: text) -> None:
