@@ -3,16 +3,19 @@
 classes, against the floor of starting the same no-op program.
 
   spawn floor      os.posix_spawn + waitpid of a `#!/bin/sh` no-op (no pipe, no thread)
-  process          runner.process.run_process of it: Popen (vfork), its output pipe and
-                   reader thread, the pidfd wait, wait4
-  journal          the two journal records of a run (RUNNING, then OK) in SQLite
+  process          runner.process.run_process of it, from / as systemd starts runner:
+                   posix_spawn (vfork), its output pipe (a reader thread only if it
+                   writes), the pidfd wait, wait4
+  journal          the two journal records of a run in SQLite: RUNNING (committed alone)
+                   and OK (kept back, committed at the next idle(), as in a chain)
   status file      the two rewrites of status.json (runtime_dir, not durable)
   logging          the two log lines of a run (`starting`, `OK after`), to /dev/null
   whole chain      `runner -n 1` over N no-op tasks, per task, minus an empty chain
 
 Each figure is the median of --rounds rounds of --tasks runs, in ms per task. The parts
-add up to less than the whole chain: the rest is the scheduler's thread per task and its
-hand-offs, the transitions' other listeners, and the task settings of each run.
+add up to more or less than the whole chain: in a chain the log lines, the status file
+and the OK record are made while the next task runs, and the rest is the scheduler, the
+state machine and each run's settings and environment.
 
     .venv/bin/python bench/task_profile.py [--tasks 200] [--rounds 5]
 """
@@ -85,6 +88,7 @@ def _transitions(listener, runs: list[TaskRun]) -> None:
         listener.task_changed(run)
         run.state, run.exit_code, run.duration_s = TaskState.OK, 0, 0.001
         listener.task_changed(run)
+        listener.idle()  # runner waits for the next task: what was kept back is written
 
 
 def journal(root: Path, program: str):
@@ -143,7 +147,7 @@ def whole_chain(root: Path, n: int, rounds: int) -> float:
         for directory in (tasks, empty):
             start = time.perf_counter()
             subprocess.run([runner, "-c", str(config), "-n", "1", str(directory)],
-                           stderr=subprocess.DEVNULL, check=True, env=env)
+                           stderr=subprocess.DEVNULL, check=True, env=env, cwd="/")
             walls.append(time.perf_counter() - start)
         per.append((walls[0] - walls[1]) / n * 1000)
     return statistics.median(per)
@@ -154,6 +158,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    os.chdir("/")  # as systemd starts runner: tasks (task_cwd /) start by posix_spawn
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         program = str(root / "noop")
