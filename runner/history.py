@@ -115,8 +115,11 @@ class Reader:
     def table(self, name: str) -> str:
         return f"runner_{name}" if self.postgres else name
 
-    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        if self.postgres:
+    def rows(self, sql: str,
+             params: tuple[Any, ...] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        if isinstance(params, dict):  # PostgreSQL's named parameters, %(name)s
+            pass
+        elif self.postgres:
             sql = sql.replace("?", "%s")
         else:  # SQLite compares the ISO text runner writes
             params = tuple(iso(p) if isinstance(p, datetime) else p for p in params)
@@ -322,13 +325,15 @@ class Reader:
         cost = ("sum(cpu_user_s) AS user_s, sum(cpu_system_s) AS system_s, "
                 "max(peak_memory_bytes) AS peak" if self.has_cost
                 else "NULL AS user_s, NULL AS system_s, NULL AS peak")
-        totals = self.rows(
-            f"SELECT task, sum(coalesce(duration_s, 0)) AS total_s, count(*) AS runs, "
-            f"sum(CASE WHEN result = 'OK' THEN 0 ELSE 1 END) AS failures, "
-            f"max(duration_s) AS max_s, {cost} FROM {self.table('task_runs')} "
-            f"WHERE {where} GROUP BY task",
-            tuple(params),
-        )
+        totals = self._blame_rollup(filters)
+        if totals is None:
+            totals = self.rows(
+                f"SELECT task, sum(coalesce(duration_s, 0)) AS total_s, count(*) AS runs, "
+                f"sum(CASE WHEN result = 'OK' THEN 0 ELSE 1 END) AS failures, "
+                f"max(duration_s) AS max_s, {cost} FROM {self.table('task_runs')} "
+                f"WHERE {where} GROUP BY task",
+                tuple(params),
+            )
         last = {row["task"]: row for row in
                 self.latest_per_task(filters, [total["task"] for total in totals])}
         records = []
@@ -343,6 +348,30 @@ class Reader:
             records.append(record)
         records.sort(key=lambda r: (-r["duration_s"], r["task"]))
         return records
+
+
+    def _blame_rollup(self, filters: Filters) -> list[dict[str, Any]] | None:
+        """blame's totals from the fleet journal's hourly rollup (runner.fleetrollup)
+        when the question is "since a moment" (of some tasks), over the whole fleet; None
+        when it cannot answer (a host, a run, no rollup): the raw rows answer."""
+        if not (self.postgres and self.has_cost and filters.since is not None) or any(
+                getattr(filters, name) is not None
+                for name in ("host", "run_id", "try_num", "iteration")):
+            return None
+        from . import fleetrollup
+        from .fleetschema import day_partitions
+        from .pgjournal import import_psycopg
+
+        try:
+            days = day_partitions(self.conn)
+            oldest = fleetrollup.day_start(min(days)) if days else None
+            first = fleetrollup.first_hour(self.conn, filters.since, oldest)
+        except import_psycopg().Error:  # an older schema: no rollup, no maintenance table
+            return None
+        if first is None:
+            return None
+        params = {"since": filters.since, "first": first, "tasks": list(filters.tasks or ())}
+        return self.rows(fleetrollup.blame_sql(filters.tasks is not None), params)
 
 
 def _cost_totals(user_s: float | None, system_s: float | None,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fleetschema
+from . import fleetrollup, fleetschema
 
 CONNECT_TIMEOUT_S = 5
 BATCH = 200
@@ -137,7 +137,8 @@ def schema_current(conn: Any) -> bool:
         return False
     if not row or row[0] != SCHEMA_VERSION:
         return False  # older: migrate; newer: migrate() says so
-    return {(table, column) for table, column, _ in ADDITIONS} <= columns(conn)
+    wanted = {(table, column) for table, column, _ in ADDITIONS}
+    return (wanted | {(fleetrollup.ROLLUP, "hour")}) <= columns(conn)
 
 
 def migrate(conn: Any) -> None:
@@ -164,6 +165,9 @@ def migrate(conn: Any) -> None:
         for table, column, kind in ADDITIONS:
             if (table, column) not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        # The hourly rollup blame reads (an addition like the columns above: a runner of
+        # schema 2 without it writes through its triggers all the same).
+        fleetrollup.ensure(conn)
         # Today's partition and the next days' (a cheap catalog read when they exist).
         fleetschema.ensure_partitions_soon(conn)
 
