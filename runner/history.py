@@ -371,7 +371,9 @@ class Reader:
         if first is None:
             return None
         params = {"since": filters.since, "first": first, "tasks": list(filters.tasks or ())}
-        return self.rows(fleetrollup.blame_sql(filters.tasks is not None), params)
+        with self.conn.transaction():
+            self.conn.execute(fleetrollup.NO_JIT)
+            return self.rows(fleetrollup.blame_sql(filters.tasks is not None), params)
 
 
 def _cost_totals(user_s: float | None, system_s: float | None,

@@ -219,3 +219,4 @@ def test_the_fleet_query_benchmark_answers_right_on_a_small_fleet():
     check = report["check"]
     assert check["recipe_hosts"] >= 60 and check["failing"] == 60
     assert (check["silent"], check["stuck"]) == (5, 4)
+    assert check["blame_tasks"] == 14  # blame --since from the rollup: the raw sums
