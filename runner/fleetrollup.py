@@ -22,7 +22,7 @@ Sums are numeric (an added and a removed float cancel exactly; float8 would drif
 A maximum cannot be subtracted: a delta that removes a value records it in lost_s /
 lost_peak, and an hour whose lost value is >= its maximum is recomputed from its raw rows
 (one task's hour, through the (task, started_at) index). compact() (fleetschema.prune,
-hourly) folds each past hour's deltas into one row, recomputing such maxima.
+every COMPACT_EVERY) folds each hour's deltas into one row, recomputing such maxima.
 
 Coverage: runner_maintenance 'task_hours_from' is the first hour the rollup counts
 fully; blame reads raw rows before it. Adding the rollup (pgjournal.migrate, an additive
@@ -40,6 +40,11 @@ from typing import Any
 
 ROLLUP = "runner_task_hours"
 FROM_KEY = "task_hours_from"  # runner_maintenance: the first hour the rollup counts
+# How often the deltas are folded (fleetschema.prune, which forwarders ask every few
+# minutes): between two, a fleet of 5,000 hosts appends ~2 deltas a task run, ~10,000
+# rows in 5 minutes, which blame sums on top of the folded hours.
+COMPACT_EVERY = timedelta(minutes=5)
+COMPACTED_KEY = "task_hours_compacted"  # runner_maintenance: when they were last folded
 BACKFILL_HOURS = 6  # hours backfilled per prune (the lock holds writers for that long)
 HOUR = "interval '1 hour'"
 # The UTC hour of a task run (date_trunc on a timestamptz follows the session's TimeZone,
@@ -231,14 +236,27 @@ FROM hours h LEFT JOIN LATERAL (
 NO_JIT = "SET LOCAL jit = off"
 
 
-def compact(conn: Any, before: datetime) -> int:
-    """Fold the deltas of each hour before `before` into one row (in the caller's
-    transaction, under fleetschema.PRUNE_LOCK: one compacts at a time); the hours
-    folded. Deltas committed meanwhile stay rows of their own: one statement's snapshot
-    decides what is folded, and its raw rows the maxima it recomputes."""
+def compact_if_due(conn: Any, now: datetime, force: bool = False) -> int:
+    """compact() when COMPACT_EVERY has passed since the last (or `force`), under
+    fleetschema.PRUNE_LOCK; the hours folded."""
+    row = conn.execute("SELECT done_at FROM runner_maintenance WHERE name = %s",
+                       (COMPACTED_KEY,)).fetchone()
+    if row and not force and now - row[0] < COMPACT_EVERY:
+        return 0
+    conn.execute("INSERT INTO runner_maintenance (name, done_at) VALUES (%s, %s) "
+                 "ON CONFLICT (name) DO UPDATE SET done_at = EXCLUDED.done_at",
+                 (COMPACTED_KEY, now))
+    return compact(conn)
+
+
+def compact(conn: Any) -> int:
+    """Fold the deltas of each hour into one row (in the caller's transaction, under
+    fleetschema.PRUNE_LOCK: one compacts at a time); the hours folded. Deltas committed
+    meanwhile stay rows of their own: one statement's snapshot decides what is folded,
+    and its raw rows the maxima it recomputes."""
     conn.execute(NO_JIT)
     return conn.execute(
-        f"WITH groups AS (SELECT hour, task FROM {ROLLUP} WHERE hour < %s "
+        f"WITH groups AS (SELECT hour, task FROM {ROLLUP} "
         " GROUP BY hour, task HAVING count(*) > 1 OR max(lost_s) IS NOT NULL "
         " OR max(lost_peak) IS NOT NULL), "
         f"gone AS (DELETE FROM {ROLLUP} d USING groups g WHERE d.hour = g.hour "
@@ -246,8 +264,8 @@ def compact(conn: Any, before: datetime) -> int:
         f"hours AS ({_HOURS.format(where='true').replace(ROLLUP, 'gone')}), "
         f"exact AS ({_EXACT.format(bound='')}) "
         f"INSERT INTO {ROLLUP} ({DELTA_COLUMNS}) SELECT hour, task, runs, failures, "
-        "total_s, max_s, NULL, user_s, user_n, system_s, system_n, peak, NULL FROM exact",
-        (before,)).rowcount
+        "total_s, max_s, NULL, user_s, user_n, system_s, system_n, peak, NULL FROM exact"
+    ).rowcount
 
 
 def blame_sql(tasks: bool) -> str:

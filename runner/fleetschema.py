@@ -271,6 +271,10 @@ def _prune(conn: Any, keep_days: int, now: datetime, force: bool) -> PruneResult
                             ).fetchone()
         if done and not force and now - done[0] < PRUNE_EVERY:
             result.skipped = f"pruned at {done[0].isoformat()}"
+            # The rollup's deltas are folded more often than that: blame sums what is
+            # left of them (runner.fleetrollup.COMPACT_EVERY).
+            if fleetrollup.present(conn):
+                result.compacted = fleetrollup.compact_if_due(conn, now)
             return result
         # Partition DDL only under the migration's lock (a runner's migrate() makes them
         # too); PRUNE_LOCK is always taken first, so the two cannot deadlock.
@@ -288,7 +292,7 @@ def _prune(conn: Any, keep_days: int, now: datetime, force: bool) -> PruneResult
 def _maintain_rollup(conn: Any, now: datetime, result: PruneResult) -> None:
     """Fold the past hours' deltas of the rollup, and extend it a few hours back (the
     days a database had before it was added)."""
-    result.compacted = fleetrollup.compact(conn, fleetrollup.hour_of(now))
+    result.compacted = fleetrollup.compact_if_due(conn, now, force=True)
     start = fleetrollup.covered_from(conn)
     days = day_partitions(conn)
     if start is not None and days:

@@ -141,13 +141,27 @@ def test_the_rollup_equals_the_raw_rows_through_upserts_resends_late_rows_and_mo
     # Folded into one row per hour, the answers stay the same.
     with connect(pg_url) as conn:
         result = fleetschema.prune(conn, 0, now=now, force=True)
-        deltas = conn.execute(f"SELECT count(*), count(lost_s) FROM {fleetrollup.ROLLUP} "
-                              "WHERE hour < %s", (fleetrollup.hour_of(now),)).fetchone()
-        hours = conn.execute(f"SELECT count(DISTINCT (hour, task)) FROM {fleetrollup.ROLLUP} "
-                             "WHERE hour < %s", (fleetrollup.hour_of(now),)).fetchone()[0]
-    assert result.compacted and deltas == (hours, 0)
+        assert result.compacted and folded(conn)
     for since in sinces(now):
         assert_same(pg_url, since)
+    # Within the hour prune does nothing else, but folds again every COMPACT_EVERY.
+    with connect(pg_url) as conn:
+        send(conn, [run.ended(2.5, "OK") for run in runs[250:]])
+        soon = fleetschema.prune(conn, 0, now=now + timedelta(minutes=1))
+        assert soon.skipped and not soon.compacted and not folded(conn)
+        later = fleetschema.prune(conn, 0, now=now + fleetrollup.COMPACT_EVERY)
+        assert later.skipped and later.compacted and folded(conn)
+    for since in sinces(now):
+        assert_same(pg_url, since)
+
+
+def folded(conn: psycopg.Connection) -> bool:
+    """Whether the rollup holds one row per (hour, task), no lost value left."""
+    deltas = conn.execute(f"SELECT count(*), count(lost_s) FROM {fleetrollup.ROLLUP}"
+                          ).fetchone()
+    hours = conn.execute(f"SELECT count(DISTINCT (hour, task)) FROM {fleetrollup.ROLLUP}"
+                         ).fetchone()[0]
+    return tuple(deltas) == (hours, 0)
 
 
 def test_prune_takes_dropped_days_out_of_the_rollup_and_keeps_what_has_not_ended(pg_url):
