@@ -401,9 +401,14 @@ def explain(url: str) -> str:
 
     class Explaining:
         def execute(self, sql, params=()):
+            if sql.startswith("SET "):  # fleetrollup.NO_JIT: nothing to explain
+                return real.execute(sql, params)
             plan = real.execute("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) " + sql, params).fetchall()
             out.append(sql.strip() + "\n" + "\n".join(row[0] for row in plan) + "\n")
             return real.execute(sql, params)
+
+        def transaction(self):
+            return real.transaction()
 
         def close(self):
             real.close()

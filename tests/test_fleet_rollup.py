@@ -135,6 +135,21 @@ def test_the_rollup_equals_the_raw_rows_through_upserts_resends_late_rows_and_mo
         with conn.transaction():
             fleetschema.ensure_partitions(conn, ahead.date())
         conn.execute("DELETE FROM runner_task_runs WHERE run_id IN ('r7', 'r8', 'r9')")
+        # A runner of schema 2 without the rollup moves rows out of DEFAULT by deleting
+        # them from DEFAULT itself, then inserting them through the parent.
+        further = ahead + timedelta(days=fleetschema.AHEAD_DAYS + 5)
+        send(conn, [Run("ahead2", 1, TASKS[2], further).ended(4.25)])
+        with conn.transaction():
+            moving = conn.execute(f"DELETE FROM {fleetschema.DEFAULT_PARTITION} "
+                                  "RETURNING *").fetchall()
+            conn.execute(f"CREATE TABLE {fleetschema.partition_name(further.date())} "
+                         "PARTITION OF runner_task_runs FOR VALUES FROM (%s) TO (%s)"
+                         .replace("%s", "'{}'").format(
+                             *(fleetrollup.day_start(further.date()) + timedelta(days=d)
+                               for d in (0, 1))))
+            marks = ", ".join(["%s"] * len(moving[0]))
+            conn.cursor().executemany(f"INSERT INTO runner_task_runs VALUES ({marks})",
+                                      moving)
     for since in sinces(now):
         assert_same(pg_url, since)
     assert_same(pg_url, now - timedelta(days=1), (TASKS[1],))
