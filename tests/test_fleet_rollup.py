@@ -289,3 +289,22 @@ def test_hours_are_utc_hours_whatever_the_sessions_time_zone(pg_url, zone):
         hours = {row[0] for row in conn.execute(f"SELECT hour FROM {fleetrollup.ROLLUP}")}
     assert all(h.astimezone(UTC).minute == 0 for h in hours)
     assert_same(pg_url, now - timedelta(hours=2, minutes=10))
+
+
+def test_a_schema_1_database_migrates_to_2_with_the_rollup_and_answers_the_same(pg_url):
+    """Schema 1 -> 2 copies the rows into the partitioned table before the rollup exists;
+    the rollup then counts from the hour of the migration, backfilled under the lock."""
+    now = datetime.now(UTC)
+    create_schema(pg_url, 1)
+    with connect(pg_url) as conn:
+        upsert_v1 = UPSERT.replace("(run_id, seq, started_at)", "(run_id, seq)")
+        with conn.transaction(), conn.cursor() as cursor:
+            cursor.executemany(upsert_v1, [
+                Run(f"v1-{n}", n, TASKS[n % 3], now - timedelta(minutes=9 * n))
+                .ended(n / 8 + 0.5).row() for n in range(200)])
+    pgjournal.pg_connect(pg_url).close()
+    with connect(pg_url) as conn:
+        assert fleetrollup.present(conn) and fleetschema.is_partitioned(conn)
+        send(conn, [Run("after", 1, TASKS[0], now - timedelta(minutes=3)).ended(9.5)])
+    for since in sinces(now):
+        assert_same(pg_url, since)
