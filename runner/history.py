@@ -253,6 +253,19 @@ class Reader:
         names = sorted(tasks if tasks is not None else self.task_names())
         if filters.tasks is not None:
             names = [n for n in names if n in filters.tasks]
+        # The last day first: over a month, PostgreSQL merged every day partition's
+        # (started_at) index, each read back until it met the task (1 s for 14 tasks
+        # at 5,000 hosts x 30 days); a task not run that day is looked for again.
+        recent = datetime.now(UTC) - timedelta(days=1)
+        found: list[dict[str, Any]] = []
+        if filters.since is None or filters.since < recent:
+            found = self._latest_of(names, _since(filters, recent))
+            names = sorted(set(names) - {row["task"] for row in found})
+        if names:
+            found += self._latest_of(names, filters)
+        return sorted(found, key=lambda row: row["task"])
+
+    def _latest_of(self, names: list[str], filters: Filters) -> list[dict[str, Any]]:
         if not names:
             return []
         where, params = self._where(filters, "r")
@@ -374,6 +387,13 @@ class Reader:
         with self.conn.transaction():
             self.conn.execute(fleetrollup.NO_JIT)
             return self.rows(fleetrollup.blame_sql(filters.tasks is not None), params)
+
+
+def _since(filters: Filters, since: datetime) -> Filters:
+    """`filters`, from `since` on."""
+    return Filters(tasks=filters.tasks, since=since, host=filters.host,
+                   run_id=filters.run_id, try_num=filters.try_num,
+                   iteration=filters.iteration)
 
 
 def _cost_totals(user_s: float | None, system_s: float | None,

@@ -308,3 +308,25 @@ def test_a_schema_1_database_migrates_to_2_with_the_rollup_and_answers_the_same(
         send(conn, [Run("after", 1, TASKS[0], now - timedelta(minutes=3)).ended(9.5)])
     for since in sinces(now):
         assert_same(pg_url, since)
+
+
+def test_blames_last_run_per_task_finds_a_task_not_run_for_days(pg_url):
+    """blame's "last run" of each task looks in the last day first (one or two
+    partitions), then further back for the tasks it did not find there."""
+    now = datetime.now(UTC)
+    new_database(pg_url, now, days=5)
+    with connect(pg_url) as conn:
+        send(conn, [Run("old", 1, TASKS[0], now - timedelta(days=3)).ended(2, "RETRY"),
+                    Run("older", 1, TASKS[0], now - timedelta(days=4)).ended(1),
+                    Run("new", 1, TASKS[1], now - timedelta(hours=2)).ended(3),
+                    Run("new", 2, TASKS[1], now - timedelta(days=2)).ended(4)])
+    reader = history.open_postgres(pg_url)
+    try:
+        records = {r["task"]: r for r in reader.blame(
+            history.Filters(since=now - timedelta(days=5)))}
+    finally:
+        reader.close()
+    assert set(records) == {TASKS[0], TASKS[1]}
+    assert (records[TASKS[0]]["run_id"], records[TASKS[0]]["result"]) == ("old", "RETRY")
+    assert records[TASKS[1]]["last_duration_s"] == 3  # the newest, of two hours ago
+    assert records[TASKS[0]]["runs"] == 2 and records[TASKS[0]]["duration_s"] == 3
