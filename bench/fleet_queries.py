@@ -51,6 +51,8 @@ COMMANDS = (
      True),
     ("log puppet --host H", ["log", "puppet", "--host", PROBE_HOST], True),
     ("blame --since 1d", ["blame", "--since", "1d"], True),
+    # A month: the rollup's hours (runner.fleetrollup) and each task's last run.
+    ("blame --since 30d", ["blame", "--since", "30d"], True),
     ("blame --host H", ["blame", "--host", PROBE_HOST], True),
     ("fleet failing", ["fleet", "failing"], False),
     # {quiet} and {day}: the generated fleet's gap between iterations plus an hour, and a
