@@ -190,14 +190,18 @@ def has_cost(conn: Any) -> bool:
 CONFLICT_KEYS = {"task_runs": ("run_id", "seq", "started_at")}
 
 
-def _upsert_sql(table: str) -> str:
+def _upsert_sql(table: str, rows: int = 1) -> str:
+    """The upsert of `rows` rows in one statement (their keys differ: a batch is read
+    from the local table by its key)."""
     keys, others = TABLES[table]
     columns = (*keys, *others)
-    values = ", ".join("%s::timestamptz" if c in TIMESTAMPS else "%s" for c in columns)
+    one = "(" + ", ".join("%s::timestamptz" if c in TIMESTAMPS else "%s"
+                          for c in columns) + ")"
+    values = ", ".join([one] * rows)
     conflict = CONFLICT_KEYS.get(table, keys)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in others if c not in conflict)
     return (
-        f"INSERT INTO runner_{table} ({', '.join(columns)}) VALUES ({values}) "
+        f"INSERT INTO runner_{table} ({', '.join(columns)}) VALUES {values} "
         f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}, received_at = now()"
     )
 
@@ -224,10 +228,14 @@ def forward_batch(local: sqlite3.Connection, remote: Any, limit: int = BATCH) ->
     sent = sum(len(rows) for rows in batches.values())
     if not sent:
         return 0
+    # One statement per table and batch, not one per row: the blame rollup's statement
+    # triggers (runner.fleetrollup) then run once a batch, and append one delta per
+    # (hour, task) of it rather than one per row.
     with remote.transaction(), remote.cursor() as cursor:
         for table, rows in batches.items():
             if rows:
-                cursor.executemany(_upsert_sql(table), [tuple(row)[:-1] for row in rows])
+                cursor.execute(_upsert_sql(table, len(rows)),
+                               [value for row in rows for value in tuple(row)[:-1]])
     # Only now are they safe in PostgreSQL; a row written again meanwhile has a higher
     # rev and stays unsynced.
     with local:
