@@ -375,18 +375,22 @@ class Reader:
         from .fleetschema import day_partitions
         from .pgjournal import import_psycopg
 
+        # An older schema (no rollup, no maintenance table), or a role that may not read
+        # the rollup: the raw rows answer.
+        errors = import_psycopg().errors
         try:
             days = day_partitions(self.conn)
             oldest = fleetrollup.day_start(min(days)) if days else None
             first = fleetrollup.first_hour(self.conn, filters.since, oldest)
-        except import_psycopg().Error:  # an older schema: no rollup, no maintenance table
+            if first is None:
+                return None
+            params = {"since": filters.since, "first": first,
+                      "tasks": list(filters.tasks or ())}
+            with self.conn.transaction():
+                self.conn.execute(fleetrollup.NO_JIT)
+                return self.rows(fleetrollup.blame_sql(filters.tasks is not None), params)
+        except (errors.InsufficientPrivilege, errors.UndefinedTable):
             return None
-        if first is None:
-            return None
-        params = {"since": filters.since, "first": first, "tasks": list(filters.tasks or ())}
-        with self.conn.transaction():
-            self.conn.execute(fleetrollup.NO_JIT)
-            return self.rows(fleetrollup.blame_sql(filters.tasks is not None), params)
 
 
 def _since(filters: Filters, since: datetime) -> Filters:

@@ -330,3 +330,47 @@ def test_blames_last_run_per_task_finds_a_task_not_run_for_days(pg_url):
     assert (records[TASKS[0]]["run_id"], records[TASKS[0]]["result"]) == ("old", "RETRY")
     assert records[TASKS[1]]["last_duration_s"] == 3  # the newest, of two hours ago
     assert records[TASKS[0]]["runs"] == 2 and records[TASKS[0]]["duration_s"] == 3
+
+
+def test_without_the_rollup_or_leave_to_read_it_blame_answers_from_the_raw_rows(pg_url):
+    """A database of schema 1 (no maintenance table) and a role that may read the task
+    runs but not the rollup: blame sums the raw rows, as before the rollup."""
+    now = datetime.now(UTC)
+    new_database(pg_url, now, days=1)
+    with connect(pg_url) as conn:
+        send(conn, [Run(f"p{n}", n, TASKS[n % 3], now - timedelta(minutes=5 * n)).ended(1.25)
+                    for n in range(30)])
+        role = f"reader_{conn.info.dbname}"
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        for table in ("runner_task_runs", "runner_maintenance", "runner_runs"):
+            conn.execute(f"GRANT SELECT ON {table} TO {role}")
+    url = pg_url.replace("://postgres@", f"://{role}@", 1)
+    since = now - timedelta(hours=2)
+    try:
+        reader = history.open_postgres(url)
+        try:
+            assert reader._blame_rollup(history.Filters(since=since)) is None
+            records = reader.blame(history.Filters(since=since))
+        finally:
+            reader.close()
+    finally:
+        with connect(pg_url) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+    fast, raw = answers(pg_url, since)
+    assert fast == raw
+    assert {(r["task"], r["runs"], r["duration_s"]) for r in records} == {
+        (r["task"], r["runs"], r["total_s"]) for r in raw}
+    other = pg_url.rsplit("/", 1)[0] + "/postgres"
+    with connect(other) as admin:
+        admin.execute(f"CREATE DATABASE {role}")
+    try:
+        create_schema(pg_url.rsplit("/", 1)[0] + f"/{role}", 1)
+        reader = history.open_postgres(pg_url.rsplit("/", 1)[0] + f"/{role}")
+        try:
+            assert reader.blame(history.Filters(since=since)) == []
+        finally:
+            reader.close()
+    finally:
+        with connect(other) as admin:
+            admin.execute(f"DROP DATABASE {role}")
