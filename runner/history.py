@@ -429,7 +429,7 @@ def open_local(state_dir: str) -> Reader:
 
 def open_postgres(url: str) -> Reader:
     from .masking import Masker, mask_url
-    from .pgjournal import CONNECT_TIMEOUT_S, has_cost, import_psycopg
+    from .pgjournal import CONNECT_TIMEOUT_S, JOURNAL_PROBE, import_psycopg
 
     try:
         psycopg = import_psycopg()
@@ -437,13 +437,12 @@ def open_postgres(url: str) -> Reader:
         raise JournalUnavailable(str(exc)) from None
     try:
         conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
-        conn.execute("SELECT 1 FROM runner_task_runs LIMIT 1")
-        cost = has_cost(conn)
-    except psycopg.errors.UndefinedTable:
-        conn.close()
-        raise JournalUnavailable(
-            f"{mask_url(url)}: no runner journal in this database yet"
-        ) from None
+        exists, readable, cost = conn.execute(JOURNAL_PROBE).fetchone()
+        if not (exists and readable):
+            conn.close()
+            why = ("permission denied for table runner_task_runs" if exists
+                   else "no runner journal in this database yet")
+            raise JournalUnavailable(f"{mask_url(url)}: {why}")
     except psycopg.Error as exc:
         reason = Masker.for_url(url).text(" ".join(str(exc).split()))
         raise JournalUnavailable(f"{mask_url(url)}: {reason}") from None

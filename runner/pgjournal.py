@@ -184,6 +184,17 @@ def has_cost(conn: Any) -> bool:
     return ("runner_task_runs", "cpu_user_s") in columns(conn)
 
 
+# Whether runner_task_runs exists, may be read, and has the cost columns: read from the
+# catalog in one query (information_schema.columns took 25 ms, and a probe of the table
+# planned it over every day partition: 15 ms more, on each fleet command).
+JOURNAL_PROBE = """
+SELECT t IS NOT NULL, t IS NOT NULL AND has_table_privilege(t, 'SELECT'),
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = t AND attname = 'cpu_user_s'
+            AND NOT attisdropped)
+FROM (SELECT to_regclass('runner_task_runs') AS t) AS journal
+"""
+
+
 # The upsert's conflict target where it is not the local key: a unique constraint of
 # the partitioned runner_task_runs must hold its partition key, started_at (schema 2;
 # a task run's started_at never changes after its first row, runner.fleetschema).

@@ -344,6 +344,7 @@ def test_without_the_rollup_or_leave_to_read_it_blame_answers_from_the_raw_rows(
         conn.execute(f"CREATE ROLE {role} LOGIN")
         for table in ("runner_task_runs", "runner_maintenance", "runner_runs"):
             conn.execute(f"GRANT SELECT ON {table} TO {role}")
+        conn.execute(f"CREATE ROLE {role}_none LOGIN")
     url = pg_url.replace("://postgres@", f"://{role}@", 1)
     since = now - timedelta(hours=2)
     try:
@@ -353,10 +354,14 @@ def test_without_the_rollup_or_leave_to_read_it_blame_answers_from_the_raw_rows(
             records = reader.blame(history.Filters(since=since))
         finally:
             reader.close()
+        with pytest.raises(history.JournalUnavailable,
+                           match="permission denied for table runner_task_runs"):
+            history.open_postgres(pg_url.replace("://postgres@", f"://{role}_none@", 1))
     finally:
         with connect(pg_url) as conn:
-            conn.execute(f"DROP OWNED BY {role}")
-            conn.execute(f"DROP ROLE {role}")
+            for name in (role, f"{role}_none"):
+                conn.execute(f"DROP OWNED BY {name}")
+                conn.execute(f"DROP ROLE {name}")
     fast, raw = answers(pg_url, since)
     assert fast == raw
     assert {(r["task"], r["runs"], r["duration_s"]) for r in records} == {
@@ -365,6 +370,9 @@ def test_without_the_rollup_or_leave_to_read_it_blame_answers_from_the_raw_rows(
     with connect(other) as admin:
         admin.execute(f"CREATE DATABASE {role}")
     try:
+        with pytest.raises(history.JournalUnavailable,
+                           match="no runner journal in this database yet"):
+            history.open_postgres(pg_url.rsplit("/", 1)[0] + f"/{role}")
         create_schema(pg_url.rsplit("/", 1)[0] + f"/{role}", 1)
         reader = history.open_postgres(pg_url.rsplit("/", 1)[0] + f"/{role}")
         try:
