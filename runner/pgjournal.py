@@ -180,10 +180,6 @@ def columns(conn: Any) -> set[tuple[str, str]]:
     return {(table, column) for table, column in rows}
 
 
-def has_cost(conn: Any) -> bool:
-    return ("runner_task_runs", "cpu_user_s") in columns(conn)
-
-
 # Whether runner_task_runs exists, may be read, and has the cost columns: read from the
 # catalog in one query (information_schema.columns took 25 ms, and a probe of the table
 # planned it over every day partition: 15 ms more, on each fleet command).
