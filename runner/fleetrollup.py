@@ -2,11 +2,13 @@
 kept exact by PostgreSQL itself, so blame reads a few hundred rows instead of a day of
 task runs (~1.5 M rows a day at 5,000 hosts: 0.8 s of query; issue 18).
 
-runner_task_hours holds *deltas*, never updated in place: three statement-level triggers
-on runner_task_runs (INSERT, UPDATE, DELETE, with transition tables) each append one row
-per (hour, task) the statement touched: +1 run and its duration, CPU and peak for a row
-inserted, -1 and minus them for a row deleted, both for an update (the upsert's
-RUNNING -> end, a forwarder re-sending a row). Why deltas rather than counters:
+runner_task_hours holds *deltas*, never updated in place: statement-level triggers on
+runner_task_runs (INSERT, UPDATE, DELETE, with transition tables; and DELETE on its
+DEFAULT partition, TRIGGERS) each append one row per (hour, task) the statement
+touched: +1 run and its duration, CPU and peak for a row inserted, -1 and minus them for
+a row deleted, both for an update (the upsert's RUNNING -> end, a forwarder re-sending
+a row). The forwarder upserts a batch in one statement (pgjournal.forward_batch), so
+they run once a batch. Why deltas rather than counters:
 
 - No lock is shared: 5,000 forwarders appending rows never wait on each other and
   cannot deadlock, whatever order their statements come in (counters updated in place
