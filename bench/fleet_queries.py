@@ -39,7 +39,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 import fleetgen  # noqa: E402
 import pgserver  # noqa: E402
 
-from runner import fleetschema, pgjournal  # noqa: E402
+from runner import fleetrollup, fleetschema, pgjournal  # noqa: E402
 
 PROBE_HOST = fleetgen.host_name(100)
 # (name, runner arguments, whether runner before schema 2 has it)
@@ -51,6 +51,8 @@ COMMANDS = (
      True),
     ("log puppet --host H", ["log", "puppet", "--host", PROBE_HOST], True),
     ("blame --since 1d", ["blame", "--since", "1d"], True),
+    # A month: the rollup's hours (runner.fleetrollup) and each task's last run.
+    ("blame --since 30d", ["blame", "--since", "30d"], True),
     ("blame --host H", ["blame", "--host", PROBE_HOST], True),
     ("fleet failing", ["fleet", "failing"], False),
     # {quiet} and {day}: the generated fleet's gap between iterations plus an hour, and a
@@ -173,7 +175,8 @@ def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime,
                     made = conn.execute("SELECT params, made_at FROM runner_bench").fetchone()
                     if made and {k: v for k, v in made[0].items() if k != "migrated"} \
                             == wanted:
-                        return {"reused": True, "made_at": made[1].isoformat()}
+                        return {"reused": True, "made_at": made[1].isoformat(),
+                                **add_rollup(conn, server.url(db), fleet, made[1])}
             admin.execute(f"DROP DATABASE {db} WITH (FORCE)")
         admin.execute(f"CREATE DATABASE {db}")
     create_schema(server.url(db), schema)
@@ -196,6 +199,11 @@ def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime,
         for _, definition in indexes:
             # A partitioned table's index reads "ON ONLY": that one would have no children.
             conn.execute(definition.replace(" ON ONLY ", " ON "))
+        if schema >= 2:
+            # The rollup counted every row as it came (its triggers), but counts fully
+            # only from the hour it was made: the generated days are backfilled.
+            with conn.transaction():
+                fleetrollup.backfill(conn, now - timedelta(days=fleet.days + 1))
         # What autovacuum does on a live fleet database: statistics and the visibility
         # map (index-only scans).
         conn.execute("VACUUM ANALYZE")
@@ -205,6 +213,19 @@ def generate(server: Server, fleet: fleetgen.Fleet, schema: int, now: datetime,
                             (db,)).fetchone()[0]
     return {"reused": False, "task_runs": rows, "seconds": round(time.monotonic() - began, 1),
             "size": size}
+
+
+def add_rollup(conn, url: str, fleet: fleetgen.Fleet, made_at: datetime) -> dict:
+    """A kept database of schema 2 generated before the rollup: it gets it as from a
+    runner (pgjournal.migrate), and the generated days are backfilled (timed)."""
+    if not fleetschema.is_partitioned(conn) or fleetrollup.present(conn):
+        return {}
+    began = time.monotonic()
+    create_schema(url, 2)
+    with conn.transaction():
+        fleetrollup.backfill(conn, made_at - timedelta(days=fleet.days + 1))
+    conn.execute(f"VACUUM ANALYZE {fleetrollup.ROLLUP}")
+    return {"rollup_added_s": round(time.monotonic() - began, 1)}
 
 
 def runner_command(code: Path, config: Path, args: list[str]) -> subprocess.CompletedProcess:
@@ -345,11 +366,29 @@ def check(url: str, code: Path, config: Path, fleet: fleetgen.Fleet,
     tasks = fleet_json(code, config, ["fleet", "tasks", "--since", "1d"])
     top = tasks["rows"][0]
     assert top["task"] == "20-puppet.sh" and top["hosts"] >= fleet.failing, top
+    blame = check_blame(url, code, config, made_at)
     ready = fleet_json(code, config, ["fleet", "ready", "--since", f"{fleet.days + 1}d"])
     assert ready["rows"] and all(r["p50_s"] is not None for r in ready["rows"]), ready
     return {"recipe_hosts": len(hosts), "recipe_s": round(recipe_s, 3),
             "failing": failing["total"], "silent": len(silent["rows"]),
-            "stuck": len(stuck["rows"])}
+            "stuck": len(stuck["rows"]), "blame_tasks": blame}
+
+
+def check_blame(url: str, code: Path, config: Path, made_at: datetime) -> int:
+    """`runner blame --since` (from the rollup and the raw partial hour) gives the raw
+    rows' sums; the number of tasks."""
+    since = made_at - timedelta(days=1, minutes=-17)
+    proc = runner_command(code, config, ["blame", "--since", since.isoformat(), "--json"])
+    assert proc.returncode == 0, proc.stderr
+    got = {r["task"]: (r["runs"], r["failures"], r["duration_s"], r["max_s"])
+           for r in json.loads(proc.stdout)}
+    with connect(url) as conn:
+        want = {row[0]: (row[1], row[2], round(row[3], 3), row[4]) for row in conn.execute(
+            "SELECT task, count(*), sum(CASE WHEN result = 'OK' THEN 0 ELSE 1 END), "
+            "sum(coalesce(duration_s, 0)), max(duration_s) FROM runner_task_runs "
+            "WHERE started_at >= %s GROUP BY task", (since,))}
+    assert got == want, (got, want)
+    return len(got)
 
 
 def explain(url: str) -> str:
@@ -364,9 +403,14 @@ def explain(url: str) -> str:
 
     class Explaining:
         def execute(self, sql, params=()):
+            if sql.startswith("SET "):  # fleetrollup.NO_JIT: nothing to explain
+                return real.execute(sql, params)
             plan = real.execute("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) " + sql, params).fetchall()
             out.append(sql.strip() + "\n" + "\n".join(row[0] for row in plan) + "\n")
             return real.execute(sql, params)
+
+        def transaction(self):
+            return real.transaction()
 
         def close(self):
             real.close()

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from . import fleetrollup
+
 PARENT = "runner_task_runs"
 DEFAULT_PARTITION = "runner_task_runs_default"
 AHEAD_DAYS = 7  # partitions made ahead of today (UTC)
@@ -167,8 +169,10 @@ def _create_day(conn: Any, day: date) -> None:
     conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS runner_moving "
                  f"(LIKE {PARENT}) ON COMMIT DROP")
     conn.execute("TRUNCATE runner_moving")
+    # Deleted through the parent (only DEFAULT holds these days), so that the rollup's
+    # triggers (runner.fleetrollup) see them leave, as they see them come back below.
     moved = conn.execute(
-        "WITH gone AS (DELETE FROM " + DEFAULT_PARTITION + " WHERE started_at >= %s AND "
+        f"WITH gone AS (DELETE FROM {PARENT} WHERE started_at >= %s AND "
         "started_at < %s RETURNING *) INSERT INTO runner_moving SELECT * FROM gone",
         (start, end)).rowcount
     conn.execute(f"CREATE TABLE {name} PARTITION OF {PARENT} FOR VALUES FROM "
@@ -225,6 +229,8 @@ class PruneResult:
     deleted_default: int = 0
     deleted_runs: int = 0
     deleted_tries: int = 0
+    compacted: int = 0
+    rollup_from: datetime | None = None
 
 
 def prune(conn: Any, keep_days: int, *, now: datetime | None = None,
@@ -265,6 +271,10 @@ def _prune(conn: Any, keep_days: int, now: datetime, force: bool) -> PruneResult
                             ).fetchone()
         if done and not force and now - done[0] < PRUNE_EVERY:
             result.skipped = f"pruned at {done[0].isoformat()}"
+            # The rollup's deltas are folded more often than that: blame sums what is
+            # left of them (runner.fleetrollup.COMPACT_EVERY).
+            if fleetrollup.present(conn):
+                result.compacted = fleetrollup.compact_if_due(conn, now)
             return result
         # Partition DDL only under the migration's lock (a runner's migrate() makes them
         # too); PRUNE_LOCK is always taken first, so the two cannot deadlock.
@@ -272,9 +282,23 @@ def _prune(conn: Any, keep_days: int, now: datetime, force: bool) -> PruneResult
         result.made = ensure_partitions(conn, now.date())
         if keep_days > 0:
             _drop_old(conn, now.date() - timedelta(days=keep_days), result)
+        if fleetrollup.present(conn):
+            _maintain_rollup(conn, now, result)
         conn.execute("INSERT INTO runner_maintenance (name, done_at) VALUES ('prune', %s) "
                      "ON CONFLICT (name) DO UPDATE SET done_at = EXCLUDED.done_at", (now,))
     return result
+
+
+def _maintain_rollup(conn: Any, now: datetime, result: PruneResult) -> None:
+    """Fold the past hours' deltas of the rollup, and extend it a few hours back (the
+    days a database had before it was added)."""
+    result.compacted = fleetrollup.compact_if_due(conn, now, force=True)
+    start = fleetrollup.covered_from(conn)
+    days = day_partitions(conn)
+    if start is not None and days:
+        oldest = fleetrollup.day_start(min(days))
+        first = max(oldest, start - timedelta(hours=fleetrollup.BACKFILL_HOURS))
+        result.rollup_from = fleetrollup.backfill(conn, first)
 
 
 def _drop_old(conn: Any, first_kept: date, result: PruneResult) -> None:
@@ -288,9 +312,13 @@ def _drop_old(conn: Any, first_kept: date, result: PruneResult) -> None:
             f"INSERT INTO {PARENT} SELECT * FROM {name} WHERE ended_at IS NULL").rowcount
         conn.execute(f"DROP TABLE {name}")
         result.dropped.append(name)
+    # Through the parent (the older days are gone: only DEFAULT holds rows this old),
+    # so the rollup's triggers see them go; then the rollup forgets these days.
     result.deleted_default = conn.execute(
-        f"DELETE FROM {DEFAULT_PARTITION} WHERE started_at < %s AND ended_at IS NOT NULL",
+        f"DELETE FROM {PARENT} WHERE started_at < %s AND ended_at IS NOT NULL",
         (cutoff,)).rowcount
+    if fleetrollup.present(conn):
+        fleetrollup.forget_before(conn, cutoff)
     result.deleted_runs = conn.execute(
         "DELETE FROM runner_runs r WHERE started_at < %s AND ended_at IS NOT NULL AND "
         "EXISTS (SELECT 1 FROM runner_runs n WHERE n.host = r.host "

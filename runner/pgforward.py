@@ -42,8 +42,9 @@ from .pgjournal import SchemaTooNew, forward_batch, import_psycopg, pending_coun
 CONNECTION_IDLE_S = 0.5
 CONNECTION_MAX_S = 5.0  # then let go at the next pass: a turn for the runners refused
 # fleetschema.prune is asked on the first pass of a process and then this often (it does
-# the work at most hourly for the whole fleet, and makes the day partitions ahead).
-PRUNE_EVERY_S = 3600.0
+# the work at most hourly for the whole fleet, and makes the day partitions ahead; it
+# folds the blame rollup's deltas every few minutes: fleetrollup.COMPACT_EVERY).
+PRUNE_EVERY_S = 300.0
 
 
 def report(out: TextIO, **fields: Any) -> None:

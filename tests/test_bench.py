@@ -219,7 +219,8 @@ def test_the_fleet_query_benchmark_answers_right_on_a_small_fleet():
     report = json.loads(proc.stdout)
     assert {r["status"] for r in report["results"][1:]} == {0}, report["results"]
     assert report["results"][0]["status"] == 1  # the floor: no such task
-    assert len(report["results"]) == 10
+    assert len(report["results"]) == 11
     check = report["check"]
     assert check["recipe_hosts"] >= 60 and check["failing"] == 60
     assert (check["silent"], check["stuck"]) == (5, 4)
+    assert check["blame_tasks"] == 14  # blame --since from the rollup: the raw sums
