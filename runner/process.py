@@ -554,7 +554,7 @@ class _OutputReader:
         self.masker = masker
         self.masked = masker.stream()
         self._line = b""  # the line read so far: never LINE_LIMIT bytes or more
-        self._buffer = memoryview(bytearray(LINE_LIMIT))
+        self._buffer: memoryview | None = None  # LINE_LIMIT bytes, made at the first read
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
         self._part = 0  # index into self.outputs
@@ -642,6 +642,8 @@ class _OutputReader:
                 return b""
             # Into a buffer of runner's own, then copied at its size: os.read() would
             # allocate `limit` bytes for every read and shrink them (heap fragments).
+            if self._buffer is None:  # most tasks never write: no 64 KiB for them
+                self._buffer = memoryview(bytearray(LINE_LIMIT))
             count = os.readv(self.fd, [self._buffer[:limit]])
             self._read_bytes += count
             return self._buffer[:count].tobytes()
