@@ -15,6 +15,10 @@ SUMMARY_LIMIT = 50  # failed tries kept for the summary at exit
 # The changes a chain goes on after (anything else is logged at once: what runner says
 # about a failure follows its line).
 DEFERRED = (TaskState.RUNNING, TaskState.OK, TaskState.SKIPPED)
+# The end of a task that wrote more than this reaches the `first` listeners at once: the
+# journal writes such an end before the next start (runner.journal.KEEP_BACK_BYTES), and
+# its size bound is looked at then, not while the next task runs.
+SHORT_OUTPUT_BYTES = 4096
 
 
 class Listener:
@@ -95,9 +99,10 @@ class Dispatcher:
             run.error = self.mask(run.error)
         if (defer and run.kind is Kind.TASK and new in DEFERRED
                 and not any(listener.waits for listener in self.listeners)):
-            if not started:  # its row must exist, in order, before what starts next
+            now = not started or len(run.output_tail) > SHORT_OUTPUT_BYTES
+            if now:  # its row must exist, in order, before what starts next
                 self._call([x for x in self.listeners if x.first], "task_changed", run)
-            self._later.append((run, not started))
+            self._later.append((run, now))
             return
         self.flush()
         _log_transition(run)
@@ -119,7 +124,15 @@ class Dispatcher:
                            "task_changed", run)
 
     def idle(self) -> None:
-        """runner is about to wait: see Listener.idle."""
+        """runner is about to wait: see Listener.idle. The `first` listeners write what
+        they were still to hear before anything is logged: whoever sees a task's start
+        in the log finds the task before it ended in the journal."""
+        first = [x for x in self.listeners if x.first]
+        for index, (run, told) in enumerate(self._later):
+            if not told:
+                self._call(first, "task_changed", run)
+                self._later[index] = (run, True)
+        self._call(first, "idle")
         self.flush()
         self._emit("idle")
 

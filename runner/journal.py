@@ -43,7 +43,7 @@ from typing import Any
 from . import checkpoint
 from .checkpoint import Checkpointer
 from .escape import escape
-from .events import Listener
+from .events import SHORT_OUTPUT_BYTES, Listener
 from .identity import RunIdentity, iso, utc_now
 from .journalfile import (
     INTERRUPTED,
@@ -80,7 +80,7 @@ CHECK_EVERY_BYTES = 64 * 1024
 ROW_BYTES = 512
 # The end of a task with more output than this is written at once, as before: it is no
 # short task, and its pages in the -wal file are checkpointed before the next task runs.
-KEEP_BACK_BYTES = 4096
+KEEP_BACK_BYTES = SHORT_OUTPUT_BYTES
 
 
 @dataclass(frozen=True)
@@ -193,11 +193,12 @@ class JournalListener(Listener):
         # A task's output is what makes the file grow: the size is looked at once enough
         # has been written since the last look to matter (each look costs three PRAGMAs).
         self.unchecked += len(run.output_tail or b"") + ROW_BYTES
-        if (run.kind is Kind.TASK and run.state in (TaskState.OK, TaskState.SKIPPED)
+        goes_on = run.state in (TaskState.OK, TaskState.SKIPPED)  # the chain goes on
+        if (run.kind is Kind.TASK and goes_on
                 and len(run.output_tail or b"") <= KEEP_BACK_BYTES):
-            self.kept_back.extend(ops)  # the chain goes on: see the module's docstring
+            self.kept_back.extend(ops)  # see the module's docstring
             return
-        if run.kind is Kind.TASK:
+        if run.kind is Kind.TASK and not goes_on:  # a failure ends the try
             ops.extend(self._end_try(run.state.value, run.task.name))
         self._write(*ops)
 

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -332,6 +333,13 @@ def test_blames_last_run_per_task_finds_a_task_not_run_for_days(pg_url):
     assert records[TASKS[0]]["runs"] == 2 and records[TASKS[0]]["duration_s"] == 3
 
 
+def as_user(url: str, user: str) -> str:
+    """The same server and database as another user (the superuser is not always named
+    postgres: CI's is runner)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port}"))
+
+
 def test_without_the_rollup_or_leave_to_read_it_blame_answers_from_the_raw_rows(pg_url):
     """A database of schema 1 (no maintenance table) and a role that may read the task
     runs but not the rollup: blame sums the raw rows, as before the rollup."""
@@ -345,7 +353,7 @@ def test_without_the_rollup_or_leave_to_read_it_blame_answers_from_the_raw_rows(
         for table in ("runner_task_runs", "runner_maintenance", "runner_runs"):
             conn.execute(f"GRANT SELECT ON {table} TO {role}")
         conn.execute(f"CREATE ROLE {role}_none LOGIN")
-    url = pg_url.replace("://postgres@", f"://{role}@", 1)
+    url = as_user(pg_url, role)
     since = now - timedelta(hours=2)
     try:
         reader = history.open_postgres(url)
@@ -356,7 +364,7 @@ def test_without_the_rollup_or_leave_to_read_it_blame_answers_from_the_raw_rows(
             reader.close()
         with pytest.raises(history.JournalUnavailable,
                            match="permission denied for table runner_task_runs"):
-            history.open_postgres(pg_url.replace("://postgres@", f"://{role}_none@", 1))
+            history.open_postgres(as_user(pg_url, f"{role}_none"))
     finally:
         with connect(pg_url) as conn:
             for name in (role, f"{role}_none"):

@@ -50,6 +50,15 @@ def running(ws: Workspace, task: str | None = None) -> bool:
     return any(r["result"] == "RUNNING" and task in (None, r["task"]) for r in records)
 
 
+def running_only(ws: Workspace, task: str) -> bool:
+    """Whether `task` is the one task run the journal shows RUNNING."""
+    try:
+        records = task_runs(ws)
+    except sqlite3.OperationalError:
+        return False
+    return [r["task"] for r in records if r["result"] == "RUNNING"] == [task]
+
+
 def test_a_passing_chain_records_one_run_one_try_and_every_task_with_its_output(ws):
     ws.task("10-first.sh", "echo first says hi")
     ws.task("20-second.sh", "echo second says hi >&2")
@@ -221,7 +230,9 @@ def test_a_task_that_ended_is_in_the_journal_before_runner_waits_for_anything(ws
 
 def kill_while_running(ws: Workspace, task: str) -> None:
     proc = ws.start("-n", "1")
-    wait_for(lambda: running(ws, task), what=f"{task} running")
+    # Until runner waits for it: the end of the task before is written right after its
+    # start (runner.journal), and a kill in between leaves that one INTERRUPTED too.
+    wait_for(lambda: running_only(ws, task), what=f"{task} running, alone")
     proc.kill()
     proc.communicate(timeout=10)
 
@@ -475,3 +486,15 @@ def test_a_read_only_connection_refuses_a_newer_schema_and_a_damaged_file(tmp_pa
         journalfile.connect(str(path), readonly=True)
     with pytest.raises(journalfile.JournalError, match="unable to open"):
         journalfile.connect(str(tmp_path / "missing" / "journal.sqlite"), readonly=True)
+
+
+def test_a_task_with_long_output_does_not_end_the_try_it_is_part_of(ws):
+    # An OK end with more output than is kept back is written at once; it once closed
+    # the try too, as OK "failed" at that task, before the rest of the chain had run.
+    ws.task("10-talks.sh", "head -c 9000 /dev/zero | tr '\\\\0' x; echo")
+    ws.task("20-after.sh", "sleep 0.2")
+    assert ws.run("-n", "1").returncode == 0
+    [attempt] = rows(ws, "SELECT * FROM tries")
+    assert (attempt["result"], attempt["failed_task"]) == ("OK", None)
+    last = max(r["ended_at"] for r in task_runs(ws))
+    assert attempt["ended_at"] >= last
