@@ -175,11 +175,7 @@ class Dispatcher:
             _call(listener, method, args)
 
     def _settle(self, before: int) -> None:
-        for listener in self.listeners[:before]:
-            try:
-                listener.idle()
-            except Exception as exc:
-                log.error("%s failed in idle: %s", type(listener).__name__, exc)
+        self._call(self.listeners[:before], "idle")
 
 
 def _call(listener: Listener, method: str, args: tuple) -> None:

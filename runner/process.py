@@ -599,12 +599,16 @@ class _OutputReader:
             try:
                 self._end_part(more=False)  # the end of the pipe ends the task's part too
             finally:
-                with self._lock:  # finish() and close() use the fds only while open
-                    self._ended = True
-                    self.stream.close()
-                    os.close(self._wake)
-                self._task_done.set()  # even if passing on failed: finish() must return
+                self._close()  # even if passing on failed: finish() must return
                 _background.discard(self)
+
+    def _close(self) -> None:
+        """The pipe and the wake-up fd closed; finish() returns."""
+        with self._lock:  # finish() and close() use the fds only while open
+            self._ended = True
+            self.stream.close()
+            os.close(self._wake)
+        self._task_done.set()
 
     def _read_all(self) -> None:
         poller = select.poll()
@@ -699,11 +703,7 @@ class _OutputReader:
         A background process holding the pipe does not: what it writes later is past
         the mark."""
         if self._silent():
-            with self._lock:
-                self._ended = True
-                self.stream.close()
-                os.close(self._wake)
-            self._task_done.set()
+            self._close()
             return
         self.start()
         self._set_mark()

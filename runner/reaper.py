@@ -29,7 +29,7 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 log = logging.getLogger("runner")
 
@@ -76,14 +76,10 @@ def enable_subreaper() -> bool:
 
 
 class Child(Protocol):
-    """What runner uses of a started process: a subprocess.Popen, or runner.process's
+    """A started process as release() needs it: a subprocess.Popen, or runner.process's
     own record of one it started with posix_spawn."""
 
     pid: int
-    args: Any
-    returncode: int | None
-
-    def poll(self) -> int | None: ...
 
 
 def popen(argv: list[str], **kwargs) -> subprocess.Popen:
@@ -105,7 +101,7 @@ def spawn(path: str, argv: list[str], env: dict[str, str], **kwargs) -> int:
     return pid
 
 
-def release(proc: subprocess.Popen | Child) -> None:
+def release(proc: Child) -> None:
     with _lock:
         _children.discard(proc.pid)
 

@@ -154,6 +154,7 @@ class Supervisor:
     def _prepare(self) -> None:
         self.plan = self.unused_plan = plan = discover(self.config, self.task_dir())
         preflight.check(self.config, plan, self._containment())
+        fdlimit.close_on_exec()  # once: what runner was started with (not on a reload)
         self._fit_descriptors()
         log.info("runner: %d task(s) in %s, config %s", len(plan.tasks), plan.task_dir,
                  self.config.path or "(defaults)")
@@ -178,7 +179,6 @@ class Supervisor:
         self.life.stamps = self._stamps(plan)
 
     def _fit_descriptors(self) -> None:
-        fdlimit.close_on_exec()
         capacity = fdlimit.fit(self.config.runner.max_parallel)
         note = capacity.note(self.config.runner.max_parallel)
         if note:
