@@ -61,12 +61,12 @@ def answer(sections: "Mapping[str, Mapping[str, Any]]", opts: "Mapping[str, Any]
     # Listings mask secret values (-g prints one: a task asked for it by name).
     from .masking import display_sections
 
-    selected = display_sections(sections, opts.get("show_secrets", False))
-    if opts["section"] is not None:
-        if opts["section"] not in sections:
-            print(one_line(f"{prog}: no section [{opts['section']}]"), file=err)
-            return EX_MISSING
-        selected = {opts["section"]: selected[opts["section"]]}
+    if opts["section"] is not None and opts["section"] not in sections:
+        print(one_line(f"{prog}: no section [{opts['section']}]"), file=err)
+        return EX_MISSING
+    # Only the section asked for is masked for display: masking every value of a
+    # configuration of 60,000 took 40 s for `-l` of one section.
+    selected = display_sections(sections, opts.get("show_secrets", False), opts["section"])
     if opts["json"]:
         data = selected[opts["section"]] if opts["section"] is not None else selected
         print(json.dumps(data, indent=2, sort_keys=True), file=out)

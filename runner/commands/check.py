@@ -11,7 +11,7 @@ from ..checkrecord import importable
 from ..config import Config, load
 from ..console import format_value
 from ..escape import escape
-from ..masking import MaskedWriter, listing_output
+from ..masking import MaskedWriter, listing_output, listing_outputs
 from ..settings import RunOptions, task_dir_of
 from ..spec import load_spec
 from ..tasks import NOT_EXECUTABLE, Plan, Task, discover
@@ -30,7 +30,7 @@ def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = Fa
     config, plan = _plan(options)
     statedir.check(config)  # what `run` would refuse
     preflight.check(config, plan)
-    out = listing_output(out, config, show_secrets)
+    out, err = listing_outputs(config, show_secrets, out, sys.stderr)
     print(f"config:    {', '.join(config.files) or '(none, defaults apply)'}", file=out)
     print(f"task dir:  {plan.task_dir}", file=out)
     halt = plan.halt.path if plan.halt else "MISSING"
@@ -49,7 +49,6 @@ def check(options: RunOptions, out: TextIO = sys.stdout, show_secrets: bool = Fa
     warnings += [f"[{section}] {key}: needs the {controller} controller, which this process "
                  f"does not have ({found.missing(controller)}): runner run refuses it so"
                  for section, key, controller in preflight.missing_limits(plan, found)]
-    err = listing_output(sys.stderr, config, show_secrets)
     for warning in warnings:
         print(f"warning: {warning}", file=err)
     print(f"OK ({len(warnings)} warning(s))", file=out)
