@@ -1,19 +1,20 @@
 """The local journal: every run, try and task run in SQLite under state_dir.
 
 Crash safety comes from SQLite itself: WAL mode and short transactions, so a SIGKILL at
-any point never corrupts the file. A task's start is committed before its process
-starts; the end of a short task after which the chain goes on (OK or SKIPPED, output
-up to KEEP_BACK_BYTES) is kept back and committed when runner is about to wait for
-anything (Listener.idle) — in a chain, right after the next task's process started,
-while it runs — or with the next record that is not a task's start. The commit that
-must come before a task starts is then one INSERT (no transaction of several
-statements, about half what a start and an end cost together). So a SIGKILL can lose
-at most the end of the one task that ended last (its row stays RUNNING and becomes
-INTERRUPTED) and never a task's start. Commits are synchronous=NORMAL (in
+any point never corrupts the file. Before a task's process starts, its row is appended to
+the start log (runner.startlog: one write() of a line, where a commit cost a short task a
+fifth of its time); the row, and the end of a short task after which the chain goes on
+(OK or SKIPPED, output up to KEEP_BACK_BYTES), are kept back and committed when runner is
+about to wait for anything (Listener.idle) — in a chain, right after the next task's
+process started, while it runs — or with the next record that is kept back for nothing.
+So a SIGKILL can lose at most the end of the one task that ended last (its row stays
+RUNNING and becomes INTERRUPTED) and never a task's start: the next start puts the rows
+of the start log that the journal lacks back in. Commits are synchronous=NORMAL (in
 WAL mode: safe against any crash of runner, and no fsync per event, which would cost
-more than the task it records); the commits before a halt or reboot task and the last
-one of a run are FULL, which makes everything before them durable against a power cut
-too. A later start marks what a dead runner left RUNNING as INTERRUPTED. A journal that
+more than the task it records); the commits before a halt or reboot task (whose starts
+are committed, not logged) and the last one of a run are FULL, which makes everything
+before them durable against a power cut too. A later start marks what a dead runner
+left RUNNING as INTERRUPTED. A journal that
 cannot be written never stops a task: the listener warns once, holds the records in
 memory (bounded) and writes them when it can again. A record that SQLite refuses for
 what it holds (a constraint, a trigger, a value it cannot bind) would be refused
@@ -57,6 +58,7 @@ from .journalfile import (
     update,
 )
 from .retention import Current, bound_wal, prune, trim_to_size
+from .startlog import StartLog
 from .states import Kind, TaskRun, TaskState
 from .usage import Cost
 
@@ -121,7 +123,7 @@ class Health:
 class JournalListener(Listener):
     """Turns runner's events into journal rows, one transaction per event."""
 
-    first = True  # a task's row is committed before its process starts
+    first = True  # a task's start is recorded before its process starts (runner.startlog)
 
     def __init__(
         self,
@@ -158,6 +160,8 @@ class JournalListener(Listener):
         self.last_prune: float | None = None  # monotonic: a clock jump neither stops nor
         # hurries pruning
         self.active = False
+        self.starts = StartLog(path)
+        self.lost_starts: list[dict[str, Any]] = []  # a dead runner's, until recovered
 
     # -- events -----------------------------------------------------------------
 
@@ -186,7 +190,12 @@ class JournalListener(Listener):
         if run.state is TaskState.RUNNING:
             # A halt or reboot task may cut the power: what led to it goes to disk first.
             durable = run.kind is not Kind.TASK
-            self._write(self._task_started(run), durable=durable, with_kept_back=durable)
+            row = self._start_row(run)
+            record = Record(insert("task_runs", row), _what("task_runs", run.task.name))
+            if not durable and self.starts.append(row):
+                self.kept_back.append(record)  # see runner.startlog
+                return
+            self._write(record, durable=durable, with_kept_back=durable)
             return
         ops = [] if id(run) in self.seqs else [self._task_started(run)]  # SKIPPED: no RUNNING
         ops.append(self._task_ended(run))
@@ -237,15 +246,20 @@ class JournalListener(Listener):
         return Record(update(table, key, _escaped(row)), _what(table, about))
 
     def _task_started(self, run: TaskRun) -> Record:
+        return Record(insert("task_runs", self._start_row(run)),
+                      _what("task_runs", run.task.name))
+
+    def _start_row(self, run: TaskRun) -> dict[str, Any]:
+        """A task run's row as it starts (runner.startlog.COLUMNS), escaped."""
         self.seq += 1
         self.seqs[id(run)] = self.seq
         ident = self.identity
-        return self._insert("task_runs", {
+        return _escaped({
             "run_id": ident.run_id, "seq": self.seq, "host": ident.host,
             "boot_id": ident.boot_id, "iteration": run.iteration, "try_num": run.try_num,
             "max_tries": run.max_tries, "task": run.task.name, "kind": run.kind.value,
             "result": RUNNING, "started_at": run.started_at_text() or iso(utc_now()),
-        }, run.task.name)
+        })
 
     def _task_ended(self, run: TaskRun) -> Record:
         seq = self.seqs.pop(id(run))
@@ -271,6 +285,13 @@ class JournalListener(Listener):
     # -- storage ----------------------------------------------------------------
 
     def _open(self) -> None:
+        if self.starts.fd < 0:
+            try:
+                self.lost_starts = self.starts.open()
+            except OSError as exc:  # each start is committed before its process then
+                # (a read-only state_dir: the journal itself says so, in one warning)
+                log.debug("journal: cannot open %s (%s): task starts are committed before "
+                          "each task", self.starts.path, exc.strerror)
         try:
             self.conn, moved = open_journal(self.path)
             wal_bytes = bound_wal(self.conn, self.max_bytes)
@@ -278,10 +299,14 @@ class JournalListener(Listener):
                 self.checkpointer = Checkpointer(self.path, wal_bytes,
                                                  wal_bytes if self.max_bytes else None)
                 self.checkpointer.adopt(self.conn)
-            interrupted = recover_interrupted(self.conn, self.identity)
+            interrupted = recover_interrupted(self.conn, self.identity, self.lost_starts)
         except (JournalError, sqlite3.Error, OSError) as exc:
             self._failed(exc)
             return
+        if self.lost_starts:
+            self.lost_starts = []
+            if not self.held and not self.kept_back:  # none of this run's yet
+                self.starts.clear()
         if moved is not None:
             self._moved_aside(moved)
         for run_id in interrupted:
@@ -322,6 +347,8 @@ class JournalListener(Listener):
             with self.health.lock:
                 self.health.ok, self.health.error, self.health.since = True, None, None
         self._sync_health()
+        if not self.held and not self.kept_back and not self.lost_starts:
+            self.starts.committed()
         if self.checkpointer is not None:
             self.checkpointer.committed(self.conn)
         if self.unchecked >= self.check_every:
@@ -453,6 +480,9 @@ class JournalListener(Listener):
             log.warning("journal %s: " + message, self.path, *args)
 
     def close(self) -> None:
+        if not self.held and not self.kept_back and not self.lost_starts:
+            self.starts.clear()
+        self.starts.close()
         if self.checkpointer is not None:
             self.checkpointer.close()
         if self.conn is not None:

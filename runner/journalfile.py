@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,8 +163,11 @@ def update(table: str, key: dict[str, Any], row: dict[str, Any]) -> Op:
     )
 
 
-def recover_interrupted(conn: sqlite3.Connection, identity: RunIdentity) -> list[str]:
-    """Mark what dead runners left RUNNING as INTERRUPTED; the run ids so marked."""
+def recover_interrupted(conn: sqlite3.Connection, identity: RunIdentity,
+                        starts: Iterable[dict[str, Any]] = ()) -> list[str]:
+    """Mark what dead runners left RUNNING as INTERRUPTED; the run ids so marked. First
+    the task starts of runner.startlog that the journal lacks are put in (their tasks
+    started: each gets its row, INTERRUPTED with the rest of its run)."""
     stale = [
         row["run_id"]
         for row in conn.execute(
@@ -172,10 +176,16 @@ def recover_interrupted(conn: sqlite3.Connection, identity: RunIdentity) -> list
         )
         if not still_running(row["pid"], row["pid_start"], row["boot_id"])
     ]
-    if not stale:
+    lost = _lost_starts(conn, identity, set(stale), starts)
+    if not stale and not lost:
         return []
     conn.execute("BEGIN IMMEDIATE")
     try:
+        for row in lost:
+            names = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            conn.execute(f"INSERT OR IGNORE INTO task_runs ({names}) VALUES ({marks})",
+                         tuple(row.values()))
         for run_id in stale:
             for table in ("runs", "tries", "task_runs"):
                 conn.execute(
@@ -183,8 +193,35 @@ def recover_interrupted(conn: sqlite3.Connection, identity: RunIdentity) -> list
                     "WHERE run_id = ? AND result = ?",
                     (INTERRUPTED, run_id, RUNNING),
                 )
+        for run_id in {row["run_id"] for row in lost} - set(stale):  # its run had ended
+            conn.execute("UPDATE task_runs SET result = ?, rev = rev + 1 "
+                         "WHERE run_id = ? AND result = ?", (INTERRUPTED, run_id, RUNNING))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return stale
+
+
+def _lost_starts(conn: sqlite3.Connection, identity: RunIdentity, stale: set[str],
+                 starts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The start rows the journal lacks: of a run it holds that is not running any more,
+    and past the last row of that run it has (rows are committed in the order their
+    starts were written: what is not past it was written, trimmed or refused)."""
+    last: dict[str, int | None] = {}
+    lost = []
+    for row in starts:
+        run_id = row["run_id"]
+        if run_id == identity.run_id:
+            continue
+        if run_id not in last:
+            found = conn.execute("SELECT result, (SELECT max(seq) FROM task_runs WHERE "
+                                 "run_id = runs.run_id) FROM runs WHERE run_id = ?",
+                                 (run_id,)).fetchone()
+            gone = found is None or (found[0] == RUNNING and run_id not in stale)
+            last[run_id] = None if gone else (found[1] if found[1] is not None else 0)
+        newest = last[run_id]
+        if newest is not None and row["seq"] > newest:
+            lost.append(row)
+            last[run_id] = row["seq"]
+    return lost

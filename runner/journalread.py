@@ -80,7 +80,7 @@ RUN_ORDER = "(SELECT run_seq FROM runs WHERE runs.run_id = task_runs.run_id)"
 # each other: no retry can fix it (unlike a lock, a full disk or a read-only directory).
 DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 DAMAGED_SUFFIX = ".damaged-"
-SIDE_FILES = ("", "-wal", "-shm")
+SIDE_FILES = ("", "-wal", "-shm", "-starts")  # -starts: runner.startlog
 
 
 class JournalError(Exception):

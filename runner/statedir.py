@@ -20,7 +20,7 @@ from .files import make_dir
 
 DIR_MODE = instance.STATE_DIR_MODE  # `runner status` and `ctl` work for non-root operators
 STATE_FILES = ("runner.lock", "resume.json", "boot-tries.json", "journal.sqlite",
-               "journal.sqlite-wal", "journal.sqlite-shm", "stamps")
+               "journal.sqlite-wal", "journal.sqlite-shm", "journal.sqlite-starts", "stamps")
 
 
 def prepare(config: Config) -> None:
