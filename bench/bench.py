@@ -12,7 +12,8 @@ rounds (`--repeat`, default 5; `--quick`, for CI, takes fewer tasks and rounds: 
             run once by `runner -n 1`, by `run-parts` and by a plain
             `for f in dir/*; do "$f"; done` loop. Per-task time =
             (wall of the N-task chain - wall of the same command on an empty directory) / N,
-            paired within a round, so start-up is not counted; the totals are reported too.
+            so start-up is not counted (the empty directory runs twice a round and the
+            median of all those is subtracted); the totals are reported too.
             Targets: runner within 1.5x of run-parts per task (issue 17), under 5 ms per
             task.
   config    the same with 50 tasks that each call `$RUNNER_CONFIG_CMD -g section.key` 10
@@ -241,7 +242,9 @@ def measure_chains(root: Path, methods: dict[str, tuple], full: Path, empty: Pat
     empties: dict[str, list[float]] = {m: [] for m in methods}
     log = root / "runner.log"
     for _ in range(repeat):
-        for target, store in ((full, walls), (empty, empties)):
+        # The empty directory twice a round: the start-up subtracted is the median of all
+        # of them (one noisy start-up paired with each chain moved the figure by ±20%).
+        for target, store in ((full, walls), (empty, empties), (empty, empties)):
             for method, (cmd, env, is_runner) in methods.items():
                 if marks is not None:
                     shutil.rmtree(marks, ignore_errors=True)
@@ -261,8 +264,8 @@ def measure_chains(root: Path, methods: dict[str, tuple], full: Path, empty: Pat
                                               for start, end in done.values()) / 1e9)
                 store[method].append(wall)
     n = len(names)
-    per_task = {m: [(w - e) / n * 1000 for w, e in zip(walls[m], empties[m], strict=True)]
-                for m in methods}
+    start_up = {m: median(v) for m, v in empties.items()}
+    per_task = {m: [(w - start_up[m]) / n * 1000 for w in walls[m]] for m in methods}
     return {
         "tasks": n, "rounds": repeat,
         "wall_s": {m: round(median(v), 4) for m, v in walls.items()},
@@ -284,9 +287,10 @@ def measure_chains(root: Path, methods: dict[str, tuple], full: Path, empty: Pat
 
 
 def _overheads(walls: dict, empties: dict, bodies: dict, n: int) -> dict:
-    """Per task, what is neither start-up nor inside a task's body, paired by round."""
-    over = {m: [(w - e - b) / n * 1000
-                for w, e, b in zip(walls[m], empties[m], bodies[m], strict=True)]
+    """Per task, what is neither start-up (the median of the empty runs) nor inside a
+    task's body."""
+    over = {m: [(w - median(empties[m]) - b) / n * 1000
+                for w, b in zip(walls[m], bodies[m], strict=True)]
             for m in walls}
     return {
         "body_s": {m: round(median(v), 4) for m, v in bodies.items()},

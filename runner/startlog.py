@@ -63,8 +63,8 @@ class StartLog:
         if self.fd < 0 or self.size >= MAX_BYTES:
             return False
         # The newline first: a piece a full disk left is no prefix of the next line.
-        line = "\n" + json.dumps([row[name] for name in COLUMNS], separators=(",", ":"))
-        data = line.encode()
+        # json.dumps without arguments: its shared encoder (with any, it makes one).
+        data = ("\n" + json.dumps([row[name] for name in COLUMNS])).encode()
         try:
             written = os.write(self.fd, data)
         except OSError:
