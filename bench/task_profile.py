@@ -6,8 +6,9 @@ classes, against the floor of starting the same no-op program.
   process          runner.process.run_process of it, from / as systemd starts runner:
                    posix_spawn (vfork), its output pipe (a reader thread only if it
                    writes), the pidfd wait, wait4
-  journal          the two journal records of a run in SQLite: RUNNING (committed alone)
-                   and OK (kept back, committed at the next idle(), as in a chain)
+  journal          the two journal records of a run: RUNNING (a line of the start log,
+                   runner.startlog) and OK, both committed to SQLite in one transaction
+                   at the next idle(), as in a chain
   status file      the two rewrites of status.json (runtime_dir, not durable)
   logging          the two log lines of a run (`starting`, `OK after`), to /dev/null
   whole chain      `runner -n 1` over N no-op tasks, per task, minus an empty chain

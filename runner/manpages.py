@@ -181,6 +181,9 @@ def runner_8() -> str:
         ".TP", "\\fI/var/lib/runner/runner.lock\\fR",
         "held (flock) by the one runner of this state directory; names its pid",
         ".TP", "\\fI/var/lib/runner/journal.sqlite\\fR", "the local journal (SQLite, WAL mode)",
+        ".TP", "\\fI/var/lib/runner/journal.sqlite\\-starts\\fR",
+        "task starts written before their process starts, committed to the journal while it "
+        "runs; what a killed runner left there goes into the journal at the next start",
         ".TP", "\\fI/var/lib/runner/stamps/\\fR", "stamps of once/per\\-boot/per\\-instance tasks",
         ".TP", "\\fI/var/lib/runner/resume.json\\fR", "where a rebooting chain resumes",
         ".TP", "\\fI/var/lib/runner/boot\\-tries.json\\fR", "failed tries for max_boot_tries",
