@@ -733,19 +733,21 @@ def bench_strict(root: Path, args) -> tuple[dict, list[dict]]:
     configs = {"off": write_config(root), "on": root / "strict.cfg"}
     configs["on"].write_text(configs["off"].read_text().replace(
         "[runner]\n", "[runner]\nstrict_permissions = true\n", 1))
-    per_task: dict[str, list[float]] = {"off": [], "on": []}
+    walls: dict[str, list[float]] = {"off": [], "on": []}
+    empties: dict[str, list[float]] = {"off": [], "on": []}
     for _ in range(args.repeat):
         for mode, config in configs.items():
-            walls = {}
-            for target in (full, empty):
+            # As in the chain: the empty directory twice, the median of all subtracted.
+            for target, store in ((full, walls), (empty, empties), (empty, empties)):
                 wall, code, text = run_timed(runner_cmd(config, target), clean_env(),
                                              root / "strict.log")
                 want = set(names) if target is full else set()
                 if code != 0 or ok_tasks(text) != want:
                     raise Broken(f"strict {mode}: runner exited {code}, "
                                  f"{len(ok_tasks(text))} tasks OK: {last_lines(text)}")
-                walls[target] = wall
-            per_task[mode].append((walls[full] - walls[empty]) / n * 1000)
+                store[mode].append(wall)
+    per_task = {mode: [(wall - median(empties[mode])) / n * 1000 for wall in walls[mode]]
+                for mode in configs}
     off, on = median(per_task["off"]), median(per_task["on"])
     extra = median([b - a for a, b in zip(per_task["off"], per_task["on"], strict=True)])
     result = {"tasks": n, "rounds": args.repeat, "verify_us": round(per_call, 2),
