@@ -88,7 +88,7 @@ def popen(argv: list[str], **kwargs) -> subprocess.Popen:
     with _lock:
         proc = subprocess.Popen(argv, **kwargs)
         _children.add(proc.pid)
-    _child_started.set()
+    _wake_reaper()
     return proc
 
 
@@ -97,8 +97,15 @@ def spawn(path: str, argv: list[str], env: dict[str, str], **kwargs) -> int:
     with _lock:
         pid = os.posix_spawn(path, argv, env, **kwargs)
         _children.add(pid)
-    _child_started.set()
+    _wake_reaper()
     return pid
+
+
+def _wake_reaper() -> None:
+    # Set already: the reaper's wait returns at once and its next waitid() sees this child
+    # (it clears the event only right before that waitid). Event.set() takes two locks.
+    if not _child_started.is_set():
+        _child_started.set()
 
 
 def release(proc: Child) -> None:
