@@ -285,15 +285,10 @@ class JournalListener(Listener):
     # -- storage ----------------------------------------------------------------
 
     def _open(self) -> None:
-        if self.starts.fd < 0:
-            try:
-                self.lost_starts = self.starts.open()
-            except OSError as exc:  # each start is committed before its process then
-                # (a read-only state_dir: the journal itself says so, in one warning)
-                log.debug("journal: cannot open %s (%s): task starts are committed before "
-                          "each task", self.starts.path, exc.strerror)
         try:
             self.conn, moved = open_journal(self.path)
+            # After the journal: a damaged one is moved aside with its start log.
+            self._open_starts()
             wal_bytes = bound_wal(self.conn, self.max_bytes)
             if checkpoint.in_background(wal_bytes, self.max_bytes):
                 self.checkpointer = Checkpointer(self.path, wal_bytes,
@@ -311,6 +306,15 @@ class JournalListener(Listener):
             self._moved_aside(moved)
         for run_id in interrupted:
             log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
+
+    def _open_starts(self) -> None:
+        if self.starts.fd >= 0:
+            return
+        try:
+            self.lost_starts = self.starts.open()
+        except OSError as exc:  # each start is committed before its process then
+            log.debug("journal: cannot open %s (%s): task starts are committed before "
+                      "each task", self.starts.path, exc.strerror)
 
     def _write(self, *records: Record, durable: bool = False,
                with_kept_back: bool = True) -> None:

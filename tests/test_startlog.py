@@ -182,3 +182,23 @@ def test_a_long_chain_keeps_the_start_log_small(ws):
     assert starts.stat().st_size == 0
     rows = journal_rows(ws.state / JOURNAL, "SELECT count(*) AS n FROM task_runs")
     assert rows[0]["n"] == 1000
+
+
+def test_a_damaged_journal_goes_aside_with_its_start_log_and_the_new_one_is_used(ws):
+    for number in range(1, 4):
+        ws.task(f"{number}0-task.sh")
+    ws.state.mkdir()
+    (ws.state / JOURNAL).write_bytes(b"not a database, and long enough for a header" * 4)
+    old_starts = b'\n["gone",1,"h",null,1,1,1,"10-old","task","RUNNING","2026-11-25T00:00:00Z"]'
+    starts = ws.state / (JOURNAL + startlog.SUFFIX)
+    starts.write_bytes(old_starts)
+    starts.chmod(0o600)
+    proc = ws.run("-n", "2")
+    assert proc.returncode == 0, proc.stderr
+    [moved] = [p for p in ws.state.iterdir() if ".damaged-" in p.name
+               and p.name.endswith(startlog.SUFFIX)]
+    assert moved.read_bytes() == old_starts  # kept as it was: nothing of this run in it
+    assert starts.exists() and starts.stat().st_size == 0
+    rows = journal_rows(ws.state / JOURNAL, "SELECT task, result FROM task_runs")
+    assert sorted((r["task"], r["result"]) for r in rows) == sorted(
+        [(f"{n}0-task.sh", "OK") for n in (1, 2, 3)] * 2)
