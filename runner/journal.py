@@ -298,10 +298,9 @@ class JournalListener(Listener):
         except (JournalError, sqlite3.Error, OSError) as exc:
             self._failed(exc)
             return
-        if self.lost_starts:
-            self.lost_starts = []
-            if not self.held and not self.kept_back:  # none of this run's yet
-                self.starts.clear()
+        self.lost_starts = []
+        if not self.held and not self.kept_back:  # none of this run's yet
+            self.starts.clear()  # whatever was there is in the journal or no start
         if moved is not None:
             self._moved_aside(moved)
         for run_id in interrupted:

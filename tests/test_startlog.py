@@ -68,6 +68,10 @@ def test_a_start_the_journal_could_not_take_before_runner_died_is_put_back(ws):
         (1, "10-first.sh", "INTERRUPTED"), (2, "20-second.sh", "INTERRUPTED")]
     assert starts.stat().st_size == 0  # emptied once the rows were in
 
+    starts.write_bytes(b'\n["cut short by a full disk",')  # no start at all
+    assert ws.run("-n", "1").returncode == 0
+    assert starts.stat().st_size == 0  # emptied at the start all the same
+
 
 def _running(ws: Workspace, task: str) -> bool:
     return any(task.encode() in _cmdline(pid) for pid in _pids())
