@@ -191,7 +191,7 @@ class JournalListener(Listener):
             # A halt or reboot task may cut the power: what led to it goes to disk first.
             durable = run.kind is not Kind.TASK
             row = self._start_row(run)
-            record = Record(insert("task_runs", row), _what("task_runs", run.task.name))
+            record = self._start_record(run, row)
             if not durable and self.starts.append(row):
                 self.kept_back.append(record)  # see runner.startlog
                 return
@@ -246,8 +246,11 @@ class JournalListener(Listener):
         return Record(update(table, key, _escaped(row)), _what(table, about))
 
     def _task_started(self, run: TaskRun) -> Record:
-        return Record(insert("task_runs", self._start_row(run)),
-                      _what("task_runs", run.task.name))
+        return self._start_record(run, self._start_row(run))
+
+    @staticmethod
+    def _start_record(run: TaskRun, row: dict[str, Any]) -> Record:
+        return Record(insert("task_runs", row), _what("task_runs", run.task.name))
 
     def _start_row(self, run: TaskRun) -> dict[str, Any]:
         """A task run's row as it starts (runner.startlog.COLUMNS), escaped."""
@@ -299,12 +302,16 @@ class JournalListener(Listener):
             self._failed(exc)
             return
         self.lost_starts = []
-        if not self.held and not self.kept_back:  # none of this run's yet
+        if self._all_written():  # none of this run's yet
             self.starts.clear()  # whatever was there is in the journal or no start
         if moved is not None:
             self._moved_aside(moved)
         for run_id in interrupted:
             log.warning("journal: run %s ended without a word: marked INTERRUPTED", run_id)
+
+    def _all_written(self) -> bool:
+        """Nothing the start log holds is still to be written: it may be emptied."""
+        return not self.held and not self.kept_back and not self.lost_starts
 
     def _open_starts(self) -> None:
         if self.starts.fd >= 0:
@@ -350,7 +357,7 @@ class JournalListener(Listener):
             with self.health.lock:
                 self.health.ok, self.health.error, self.health.since = True, None, None
         self._sync_health()
-        if not self.held and not self.kept_back and not self.lost_starts:
+        if self._all_written():
             self.starts.committed()
         if self.checkpointer is not None:
             self.checkpointer.committed(self.conn)
@@ -483,7 +490,7 @@ class JournalListener(Listener):
             log.warning("journal %s: " + message, self.path, *args)
 
     def close(self) -> None:
-        if not self.held and not self.kept_back and not self.lost_starts:
+        if self._all_written():
             self.starts.clear()
         self.starts.close()
         if self.checkpointer is not None:

@@ -181,11 +181,8 @@ def recover_interrupted(conn: sqlite3.Connection, identity: RunIdentity,
         return []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for row in lost:
-            names = ", ".join(row)
-            marks = ", ".join("?" for _ in row)
-            conn.execute(f"INSERT OR IGNORE INTO task_runs ({names}) VALUES ({marks})",
-                         tuple(row.values()))
+        for row in lost:  # past the run's last row: nothing there to replace
+            conn.execute(*insert("task_runs", row))
         for run_id in stale:
             for table in ("runs", "tries", "task_runs"):
                 conn.execute(
@@ -215,11 +212,11 @@ def _lost_starts(conn: sqlite3.Connection, identity: RunIdentity, stale: set[str
         if run_id == identity.run_id:
             continue
         if run_id not in last:
-            found = conn.execute("SELECT result, (SELECT max(seq) FROM task_runs WHERE "
-                                 "run_id = runs.run_id) FROM runs WHERE run_id = ?",
+            found = conn.execute("SELECT result, coalesce((SELECT max(seq) FROM task_runs "
+                                 "WHERE run_id = runs.run_id), 0) FROM runs WHERE run_id = ?",
                                  (run_id,)).fetchone()
             gone = found is None or (found[0] == RUNNING and run_id not in stale)
-            last[run_id] = None if gone else (found[1] if found[1] is not None else 0)
+            last[run_id] = None if gone else found[1]
         newest = last[run_id]
         if newest is not None and row["seq"] > newest:
             lost.append(row)

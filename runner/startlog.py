@@ -50,7 +50,6 @@ class StartLog:
 
     def open(self) -> list[dict[str, Any]]:
         """Open (or make) the file; the start rows it holds (a dead runner's)."""
-        self.close()
         self.fd = os.open(self.path, _FLAGS, 0o600)
         os.fchmod(self.fd, 0o600)  # whatever made it, whatever the umask
         data = os.pread(self.fd, READ_LIMIT, 0)
