@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -303,6 +304,35 @@ def test_a_forged_boot_try_count_cannot_force_the_halt_task(open_ws):
     assert_one_line_error(ws.run("-n", "1"), f"{state}/boot-tries.json", "owned by user nobody",
                           f"chown root {state}/boot-tries.json")
     assert not halted.exists()
+
+
+def test_a_forged_start_log_cannot_put_rows_in_the_journal(open_ws):
+    ws = open_ws
+    ran = ws.root / "ran"
+    state = ws.root / "state"
+    state.mkdir()
+    state.chmod(0o777)  # made by hand with a careless mode
+    ws.task("10-ok.sh", f"touch {ran}")
+    strict(ws, state_dir=str(state))
+    assert ws.run("-n", "1", "-D", "runner.strict_permissions=false").returncode == 0
+    [run_id] = [r[0] for r in sqlite3.connect(state / "journal.sqlite").execute(
+        "SELECT run_id FROM runs")]
+    ran.unlink()
+    # As nobody: a start of a task that never ran, past the journal's last row of a run.
+    forged = json.dumps([run_id, 99, "h", None, 1, 1, 1, "20-never-ran", "task", "RUNNING",
+                         "2026-11-26T00:00:00Z"])
+    as_nobody(f"rm -f {state}/journal.sqlite-starts; "  # root's: replaced, not written
+              f"printf '\\n%s' '{forged}' > {state}/journal.sqlite-starts")
+    assert_one_line_error(ws.run("-n", "1"), str(state), "state_dir", "and others",
+                          f"chmod go-w {state}")
+    state.chmod(0o755)
+    starts = f"{state}/journal.sqlite-starts"
+    assert_one_line_error(ws.run("-n", "1"), starts, "owned by user nobody",
+                          f"chown root {starts}")
+    assert not ran.exists()  # refused before any task
+    tasks = [r[0] for r in sqlite3.connect(state / "journal.sqlite").execute(
+        "SELECT task FROM task_runs")]
+    assert tasks == ["10-ok.sh"]  # the forged start never became a row
 
 
 def test_a_forged_stamp_cannot_skip_a_once_task(open_ws):
