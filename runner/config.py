@@ -64,9 +64,19 @@ class Config:
     warnings: tuple[str, ...] = ()
     # The bytes read from each of `files` (runner.confcache keeps answers for them).
     contents: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+    # The settings of every task without a section of its own: the same for all of them,
+    # worked out once (no setting is ever changed in place: TaskSettings is frozen).
+    _plain_task: list[TaskSettings] = field(default_factory=list, repr=False, compare=False)
 
     def task_settings(self, short_name: str) -> TaskSettings:
         """Effective settings of a task: its section's overrides on top of [runner]."""
+        if short_name in self.sections:
+            return self._task_settings(short_name)
+        if not self._plain_task:
+            self._plain_task.append(self._task_settings(short_name))
+        return self._plain_task[0]
+
+    def _task_settings(self, short_name: str) -> TaskSettings:
         spec = load_spec()
         section = self.sections.get(short_name, {})
         values: dict[str, Any] = {}

@@ -32,6 +32,7 @@ forwarder has sent), so the same file is the buffer for `journal_url`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
@@ -253,16 +254,24 @@ class JournalListener(Listener):
         return Record(insert("task_runs", row), _what("task_runs", run.task.name))
 
     def _start_row(self, run: TaskRun) -> dict[str, Any]:
-        """A task run's row as it starts (runner.startlog.COLUMNS), escaped."""
+        """A task run's row as it starts (runner.startlog.COLUMNS), escaped: the name is
+        the one text of it that is not runner's own (a kind, RUNNING, a time in ISO)."""
         self.seq += 1
         self.seqs[id(run)] = self.seq
-        ident = self.identity
-        return _escaped({
-            "run_id": ident.run_id, "seq": self.seq, "host": ident.host,
-            "boot_id": ident.boot_id, "iteration": run.iteration, "try_num": run.try_num,
-            "max_tries": run.max_tries, "task": run.task.name, "kind": run.kind.value,
+        run_id, host, boot_id = self._escaped_identity
+        return {
+            "run_id": run_id, "seq": self.seq, "host": host,
+            "boot_id": boot_id, "iteration": run.iteration, "try_num": run.try_num,
+            "max_tries": run.max_tries, "task": escape(run.task.name), "kind": run.kind.value,
             "result": RUNNING, "started_at": run.started_at_text() or iso(utc_now()),
-        })
+        }
+
+    @functools.cached_property
+    def _escaped_identity(self) -> tuple[str, str, str | None]:
+        ident = self.identity
+        run_id, host, boot_id = (_escaped({"run_id": ident.run_id, "host": ident.host,
+                                           "boot_id": ident.boot_id}).values())
+        return run_id, host, boot_id
 
     def _task_ended(self, run: TaskRun) -> Record:
         seq = self.seqs.pop(id(run))

@@ -6,6 +6,7 @@ decides what it keeps. Its schema, path and read-only connection are runner.jour
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -149,18 +150,26 @@ Op = tuple[str, tuple[Any, ...]]
 
 
 def insert(table: str, row: dict[str, Any]) -> Op:
-    names = ", ".join(row)
-    marks = ", ".join("?" for _ in row)
-    return f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", tuple(row.values())
+    return _insert_sql(table, tuple(row)), tuple(row.values())
 
 
 def update(table: str, key: dict[str, Any], row: dict[str, Any]) -> Op:
-    sets = ", ".join(f"{name} = ?" for name in row)
+    return _update_sql(table, tuple(key), tuple(row)), (*row.values(), *key.values())
+
+
+# A chain writes the same few statements for every task: their text is made once each
+# (and is then also the same string object sqlite3's statement cache looks up).
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, names: tuple[str, ...]) -> str:
+    marks = ", ".join("?" for _ in names)
+    return f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES ({marks})"
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(table: str, key: tuple[str, ...], names: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{name} = ?" for name in names)
     where = " AND ".join(f"{name} = ?" for name in key)
-    return (
-        f"UPDATE {table} SET {sets}, rev = rev + 1 WHERE {where}",
-        (*row.values(), *key.values()),
-    )
+    return f"UPDATE {table} SET {sets}, rev = rev + 1 WHERE {where}"
 
 
 def recover_interrupted(conn: sqlite3.Connection, identity: RunIdentity,

@@ -98,7 +98,8 @@ class Scheduler:
         result = TryResult(done=set(done))
         pending = in_byte_order(t for t in tasks if t.name not in result.done)
         workers: dict[str, _Worker] = {}
-        finished: queue.Queue[tuple[str, Execution]] = queue.Queue()
+        # SimpleQueue: C, no Condition; the inline path puts and gets once per task.
+        finished: queue.SimpleQueue[tuple[str, Execution]] = queue.SimpleQueue()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         stop_new = False
         inline = self._one_at_a_time()
@@ -183,17 +184,17 @@ class Scheduler:
             workers[task.name] = _Worker(run, view, spawn(run, view))
         return False
 
-    def _spawn(self, run: TaskRun, view: SignalView, finished: queue.Queue,
+    def _spawn(self, run: TaskRun, view: SignalView, finished: queue.SimpleQueue,
                wake_w: int) -> Job:
         return self.pool.submit(lambda: self._work(run, view, finished, wake_w),
                                 f"task {run.task.name}")
 
-    def _work(self, run: TaskRun, view: SignalView, finished: queue.Queue,
+    def _work(self, run: TaskRun, view: SignalView, finished: queue.SimpleQueue,
               wake_w: int) -> None:
         finished.put((run.task.name, self._execute(run, view)))
         os.write(wake_w, b"\0")
 
-    def _inline(self, run: TaskRun, view: SignalView, finished: queue.Queue) -> Job:
+    def _inline(self, run: TaskRun, view: SignalView, finished: queue.SimpleQueue) -> Job:
         """The task run on the main thread; runner is about to wait once its process
         has started (the deferred events go out then: Dispatcher.idle)."""
         finished.put((run.task.name, self._execute(run, view, self.life.dispatcher.idle)))

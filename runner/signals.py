@@ -36,6 +36,7 @@ class SignalState:
     _write_fd: int = -1
     _previous: dict = field(default_factory=dict)
     _views: list[SignalView] = field(default_factory=list)
+    _spare: list[tuple[int, int]] = field(default_factory=list)  # pipes of forgotten views
 
     @property
     def cancelled(self) -> bool:
@@ -53,10 +54,11 @@ class SignalState:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(-1)
-        for fd in (self._read_fd, self._write_fd):
+        for fd in (self._read_fd, self._write_fd, *(fd for pipe in self._spare for fd in pipe)):
             if fd >= 0:
                 os.close(fd)
         self._read_fd = self._write_fd = -1
+        self._spare.clear()
 
     def _handle(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -81,10 +83,12 @@ class SignalState:
 
     def drain(self) -> None:
         """Empty the self-pipe, and pass the wake-up on to every view: whoever wakes on
-        the signals tells the task waits of other threads to look at them too."""
-        _drain(self._read_fd)
-        for view in list(self._views):
-            view.poke()
+        the signals tells the task waits of other threads to look at them too. An empty
+        pipe has nothing to pass on (every signal and poke leaves a byte): the wait that
+        a task's own exit ended costs no write and read per view."""
+        if _drain(self._read_fd):
+            for view in list(self._views):
+                view.poke()
 
     def poke(self) -> None:
         """Wake the main loop from another thread (a control command arrived)."""
@@ -93,14 +97,20 @@ class SignalState:
     def view(self, main: bool = False) -> SignalView:
         """A wake-up fd of its own for a task waited for in another thread (`main`: on
         the main thread, which then also watches and drains the signals themselves)."""
-        view = SignalView(self, main)
+        view = SignalView(self, main, self._spare.pop() if self._spare else None)
         self._views.append(view)
         return view
 
     def forget(self, view: SignalView) -> None:
+        """The view's run is over: its pipe, emptied, goes to the next view (a pipe2()
+        and two close() less per task of a chain). Whoever held the view can no longer
+        poke it (its fds are -1)."""
         if view in self._views:
             self._views.remove(view)
-        view.close()
+        pipe = view.detach()
+        if pipe is not None:
+            _drain(pipe[0])
+            self._spare.append(pipe)
 
     def sleep(self, seconds: float, until: Callable[[], bool] | None = None) -> bool:
         """Sleep, cut short by a stop signal; True if it slept the whole time or `until()`
@@ -133,11 +143,12 @@ class SignalView:
     """The stop state of the signals with a wake-up pipe of its own: lets a task run in
     a worker thread be woken by signals (through SignalState.drain) or cancelled alone."""
 
-    def __init__(self, parent: SignalState, main: bool = False) -> None:
+    def __init__(self, parent: SignalState, main: bool = False,
+                 pipe: tuple[int, int] | None = None) -> None:
         self.parent = parent
         self.main = main
         self.cancelled = False
-        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._read_fd, self._write_fd = pipe or os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     @property
     def stop_count(self) -> int:
@@ -169,19 +180,28 @@ class SignalView:
         self.cancelled = True
         self.poke()
 
-    def close(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
-            if fd >= 0:
-                os.close(fd)
+    def detach(self) -> tuple[int, int] | None:
+        """Give up the pipe (None if closed already): this view wakes nobody any more."""
+        if self._read_fd < 0:
+            return None
+        pipe = self._read_fd, self._write_fd
         self._read_fd = self._write_fd = -1
+        return pipe
+
+    def close(self) -> None:
+        for fd in self.detach() or ():
+            os.close(fd)
 
 
-def _drain(fd: int) -> None:
+def _drain(fd: int) -> bool:
+    """Empty a non-blocking pipe; True if it held anything."""
+    held = False
     try:
         while os.read(fd, 512):
-            pass
+            held = True
     except (BlockingIOError, OSError):
         pass
+    return held
 
 
 def _poke(fd: int) -> None:
