@@ -155,4 +155,26 @@ def entry():
     from .console import keep_undecodable_bytes
 
     keep_undecodable_bytes()
-    sys.exit(main())
+    leave(main())
+
+
+def leave(status):
+    """Exit with `status` once everything is written, skipping the interpreter's own
+    teardown: freeing every module and object one by one cost `runner run` 25-40 ms at
+    each exit, after its work was done. Nothing of runner's needs that teardown: it
+    closes its files where it uses them, its threads are daemons, and what must run at
+    exit (logging's last flush, the output readers' last lines, python-daemon's close,
+    weakref finalizers) is registered with atexit, which runs here first, once. When a
+    standard stream cannot be flushed (a pipe whose reader went away) the ordinary exit
+    takes over and reports it as it always did."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        sys.exit(status)
+    os._exit(status or 0)
