@@ -703,7 +703,10 @@ class _OutputReader:
         A background process holding the pipe does not: what it writes later is past
         the mark."""
         if self._silent():
-            self._close()
+            # No thread ever read it, and none will: nothing to lock against or wake.
+            self._ended = True
+            self.stream.close()
+            os.close(self._wake)
             return
         self.start()
         self._set_mark()

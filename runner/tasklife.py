@@ -175,8 +175,11 @@ class TaskLife:
         self.dispatcher.flush()  # what the old listeners were still to hear
         self.config, self.dispatcher, self.stamps = config, dispatcher, stamps
 
+    def _strict(self) -> bool:
+        return permissions.applies(self.config.runner.strict_permissions)
+
     def _trust(self, trust: permissions.Trust) -> permissions.Trust | None:
-        return trust if permissions.applies(self.config.runner.strict_permissions) else None
+        return trust if self._strict() else None
 
     # -- before the run (main thread) ---------------------------------------
 
@@ -231,7 +234,7 @@ class TaskLife:
             signals=signals,
             on_line=lambda line: log.info("[%s] %s", task.name, line),
             masker=self.masker,
-            trust=self._trust(trust_of(task)),
+            trust=trust_of(task) if self._strict() else None,
             cell=self._cell(run.kind.value, task),
             on_start=on_start,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -66,11 +67,12 @@ def discover(config: Config, task_dir: str) -> Plan:
         if path in set_aside:
             continue
         if reason is None:
-            settings = config.task_settings(short_name(name))
+            short = short_name(name)
+            settings = config.task_settings(short)
             if not settings.interpreter and not os.access(path, os.X_OK):
                 reason = NOT_EXECUTABLE
             else:
-                tasks.append(Task(name, path, short_name(name), settings))
+                tasks.append(Task(name, path, short, settings))
         if reason:
             skipped.append((name, reason))
     ordered = order(tasks, config, skipped)
@@ -141,10 +143,14 @@ def _resolve(task_dir: str, name: str) -> str:
 
 
 def _file_problem(path: str) -> str | None:
-    if os.path.isdir(path):
-        return "directory"
-    if not os.path.isfile(path):
+    try:
+        mode = os.stat(path).st_mode  # one stat, not isdir()'s and isfile()'s
+    except (OSError, ValueError):
         return "not a regular file" if os.path.lexists(path) else "vanished"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
     return None
 
 
