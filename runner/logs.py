@@ -106,12 +106,14 @@ def _runner_logger(level: int) -> logging.Logger:
     return logger
 
 
-def _lean_records() -> None:
+def _lean_records(syslog: bool) -> None:
     # No format of runner's uses a record's thread or multiprocessing name, nor where in
-    # the code it was logged; not looking them up makes each of the two lines a task
-    # logs cheaper (None: logging's own documented way to skip walking the stack).
+    # the code it was logged, and only syslog's its process id (a getpid() per record);
+    # not looking them up makes each of the two lines a task logs cheaper (None:
+    # logging's own documented way to skip walking the stack).
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging.logProcesses = syslog
     logging._srcfile = None
 
 
@@ -145,7 +147,7 @@ def console_handler() -> ConsoleHandler | None:
 
 def setup(level: int, use_syslog: bool = False) -> logging.Logger:
     """Configure the `runner` logger (called once, by the command line)."""
-    _lean_records()
+    _lean_records(use_syslog)
     logger = _runner_logger(level)
     handler = ConsoleHandler(sys.stderr)
     _console[:] = [handler]
@@ -162,7 +164,7 @@ def setup(level: int, use_syslog: bool = False) -> logging.Logger:
 def setup_daemon(level: int, log_file: str | None) -> logging.Logger:
     """Daemon mode (stderr is /dev/null): log to the file, reopened after logrotate,
     or to syslog when no file is given."""
-    _lean_records()
+    _lean_records(not log_file)
     logger = _runner_logger(level)
     _console.clear()  # stderr is /dev/null now
     if log_file:
