@@ -5,6 +5,7 @@ runner.tasklife's."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import random
 import signal
@@ -124,6 +125,7 @@ class Supervisor:
             self._prepare()
             control = self._start_control()
             self.dispatcher.started()
+            collect_from_now_on()
             status = self._iterations()
             if self.refusal:
                 status = ExitStatus.CONFIG
@@ -407,3 +409,11 @@ class Supervisor:
         self._fit_descriptors()
         log.info("SIGHUP: configuration reloaded from %s", new.path or "(defaults)")
         return True
+
+
+def collect_from_now_on() -> None:
+    """Start-up is over (runner.cli turned the collector off for it): what it made stays
+    for the whole run, so it is frozen out of every later collection, and the collector
+    is turned on for what the run itself makes."""
+    gc.freeze()
+    gc.enable()
