@@ -564,7 +564,9 @@ class _OutputReader:
         self._mark: int | None = None  # where the current part ends (a read count)
         self._closing = False  # runner exits: the background part ends at the mark
         self._ended = False  # the pipe and the wake-up fd are closed
-        self._task_done = threading.Event()
+        # Made when the thread starts (most tasks of a chain write nothing and need no
+        # thread; an Event with its Condition was a tenth of what setting this up cost).
+        self._task_done: threading.Event | None = None
         self._wake = wake  # a non-blocking eventfd: finish() and close() wake the reader
         self._job: Job | None = None
         self.at_end = False  # the pipe was seen at its end with nothing in it
@@ -572,7 +574,12 @@ class _OutputReader:
     def start(self) -> None:
         """Read from now on, in a thread of the pool (once; later calls do nothing)."""
         if self._job is None:
+            self._task_done = threading.Event()
             self._job = _reader_threads.submit(self.run, "output reader")
+
+    def _done(self) -> threading.Event:
+        assert self._task_done is not None  # start() made it, before the thread ran
+        return self._task_done
 
     def _silent(self) -> bool:
         """Never started, and the pipe is at its end with nothing in it: the task wrote
@@ -608,7 +615,7 @@ class _OutputReader:
             self._ended = True
             self.stream.close()
             os.close(self._wake)
-        self._task_done.set()
+        self._done().set()
 
     def _read_all(self) -> None:
         poller = select.poll()
@@ -674,7 +681,7 @@ class _OutputReader:
                 self._part, self._mark = 1, None
                 self.masked = self.masker.stream()
                 _background.add(self)
-        self._task_done.set()
+        self._done().set()
         return follows
 
     def _pass_on(self, piece: bytes) -> None:
@@ -710,7 +717,7 @@ class _OutputReader:
             return
         self.start()
         self._set_mark()
-        self._task_done.wait()
+        self._done().wait()
 
     def close(self) -> None:
         """runner exits: pass on what the pipe holds now, then stop reading."""
