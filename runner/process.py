@@ -99,6 +99,11 @@ class Limits:
 
 
 OnLine = Callable[[str], None]
+Later = Callable[[Callable[[], object]], None]
+
+
+def _now(work: Callable[[], object]) -> None:
+    work()
 
 
 def run_process(
@@ -114,6 +119,7 @@ def run_process(
     trust: permissions.Trust | None = None,
     cell: Cell | None = None,
     on_start: Callable[[], None] | None = None,
+    later: Later | None = None,
 ) -> ProcessResult:
     """Run argv in a new session with stdin from /dev/null and wait for it.
 
@@ -125,10 +131,13 @@ def run_process(
     (strict_permissions), the program and the paths it names are checked right before
     the exec, and the program is run by the path that was checked. `on_start` is
     called right after the process started, before its first line is passed on.
+    `later` takes what is left to do once the run's result is known and that nothing
+    needs before the next start (reaping adopted orphans, closing an output pipe nobody
+    read): a chain does it while its next process runs. Without it, it is done here.
     """
     try:
         return _run(argv, env, cwd, limits, signals, on_line, masker, label, trust, cell,
-                    on_start)
+                    on_start, later or _now)
     finally:
         if cell is not None:
             cell.release()
@@ -137,7 +146,8 @@ def run_process(
 def _run(argv: list[str], env: dict[str, str], cwd: str, limits: Limits,
          signals: SignalState | SignalView, on_line: OnLine, masker: Masker,
          label: str | None, trust: permissions.Trust | None,
-         cell: Cell | None, on_start: Callable[[], None] | None) -> ProcessResult:
+         cell: Cell | None, on_start: Callable[[], None] | None,
+         later: Later) -> ProcessResult:
     started = time.monotonic()
     executable = None
     if trust is not None:
@@ -173,9 +183,10 @@ def _run(argv: list[str], env: dict[str, str], cwd: str, limits: Limits,
             cell.kill(proc.pid)  # nor anything it started, wherever it went
         raise
     finally:
-        reaper.release(proc)
-    reaper.reap_orphans()
-    reader.finish()
+        reaper.release(proc)  # now: the pid may be the next process's
+    later(reaper.reap_orphans)
+    if not reader.finish_silent(later):
+        reader.finish()
     result.output_tail = reader.tail()
     result.duration_s = time.monotonic() - started
     return result
@@ -709,15 +720,25 @@ class _OutputReader:
         another line could make it wait for ever (and then so would runner's own lines).
         A background process holding the pipe does not: what it writes later is past
         the mark."""
-        if self._silent():
-            # No thread ever read it, and none will: nothing to lock against or wake.
-            self._ended = True
-            self.stream.close()
-            os.close(self._wake)
+        if self.finish_silent(_now):
             return
         self.start()
         self._set_mark()
         self._done().wait()
+
+    def finish_silent(self, later: Later) -> bool:
+        """finish() of a task that wrote nothing (no thread ever read the pipe, and none
+        will: nothing to lock against or wake); its descriptors are closed by `later`.
+        False (nothing done) when it wrote something."""
+        if not self._silent():
+            return False
+        self._ended = True
+        later(self._close_unread)
+        return True
+
+    def _close_unread(self) -> None:
+        self.stream.close()
+        os.close(self._wake)
 
     def close(self) -> None:
         """runner exits: pass on what the pipe holds now, then stop reading."""

@@ -92,6 +92,9 @@ class Scheduler:
         # How many tasks runner's file descriptors allow at once (runner.fdlimit).
         self.capacity = 1 << 30
         self.pool = Pool("task")  # the threads that wait for the tasks' processes
+        # One at a time: what is left of the task before (its output pipe closed, its
+        # wake-up pipe given back, orphans reaped), done once the next process started.
+        self._leftover: list[Callable[[], object]] = []
 
     def run_try(self, tasks: list[Task], needs: dict[str, set[str]], done: set[str],
                 iteration: int, try_num: int) -> TryResult:
@@ -126,6 +129,7 @@ class Scheduler:
             self._abandon(workers)
             raise
         finally:
+            self._tidy()
             os.close(wake_r)
             os.close(wake_w)
         self.life.dispatcher.flush()  # what the caller logs next comes after
@@ -196,14 +200,27 @@ class Scheduler:
 
     def _inline(self, run: TaskRun, view: SignalView, finished: queue.SimpleQueue) -> Job:
         """The task run on the main thread; runner is about to wait once its process
-        has started (the deferred events go out then: Dispatcher.idle)."""
-        finished.put((run.task.name, self._execute(run, view, self.life.dispatcher.idle)))
+        has started (the deferred events go out then: Dispatcher.idle, and what is left
+        of the task before)."""
+        finished.put((run.task.name, self._execute(run, view, self._started_inline,
+                                                   self._leftover.append)))
         return Job.done()
 
+    def _started_inline(self) -> None:
+        # The leftovers first: a moment later the new process may have exited too, and
+        # the look for orphans' zombies would find it and scan /proc.
+        self._tidy()
+        self.life.dispatcher.idle()
+
+    def _tidy(self) -> None:
+        while self._leftover:
+            self._leftover.pop(0)()
+
     def _execute(self, run: TaskRun, view: SignalView,
-                 on_start: Callable[[], None] | None = None) -> Execution:
+                 on_start: Callable[[], None] | None = None,
+                 later: Callable[[Callable[[], object]], None] | None = None) -> Execution:
         try:
-            return self.life.execute(run, view, on_start)
+            return self.life.execute(run, view, on_start, later)
         except Exception as exc:  # a bug must not leave the main loop waiting forever
             return Execution(ProcessResult(error=f"internal error: {exc}"))
 
@@ -229,7 +246,10 @@ class Scheduler:
         worker.job.join()
         name = worker.run.task.name
         skipped = self.life.unregister(name)
-        self.signals.forget(worker.view)
+        if inline:
+            self._leftover.append(lambda: self.signals.forget(worker.view))
+        else:
+            self.signals.forget(worker.view)
         self.life.conclude(worker.run, execution, skipped=skipped,
                            stopping=self.signals.stop_signal is not None, defer=inline)
         if self.refusal:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from . import permissions, usage
 from .cgroup import Cell, CellLimits, Tree
 from .preflight import directory_problem
-from .process import Limits, ProcessResult, describe_exit, run_process
+from .process import Later, Limits, ProcessResult, describe_exit, run_process
 from .settings import Frequency
 from .signals import SignalState, SignalView
 from .states import EXIT_CODE_RESULTS, Kind, TaskRun, TaskState
@@ -220,9 +220,10 @@ class TaskLife:
     # -- the run (any thread, no transitions) ---------------------------------
 
     def execute(self, run: TaskRun, signals: Signals,
-                on_start: Callable[[], None] | None = None) -> Execution:
+                on_start: Callable[[], None] | None = None,
+                later: Later | None = None) -> Execution:
         """The task's process, then its check again; `on_start` is called once the
-        process has started."""
+        process has started; `later`: see run_process."""
         task = run.task
         if signals.cancelled:  # skipped by the operator while the start hook ran
             return Execution(ProcessResult(stopped=True), started=False)
@@ -237,6 +238,7 @@ class TaskLife:
             trust=trust_of(task) if self._strict() else None,
             cell=self._cell(run.kind.value, task),
             on_start=on_start,
+            later=later,
         )
         execution = Execution(process)
         if task.settings.check and process.exit_code == 0 and not process.stopped:
