@@ -157,7 +157,7 @@ def entry():
     # Start-up makes some 100,000 objects and garbage of none that matters: the
     # collector went over them some 40 times (15-20 ms of `runner run`'s start). The
     # supervisor freezes what start-up made and turns the collector on before the first
-    # task (runner.supervisor); a light command is over before it would have mattered.
+    # task (runner.supervisor); every other command is a query, over before it matters.
     gc.disable()
     from .console import keep_undecodable_bytes
 

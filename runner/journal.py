@@ -267,11 +267,9 @@ class JournalListener(Listener):
         }
 
     @functools.cached_property
-    def _escaped_identity(self) -> tuple[str, str, str | None]:
+    def _escaped_identity(self) -> tuple[str, str, str]:
         ident = self.identity
-        run_id, host, boot_id = (_escaped({"run_id": ident.run_id, "host": ident.host,
-                                           "boot_id": ident.boot_id}).values())
-        return run_id, host, boot_id
+        return escape(ident.run_id), escape(ident.host), escape(ident.boot_id)
 
     def _task_ended(self, run: TaskRun) -> Record:
         seq = self.seqs.pop(id(run))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from .controls import Controls
 from .names import byte_order
-from .process import ProcessResult
+from .process import Later, ProcessResult
 from .settings import OnFailure
 from .signals import SignalState, SignalView
 from .states import TaskRun, TaskState
@@ -218,7 +218,7 @@ class Scheduler:
 
     def _execute(self, run: TaskRun, view: SignalView,
                  on_start: Callable[[], None] | None = None,
-                 later: Callable[[Callable[[], object]], None] | None = None) -> Execution:
+                 later: Later | None = None) -> Execution:
         try:
             return self.life.execute(run, view, on_start, later)
         except Exception as exc:  # a bug must not leave the main loop waiting forever

@@ -175,11 +175,11 @@ class TaskLife:
         self.dispatcher.flush()  # what the old listeners were still to hear
         self.config, self.dispatcher, self.stamps = config, dispatcher, stamps
 
-    def _strict(self) -> bool:
-        return permissions.applies(self.config.runner.strict_permissions)
-
-    def _trust(self, trust: permissions.Trust) -> permissions.Trust | None:
-        return trust if self._strict() else None
+    def _trust(self, of: Callable[[Task], permissions.Trust],
+               task: Task) -> permissions.Trust | None:
+        """What must be trusted to run `task` (`of` says which of its commands), under
+        strict_permissions only: without it nothing is worked out."""
+        return of(task) if permissions.applies(self.config.runner.strict_permissions) else None
 
     # -- before the run (main thread) ---------------------------------------
 
@@ -235,7 +235,7 @@ class TaskLife:
             signals=signals,
             on_line=lambda line: log.info("[%s] %s", task.name, line),
             masker=self.masker,
-            trust=trust_of(task) if self._strict() else None,
+            trust=self._trust(trust_of, task),
             cell=self._cell(run.kind.value, task),
             on_start=on_start,
             later=later,
@@ -268,7 +268,7 @@ class TaskLife:
             on_line=lambda line: log.info("[%s %s] %s", task.name, what, line),
             masker=self.masker,
             label=f"{task.name} {what}",
-            trust=self._trust(check_trust(task)),
+            trust=self._trust(check_trust, task),
             cell=self._cell("check", task),
         )
 
