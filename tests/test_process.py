@@ -275,3 +275,23 @@ def test_task_env_has_the_runner_variables(ws):
     assert proc.returncode == 0, proc.stderr
     assert output_of(proc.stderr, "a") == [f"a 1 1 {ws.state}", f"a 1 2 {ws.state}"]
     assert os.path.isdir(ws.state)
+
+
+@STARTS
+def test_a_long_chain_leaves_runner_with_no_more_descriptors_than_it_started_with(
+        ws, runner_cwd):
+    """What is left of a task — its output pipe, its wake-up pipe — is closed or handed to
+    the next task once that one has started: runner's open descriptors do not grow with
+    the chain, for tasks that write and for tasks that do not. (Counted from inside each
+    task, which may look before runner is done with the task before: a few of slack.)"""
+    counts = ws.root / "fds"
+    tasks = 60
+    for i in range(tasks):
+        noisy = f"echo line {i}\n" if i % 3 == 0 else ""
+        ws.task(f"{i:02d}-t.sh", f"{noisy}ls /proc/$PPID/fd | wc -l >> {counts}")
+    proc = run_from(ws, runner_cwd)
+    assert proc.returncode == 0, proc.stderr
+    seen = [int(n) for n in counts.read_text().split()]
+    assert len(seen) == tasks
+    # Two descriptors kept per task would add over a hundred by the end.
+    assert max(seen) - min(seen) <= 6, seen
